@@ -1,0 +1,78 @@
+"""`remote-magic`: the same task management as the magics, from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .core import Client, parse_age
+from .errors import RemoteMagicError
+from .hostcheck import check_host, hosts_table
+from .views import status_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="remote-magic", description="Manage remote_magic hosts and tasks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("hosts", help="list the configured hosts")
+    test = commands.add_parser("test", help="check a host step by step")
+    test.add_argument("host")
+    setup = commands.add_parser("setup", help="make a host ready to run tasks")
+    setup.add_argument("host")
+    status = commands.add_parser("status", help="table of tasks")
+    status.add_argument("ids", nargs="*")
+    status.add_argument("-q", "--queue", metavar="HOST")
+    status.add_argument("--all", action="store_true", help="include finished tasks")
+    kill = commands.add_parser("kill", help="cancel tasks")
+    kill.add_argument("ids", nargs="+")
+    purge = commands.add_parser("purge", help="remove finished tasks, on the host and here")
+    purge.add_argument("ids", nargs="*")
+    purge.add_argument("--older", metavar="AGE", help="finished tasks older than AGE (7d, 12h)")
+    purge.add_argument("-q", "--queue", metavar="HOST")
+    args = parser.parse_args(argv)
+
+    client = Client()
+    try:
+        return _run(client, args)
+    except RemoteMagicError as exc:
+        print(f"remote-magic: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.command == "hosts":
+        print(hosts_table(client.config()))
+        return 0
+    if args.command in ("test", "setup"):
+        host = client.host(args.host)
+        if args.command == "setup" and host.is_local:
+            print(f"{host.name} runs tasks on this machine with this Python: nothing to ship.")
+        checks = check_host(client, args.host)
+        for check in checks:
+            print(check)
+        return 0 if all(c.ok for c in checks) else 1
+    if args.command == "status":
+        records = client.status(args.ids or None, host=args.queue,
+                                include_done=args.all or bool(args.ids))
+        print(status_table(records)["text/plain"])
+        return 0
+    if args.command == "kill":
+        outcome = client.kill([client.find(i) for i in args.ids])
+    else:
+        if args.ids:
+            records = [client.find(i) for i in args.ids]
+        elif args.older:
+            records = client.older_than(parse_age(args.older), host=args.queue)
+        else:
+            raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
+        outcome = client.purge(records)
+    for task_id, said in outcome.items():
+        print(f"{task_id}: {said}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

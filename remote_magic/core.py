@@ -1,0 +1,238 @@
+"""The core: submit, follow, retrieve, and manage tasks on any configured host.
+
+The magics, the executor and the command line are thin layers over `Client`; nothing here
+imports IPython.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, HostConfig, load_config
+from .errors import RemoteMagicError, TaskNotFoundError
+from .monitor import HostMonitor, Update, Watch
+from .results import TaskResult, load_result
+from .store import TaskRecord, TaskStore
+from .task import PreparedTask, TaskOptions, commit
+
+FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
+
+
+@dataclass
+class Submission:
+    record: TaskRecord
+    reused: bool = False  # an identical task had completed: its results are reused
+    attached: bool = False  # an identical task is still running: we wait for that one
+
+
+class Client:
+    def __init__(self, store: TaskStore | None = None, config_path: str | None = None) -> None:
+        self._store = store
+        self._config_path = config_path
+        self._monitors: dict[str, HostMonitor] = {}
+
+    # ------------------------------------------------------------ configuration
+
+    @property
+    def store(self) -> TaskStore:
+        if self._store is None:
+            self._store = TaskStore()
+        return self._store
+
+    def config(self) -> Config:
+        return load_config(self._config_path)
+
+    def host(self, name: str | None = None) -> HostConfig:
+        return self.config().host(name)
+
+    def monitor(self, host: str | HostConfig) -> HostMonitor:
+        """The host's monitor, kept for the kernel's life; renewed if its config changed."""
+        config = host if isinstance(host, HostConfig) else self.host(host)
+        current = self._monitors.get(config.name)
+        if current is not None and current.host != config:
+            current.close()
+            current = None
+        if current is None:
+            current = self._monitors[config.name] = HostMonitor(config, self.store)
+        return current
+
+    def close(self) -> None:
+        for monitor in self._monitors.values():
+            monitor.close()
+        self._monitors.clear()
+
+    # ------------------------------------------------------------ the life of a task
+
+    def submit(self, prepared: PreparedTask, options: TaskOptions) -> Submission:
+        """Stage and start a prepared task, unless an identical one can stand in for it."""
+        monitor = self.monitor(prepared.host)
+        if not options.rerun:
+            done = self.store.find_completed(prepared.content_hash, prepared.host)
+            if done is not None and self._results(done).result.exists():
+                prepared.discard()
+                return Submission(done, reused=True)
+            same = self._find(prepared.id)
+            if same is not None and not same.final and same.state != "prepared":
+                prepared.discard()
+                return Submission(same, attached=True)
+        commit(prepared)
+        record = TaskRecord(id=prepared.id, content_hash=prepared.content_hash,
+                            host=prepared.host, name=prepared.name, nowait=options.nowait,
+                            local_dir=str(prepared.local_dir))
+        self.store.add(record)
+        try:
+            record.remote_dir = monitor.transport.stage(prepared.id, prepared.local_dir,
+                                                        prepared.files)
+            monitor.request("start", task=prepared.id)
+        except BaseException as exc:
+            self.store.update(record.id, state="failed", reason=f"not started: {exc}",
+                              finished=time.time())
+            raise
+        record.state, record.submitted = "submitted", time.time()
+        self.store.update(record.id, state=record.state, submitted=record.submitted,
+                          remote_dir=record.remote_dir)
+        return Submission(record)
+
+    def follow(self, record: TaskRecord) -> Iterator[Update]:
+        """Updates of a task as they come (state, progress, output), until it ends.
+
+        Interrupting the iteration (Ctrl-C) detaches: the task runs on, followed quietly.
+        """
+        monitor = self.monitor(record.host)
+        watch = monitor.watch(record.id, live_output=True, state=record.state)
+        updates = watch.updates
+        assert updates is not None
+        ended = False
+        try:
+            while not ended:
+                try:
+                    update = updates.get(timeout=FOLLOW_TICK)
+                except queue.Empty:
+                    continue
+                ended = update.final
+                yield update
+        finally:
+            if not ended:
+                monitor.unwatch_output(record.id)
+
+    def result(self, record: TaskRecord) -> TaskResult:
+        """Load the results of a task that has ended."""
+        result = load_result(self._results(record), record.id, record.host)
+        self.store.update(record.id, outputs=sorted(result.values))
+        return result
+
+    def wait(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord:
+        """Block until the task ends, without streaming its output."""
+        if not record.final:
+            done: queue.Queue[Update] = queue.Queue()
+            self.monitor(record.host).watch(record.id, state=record.state, on_final=done.put)
+            try:
+                done.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"task {record.id} still {record.state}") from None
+        return self.store.get(record.id)
+
+    def _results(self, record: TaskRecord) -> Any:
+        monitor = self.monitor(record.host)
+        return monitor.transport.results(record.id, Path(record.local_dir or "."))
+
+    def _find(self, task_id: str) -> TaskRecord | None:
+        try:
+            return self.store.get(task_id)
+        except TaskNotFoundError:
+            return None
+
+    # ------------------------------------------------------------ managing tasks
+
+    def find(self, prefix: str) -> TaskRecord:
+        return self.store.resolve(prefix)
+
+    def status(self, ids: list[str] | None = None, host: str | None = None,
+               include_done: bool = True, limit: int | None = None) -> list[TaskRecord]:
+        """Task records, with every unfinished one refreshed (one request per host)."""
+        if ids:
+            records = [self.find(i) for i in ids]
+        else:
+            records = self.store.list(host=host, active_only=not include_done, limit=limit)
+        active: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            if not record.final and record.state != "prepared":
+                active[record.host].append(record)
+        for host_name, group in active.items():
+            self.monitor(host_name).poll(
+                {r.id: Watch(r.id, False, r.state, r.progress) for r in group})
+        return [self.store.get(r.id) for r in records]
+
+    def log(self, record: TaskRecord, stream: str = "stdout") -> str:
+        return self.monitor(record.host).request("log", task=record.id, stream=stream)
+
+    def kill(self, records: list[TaskRecord]) -> dict[str, str]:
+        outcome: dict[str, str] = {}
+        by_host: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            if record.state == "prepared":  # never reached the host
+                self.store.update(record.id, state="cancelled", reason="cancelled by the user",
+                                  finished=time.time())
+                outcome[record.id] = "cancelled"
+            elif record.final:
+                outcome[record.id] = f"already {record.state}"
+            else:
+                by_host[record.host].append(record)
+        for host_name, group in by_host.items():
+            monitor = self.monitor(host_name)
+            outcome.update(monitor.request("kill", tasks=[r.id for r in group]))
+            monitor.poke()
+        return outcome
+
+    def purge(self, records: list[TaskRecord]) -> dict[str, str]:
+        """Remove finished tasks everywhere: host directory, local copy, store entry."""
+        outcome: dict[str, str] = {}
+        by_host: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            by_host[record.host].append(record)
+        for host_name, group in by_host.items():
+            try:
+                done = self.monitor(host_name).request("purge", tasks=[r.id for r in group])
+            except RemoteMagicError as exc:
+                done = {r.id: f"not purged: {exc}" for r in group}
+            for record in group:
+                said = done.get(record.id, "absent")
+                if said in ("removed", "absent"):
+                    if record.local_dir:
+                        shutil.rmtree(record.local_dir, ignore_errors=True)
+                    self.store.delete([record.id])
+                    said = "removed"
+                outcome[record.id] = said
+        return outcome
+
+    def older_than(self, seconds: float, host: str | None = None) -> list[TaskRecord]:
+        cutoff = time.time() - seconds
+        return [r for r in self.store.list(host=host) if r.final and r.created < cutoff]
+
+
+def parse_age(text: str) -> float:
+    """'7d', '12h', '30m', '45s' (or a bare number of days) in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not match:
+        raise RemoteMagicError(f"--older {text!r}: write an age such as 7d, 12h, 30m or 45s.")
+    unit = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+_client: Client | None = None
+
+
+def get_client() -> Client:
+    """The process-wide client shared by the magics and executors."""
+    global _client
+    if _client is None:
+        _client = Client()
+    return _client

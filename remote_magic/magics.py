@@ -1,0 +1,284 @@
+"""The IPython magics: parse arguments, call the core, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .core import Client, get_client, parse_age
+from .errors import RemoteMagicError, RemoteTaskError
+from .results import Shown, TaskResult
+from .store import TaskRecord
+from .task import TaskOptions, prepare_cell
+from .views import status_table, task_line
+
+RESOURCES = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
+
+
+def _names(value: str | None) -> list[str]:
+    return [n.strip() for n in (value or "").split(",") if n.strip()]
+
+
+class _Value:
+    """A remote value that could not be loaded here, shown from its MIME bundle."""
+
+    def __init__(self, shown: Shown) -> None:
+        self._shown = shown
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self._shown.bundle, self._shown.metadata
+
+    def __repr__(self) -> str:
+        return str((self._shown.bundle or {}).get("text/plain", ""))
+
+
+@magics_class
+class RemoteMagics(Magics):
+    def __init__(self, shell: Any, client: Client | None = None) -> None:
+        super().__init__(shell)
+        self.client = client or get_client()
+        self.pending: dict[str, TaskRecord] = {}  # --nowait tasks whose results are due here
+
+    # ------------------------------------------------------------ %%remote
+
+    @magic_arguments()
+    @argument("-q", "--queue", metavar="HOST",
+              help="host from the hosts file (default: its 'default', else localhost)")
+    @argument("-i", "--inputs", metavar="a,b",
+              help="extra names to send, beyond those the cell reads")
+    @argument("-o", "--outputs", metavar="a,b",
+              help="names to bring back (default: every name the cell assigns)")
+    @argument("--walltime", help="time limit, e.g. 2:00:00 (schedulers)")
+    @argument("--cores", type=int, help="CPU cores (schedulers)")
+    @argument("--mem", help="memory, e.g. 16G (schedulers)")
+    @argument("--nodes", type=int, help="nodes (schedulers)")
+    @argument("--gpus", type=int, help="GPUs (schedulers)")
+    @argument("--partition", help="partition or queue (schedulers)")
+    @argument("--account", help="account to charge (schedulers)")
+    @argument("--name", help="a label shown in status tables")
+    @argument("--nowait", action="store_true",
+              help="return at once; results load at the start of the first cell run after "
+                   "the task ends")
+    @argument("--rerun", action="store_true",
+              help="run again even if an identical task already completed")
+    @cell_magic
+    def remote(self, line: str, cell: str) -> Any:
+        """Run this cell as a task on a host and load its results back here.
+
+        The cell's code and the notebook variables it reads are sent; the names it assigns,
+        its printed output, displays and last value come back as if it had run here.
+        """
+        args = parse_argstring(self.remote, line)
+        resources = {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None}
+        options = TaskOptions(inputs=_names(args.inputs),
+                              outputs=_names(args.outputs) if args.outputs else None,
+                              resources=resources, name=args.name, rerun=args.rerun,
+                              nowait=args.nowait)
+        host = self.client.host(args.queue)
+        code = self.shell.transform_cell(cell)
+        prepared = prepare_cell(code, self.shell.user_ns, host.name, options,
+                                hidden=self.shell.user_ns_hidden)
+        submission = self.client.submit(prepared, options)
+        record = submission.record
+        if submission.reused:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.finished or 0))
+            print(f"An identical task ({record.id}) completed on {record.host} at {when}: "
+                  "loaded its stored results. Use --rerun to run it again.")
+            return self._finish(record)
+        if submission.attached:
+            print(f"An identical task ({record.id}) is already {record.state} on "
+                  f"{record.host}: waiting for it instead of starting another.")
+        if options.nowait:
+            self.pending[record.id] = record
+            self.client.monitor(record.host).watch(record.id, state=record.state)
+            print(f"Task {record.id} is running on {record.host} in the background; its "
+                  "results load at the start of the first cell run after it ends. "
+                  f"%remote_status shows it; %remote_kill {record.id} cancels it.")
+            return None
+        return self._follow(record)
+
+    def _follow(self, record: TaskRecord) -> Any:
+        handle = display(task_line(record), raw=True, display_id=True)
+        try:
+            for update in self.client.follow(record):
+                if update.stdout:
+                    sys.stdout.write(update.stdout)
+                    sys.stdout.flush()
+                if update.stderr:
+                    sys.stderr.write(update.stderr)
+                    sys.stderr.flush()
+                if update.changed or update.problem:
+                    note = f"waiting for the host: {update.problem}" if update.problem else ""
+                    record = self.client.store.get(record.id)
+                    handle.update(task_line(record, update.state, update.reason,
+                                            update.progress, note), raw=True)
+        except KeyboardInterrupt:
+            print(f"\nDetached from task {record.id}: it keeps running on {record.host}. "
+                  f"Load its results later with %remote_fetch {record.id}, follow it with "
+                  f"%remote_status, or cancel it with %remote_kill {record.id}.")
+            return None
+        return self._finish(self.client.store.get(record.id))
+
+    def _finish(self, record: TaskRecord) -> Any:
+        """Load results into the namespace and show displays; raise if the task failed."""
+        result = self.client.result(record)
+        self._apply(result)
+        if result.error is not None:
+            raise result.error
+        if result.value is not None:
+            return result.value.obj if result.value.bundle is None else _Value(result.value)
+        return None
+
+    def _apply(self, result: TaskResult) -> None:
+        result.apply(self.shell.user_ns)
+        for shown in result.displays:
+            if shown.bundle is not None:
+                display(shown.bundle, raw=True, metadata=shown.metadata or None)
+            else:
+                display(shown.obj)
+        for name, reason in sorted(result.skipped.items()):
+            print(f"remote_magic: '{name}' could not be brought back ({reason}).",
+                  file=sys.stderr)
+
+    def load_finished(self, *_: Any) -> None:
+        """pre_run_cell hook: load --nowait results that arrived since the last cell."""
+        for task_id in list(self.pending):
+            record = self.client.store.get(task_id)
+            if not record.final:
+                continue
+            del self.pending[task_id]
+            result = self.client.result(record)
+            self._apply(result)
+            names = ", ".join(sorted(result.values)) or "no variables"
+            if result.error is None:
+                print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names}.")
+            else:
+                print(f"remote_magic: task {task_id} {record.state} on {record.host} "
+                      f"(loaded {names}):\n{result.error.remote_traceback or result.error}",
+                      file=sys.stderr)
+
+    # ------------------------------------------------------------ line magics
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
+    @argument("--all", action="store_true", help="include finished tasks")
+    @line_magic
+    def remote_status(self, line: str) -> None:
+        """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
+        args = parse_argstring(self.remote_status, line)
+        records = self.client.status(args.ids or None, host=args.queue,
+                                     include_done=args.all or bool(args.ids))
+        display(status_table(records), raw=True)
+
+    @magic_arguments()
+    @argument("id", help="task id (or a unique prefix)")
+    @line_magic
+    def remote_fetch(self, line: str) -> Any:
+        """Load a task's results into the namespace (waiting for it if it still runs)."""
+        args = parse_argstring(self.remote_fetch, line)
+        record = self.client.status([args.id])[0]
+        self.pending.pop(record.id, None)
+        if not record.final:
+            return self._follow(record)
+        return self._finish(record)
+
+    @magic_arguments()
+    @argument("id", help="task id (or a unique prefix)")
+    @argument("--stderr", action="store_true", help="show the error stream instead")
+    @line_magic
+    def remote_log(self, line: str) -> None:
+        """The task's printed output so far."""
+        args = parse_argstring(self.remote_log, line)
+        record = self.client.find(args.id)
+        text = self.client.log(record, "stderr" if args.stderr else "stdout")
+        print(text if text else f"(task {record.id} has written nothing to "
+                                f"{'stderr' if args.stderr else 'stdout'} yet)", end="")
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("-q", "--queue", metavar="HOST", help="with --all: the host whose tasks to kill")
+    @argument("--all", action="store_true", help="every unfinished task (of -q HOST)")
+    @line_magic
+    def remote_kill(self, line: str) -> None:
+        """Cancel tasks (scheduler cancel or process kill)."""
+        args = parse_argstring(self.remote_kill, line)
+        if args.all:
+            records = self.client.store.list(host=args.queue, active_only=True)
+        elif args.ids:
+            records = [self.client.find(i) for i in args.ids]
+        else:
+            raise RemoteMagicError("Name the tasks to kill, or use --all [-q HOST].")
+        for task_id, outcome in self.client.kill(records).items():
+            print(f"{task_id}: {outcome}")
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("--older", metavar="AGE", help="finished tasks older than AGE (7d, 12h, 30m)")
+    @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
+    @line_magic
+    def remote_purge(self, line: str) -> None:
+        """Remove finished tasks' directories, on the host and here."""
+        args = parse_argstring(self.remote_purge, line)
+        if args.ids:
+            records = [self.client.find(i) for i in args.ids]
+        elif args.older:
+            records = self.client.older_than(parse_age(args.older), host=args.queue)
+        else:
+            raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
+        outcome = self.client.purge(records)
+        for task_id, said in outcome.items():
+            print(f"{task_id}: {said}")
+        if not outcome:
+            print("Nothing to purge.")
+
+    @magic_arguments()
+    @argument("--test", action="store_true", help="check that each host works")
+    @line_magic
+    def remote_hosts(self, line: str) -> None:
+        """The configured hosts; --test checks each one step by step."""
+        from .hostcheck import check_host, hosts_table
+
+        args = parse_argstring(self.remote_hosts, line)
+        config = self.client.config()
+        print(hosts_table(config))
+        if args.test:
+            for name in config.hosts:
+                for check in check_host(self.client, name):
+                    print(check)
+
+
+def _show_error(shell: Any, etype: type, value: BaseException, tb: Any,
+                tb_offset: Any = None) -> list[str]:
+    """Errors the user can fix show as their message; remote ones as the remote traceback."""
+    if isinstance(value, RemoteTaskError) and value.remote_traceback:
+        stb = [value.remote_traceback.rstrip("\n"),
+               f"(raised on the host by task {value.task_id}; "
+               f"%remote_log {value.task_id} --stderr shows its error output)"]
+    else:
+        stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
+
+
+_loaded: dict[int, RemoteMagics] = {}
+
+
+def load(ipython: Any) -> None:
+    magics = RemoteMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.set_custom_exc((RemoteMagicError,), _show_error)
+    ipython.events.register("pre_run_cell", magics.load_finished)
+    _loaded[id(ipython)] = magics
+
+
+def unload(ipython: Any) -> None:
+    magics = _loaded.pop(id(ipython), None)
+    if magics is not None:
+        ipython.events.unregister("pre_run_cell", magics.load_finished)
+    ipython.set_custom_exc((), None)

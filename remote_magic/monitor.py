@@ -1,0 +1,203 @@
+"""Monitor: one thread per host that follows every task the kernel is waiting for.
+
+Each poll is ONE request to the host's agent covering all watched tasks (state, progress and
+new output). The agent also pushes an event when one of its tasks ends, which wakes the poll
+at once, so a short task is not held back by the poll interval. Updates go to the store and
+to whoever watches the task: a queue for a waiting cell, callbacks for futures.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .agent_client import AgentClient
+from .config import HostConfig
+from .errors import RemoteMagicError, TransportError
+from .store import TaskStore
+from .taskdir import FINAL_STATES
+from .transport import open_transport
+
+FAST_POLL = 0.1  # seconds between polls while someone watches output live
+SLOW_POLL = 2.0  # at most this long between polls otherwise
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Update:
+    """What changed for one task since the previous poll."""
+
+    task_id: str
+    state: str
+    reason: str | None = None
+    progress: dict[str, Any] | None = None
+    stdout: str = ""
+    stderr: str = ""
+    changed: bool = False  # the state or progress moved
+    problem: str | None = None  # the host could not be asked; the task itself may be fine
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass
+class Watch:
+    task_id: str
+    live_output: bool
+    state: str = "submitted"
+    progress: dict[str, Any] | None = None
+    offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    updates: queue.Queue[Update] | None = None
+    on_final: list[Callable[[Update], None]] = field(default_factory=list)
+
+
+class HostMonitor:
+    def __init__(self, host: HostConfig, store: TaskStore) -> None:
+        self.host = host
+        self.store = store
+        self.transport = open_transport(host)
+        self._watches: dict[str, Watch] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked: AgentClient | None = None
+        self._info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ requests
+
+    def agent(self) -> AgentClient:
+        """The host's agent; a new one is checked once for a matching Python version."""
+        agent = self.transport.agent(self._on_event)
+        if agent is not self._checked:
+            self._info = agent.request("hello")
+            ours = "{}.{}".format(*sys.version_info[:2])
+            theirs = ".".join(self._info["python"].split(".")[:2])
+            if theirs != ours:
+                agent.close()
+                raise RemoteMagicError(
+                    f"Host '{self.host.name}' runs Python {self._info['python']} "
+                    f"({self._info['executable']}) but this kernel runs Python {ours}: pickled "
+                    "data does not cross Python versions reliably. Set 'python:' for this host "
+                    f"to a Python {ours} interpreter.")
+            self._checked = agent
+        return agent
+
+    def hello(self) -> dict[str, Any]:
+        """What the agent said about itself when it started (Python, host name, workdir)."""
+        self.agent()
+        return self._info
+
+    def request(self, op: str, **args: Any) -> Any:
+        return self.agent().request(op, **args)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ watching
+
+    def watch(self, task_id: str, live_output: bool = False, state: str = "submitted",
+              on_final: Callable[[Update], None] | None = None) -> Watch:
+        """Follow a task; a foreground waiter reads `watch.updates`."""
+        with self._lock:
+            watch = self._watches.get(task_id)
+            if watch is None:
+                watch = self._watches[task_id] = Watch(task_id, live_output, state)
+            watch.live_output = watch.live_output or live_output
+            if live_output and watch.updates is None:
+                watch.updates = queue.Queue()
+            if on_final is not None:
+                watch.on_final.append(on_final)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"remote-monitor-{self.host.name}")
+                self._thread.start()
+        self._wake.set()
+        return watch
+
+    def unwatch_output(self, task_id: str) -> None:
+        """The cell stopped waiting (interrupt): keep following the task, quietly."""
+        with self._lock:
+            watch = self._watches.get(task_id)
+            if watch is not None:
+                watch.live_output = False
+                watch.updates = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = FAST_POLL
+        while True:
+            with self._lock:
+                watches = dict(self._watches)
+            if not watches:
+                self._wake.wait(SLOW_POLL)
+                self._wake.clear()
+                continue
+            try:
+                self.poll(watches)
+            except TransportError as exc:
+                for watch in watches.values():
+                    self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                self._wake.wait(backoff)
+                self._wake.clear()
+                continue
+            live = any(w.live_output for w in watches.values())
+            backoff = FAST_POLL if live else min(SLOW_POLL, backoff * 1.5)
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+    def poll(self, watches: dict[str, Watch]) -> None:
+        """One round trip for all watched tasks."""
+        query = {w.task_id: (dict(w.offsets) if w.live_output else None)
+                 for w in watches.values()}
+        statuses = self.request("status", tasks=query)
+        for task_id, status in statuses.items():
+            watch = watches[task_id]
+            update = self._apply(watch, status)
+            if update.final:
+                with self._lock:
+                    if self._watches.get(task_id) is watch:
+                        del self._watches[task_id]
+            self._deliver(watch, update)
+
+    def _apply(self, watch: Watch, status: dict[str, Any]) -> Update:
+        update = Update(watch.task_id, status["state"], status.get("reason"),
+                        status.get("progress"), status.get("stdout", ""),
+                        status.get("stderr", ""))
+        for stream in ("stdout", "stderr"):
+            if f"{stream}_end" in status:
+                watch.offsets[stream] = status[f"{stream}_end"]
+        update.changed = update.state != watch.state or update.progress != watch.progress
+        if update.changed:
+            watch.state, watch.progress = update.state, update.progress
+            history = status.get("history", {})
+            self.store.update(
+                watch.task_id, state=update.state, reason=update.reason,
+                progress=update.progress, submitted=history.get("submitted"),
+                started=history.get("running"),
+                finished=max((history[s] for s in FINAL_STATES if s in history), default=None))
+        return update
+
+    def _deliver(self, watch: Watch, update: Update) -> None:
+        if watch.updates is not None and (update.changed or update.stdout or update.stderr
+                                          or update.problem or update.final):
+            watch.updates.put(update)
+        if update.final:
+            for callback in watch.on_final:
+                callback(update)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def wait_quietly(monitor: HostMonitor, task_id: str, timeout: float | None = None) -> Update:
+    """Block until a task ends, without streaming its output."""
+    done: queue.Queue[Update] = queue.Queue()
+    monitor.watch(task_id, on_final=done.put)
+    return done.get(timeout=timeout)

@@ -1,0 +1,43 @@
+"""Framing of the messages between the kernel and the resident agent on a host.
+
+A frame is a fixed header (JSON length, payload length), a JSON object, then raw payload
+bytes. Requests carry an "id" that their response repeats; events carry "event" instead.
+The same framing runs over a local pipe and over an SSH channel.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+_HEADER = struct.Struct(">IQ")
+MAX_JSON = 64 * 1024 * 1024
+
+
+def encode(message: dict[str, Any], payload: bytes = b"") -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body), len(payload)) + body + payload
+
+
+class FrameReader:
+    """Incremental parser: feed it bytes as they arrive, get whole messages back."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        self._buf += data
+        frames = []
+        while len(self._buf) >= _HEADER.size:
+            json_len, payload_len = _HEADER.unpack_from(self._buf)
+            if json_len > MAX_JSON:
+                raise ValueError("protocol error: oversized message header")
+            end = _HEADER.size + json_len + payload_len
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[_HEADER.size:_HEADER.size + json_len])
+            payload = bytes(self._buf[_HEADER.size + json_len:end])
+            del self._buf[:end]
+            frames.append((json.loads(body), payload))
+        return frames

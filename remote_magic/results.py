@@ -1,0 +1,105 @@
+"""Retrieve: read a finished task's files back into Python objects.
+
+Nothing here touches IPython: the magics decide how to show what this returns, and the
+executor hands the same objects to a Future.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RemoteTaskError, TaskFailedError, error_for
+from .serialization import load_namespace
+from .taskdir import TaskPaths, read_json, read_state
+
+
+@dataclass
+class Shown:
+    """One thing to display: a Python object, or a ready MIME bundle."""
+
+    obj: Any = None
+    bundle: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    host: str
+    state: str
+    reason: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    displays: list[Shown] = field(default_factory=list)
+    value: Shown | None = None
+    error: RemoteTaskError | None = None
+
+    def apply(self, namespace: dict[str, Any]) -> list[str]:
+        """Bind the task's outputs in `namespace` as if the cell had run there."""
+        namespace.update(self.values)
+        for name in self.deleted:
+            namespace.pop(name, None)
+        return sorted(self.values)
+
+
+def load_result(paths: TaskPaths, task_id: str, host: str) -> TaskResult:
+    """Everything the task left: outputs, displays, and the error if it failed."""
+    record = read_state(paths)
+    result = TaskResult(task_id=task_id, host=host, state=record["state"],
+                        reason=record.get("reason"))
+    meta = read_json(paths.result)
+    if meta is not None:
+        values = load_namespace(paths.outputs) if paths.outputs.exists() else {}
+        for name, module in meta.get("imports", {}).items():
+            try:
+                values[name] = importlib.import_module(module)
+            except ImportError:
+                result.skipped[name] = f"module {module} is not installed in this kernel"
+        result.values = values
+        result.deleted = meta.get("deleted", [])
+        result.skipped.update(meta.get("skipped", {}))
+        if paths.displays.exists():
+            shown = load_namespace(paths.displays)
+            result.displays = [_shown(e) for e in shown.get("displays") or []]
+            if shown.get("result") is not None:
+                result.value = _shown(shown["result"])
+    if result.state != "completed":
+        result.error = _error(paths, result)
+    return result
+
+
+def _shown(entry: dict[str, Any]) -> Shown:
+    if entry["kind"] == "bundle":
+        return Shown(bundle=entry["data"], metadata=entry.get("metadata") or {})
+    try:
+        return Shown(obj=pickle.loads(entry["data"]))
+    except Exception as exc:  # noqa: BLE001 - show that it failed, keep the other results
+        return Shown(bundle={"text/plain": f"<a displayed object could not be loaded here: "
+                                           f"{type(exc).__name__}: {exc}>"})
+
+
+def _error(paths: TaskPaths, result: TaskResult) -> RemoteTaskError:
+    where = f"task {result.task_id} on {result.host}"
+    info = read_json(paths.error)
+    if info is None:
+        return TaskFailedError(f"Task {result.task_id} on {result.host} {result.state}: "
+                               f"{result.reason or 'no reason recorded'}",
+                               remote_type=result.state, task_id=result.task_id)
+    original = _exception_type(info.get("module", ""), info.get("type", ""))
+    return error_for(original, f"{info['message']} (raised in {where})",
+                     remote_type=info["type"], remote_traceback=info.get("traceback", ""),
+                     task_id=result.task_id)
+
+
+def _exception_type(module: str, qualname: str) -> type | None:
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:  # noqa: BLE001 - an exception class unknown here: keep the base class
+        return None
+    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None

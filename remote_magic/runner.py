@@ -1,0 +1,331 @@
+"""Runs one task on the host: the only module besides the agent that runs on the far side.
+
+`python -m remote_magic.runner TASKDIR` supervises and runs a task; the agent calls
+`supervise` directly in a forked child instead, which saves a Python start-up per task.
+
+The supervisor forks the runner into its own process group, touches the heartbeat while it
+runs, writes the exit-code file whatever happens to it, and settles the final state when the
+runner died without writing one (killed, out of memory, segfault). The runner itself loads the
+inputs, executes the cell, and writes outputs, displays, the error and the state.
+
+Imports stay light: numpy, IPython or matplotlib are imported only by the cell itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import importlib
+import linecache
+import os
+import signal
+import sys
+import threading
+import traceback
+import types
+from typing import Any
+
+from .serialization import dump_namespace, load_namespace
+from .taskdir import (
+    FINAL_STATES,
+    HEARTBEAT_INTERVAL,
+    TaskPaths,
+    read_json,
+    read_state,
+    set_state,
+    write_atomic,
+    write_json,
+)
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task is cancelled
+
+
+# ---------------------------------------------------------------- supervisor
+
+def supervise(root: str) -> int:
+    """Run the task in a child process and make sure its outcome is recorded."""
+    paths = TaskPaths(root)
+    out = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    err = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    cancelling = threading.Event()
+
+    def on_term(signum: int, frame: Any) -> None:
+        # Cancel: stop the runner's whole process group, then insist.
+        cancelling.set()
+        _signal_group(pid, signal.SIGTERM)
+        timer = threading.Timer(KILL_GRACE, _signal_group, (pid, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the runner
+        code = 1
+        try:
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _redirect(out, err)
+            code = run_task(root)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            _flush_std()
+            os._exit(code)
+    os.close(out)
+    os.close(err)
+    signal.signal(signal.SIGTERM, on_term)
+    write_json(paths.pids, {"supervisor": os.getpid(), "runner": pid})
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(paths, stop), daemon=True)
+    beat.start()
+    _, status = os.waitpid(pid, 0)
+    stop.set()
+    code = os.waitstatus_to_exitcode(status)
+    write_atomic(paths.exitcode, f"{code}\n")
+    settle(paths, code)
+    return 0 if code >= 0 else 128 - code
+
+
+def settle(paths: TaskPaths, code: int | None) -> dict[str, Any]:
+    """Give a task whose process ended a final state if the runner did not write one."""
+    record = read_state(paths)
+    if record["state"] in FINAL_STATES:
+        return record
+    if paths.cancel.exists():
+        return set_state(paths, "cancelled", "cancelled by the user")
+    if code is None:
+        reason = "the task's process ended without recording an outcome"
+    elif code < 0:
+        reason = f"killed by signal {_signal_name(-code)}"
+    else:
+        reason = f"the runner exited with code {code} without recording a result"
+    return set_state(paths, "failed", reason, exitcode=code)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _heartbeat(paths: TaskPaths, stop: threading.Event) -> None:
+    while True:
+        try:
+            paths.heartbeat.touch()
+        except OSError:
+            pass
+        if stop.wait(HEARTBEAT_INTERVAL):
+            return
+
+
+def _redirect(out: int, err: int) -> None:
+    """Point fds 0-2 at /dev/null and the task's output files, with line-flushed streams."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        if fd > 2:
+            os.close(fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
+                      closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
+                      closefd=False)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not mask the exit code
+            pass
+
+
+# ---------------------------------------------------------------- runner
+
+def run_task(root: str) -> int:
+    """Execute the cell of the task in `root`; 0 when it completed, 1 when it failed."""
+    paths = TaskPaths(root)
+    spec = read_json(paths.spec)
+    set_state(paths, "running", pid=os.getpid())
+    os.chdir(paths.work)
+    os.environ["REMOTE_MAGIC_TASK_DIR"] = str(paths.root)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    source, filename = spec["code"], spec["filename"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+
+    recorder = DisplayRecorder()
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
+                          "display": recorder.display}
+    error: dict[str, Any] | None = None
+    try:
+        for name, module in spec.get("imports", {}).items():
+            ns[name] = importlib.import_module(module)
+        if spec.get("inputs"):
+            ns.update(load_namespace(paths.inputs))
+        body, last = _compile(source, filename, spec.get("last_expression", False))
+        exec(body, ns)
+        if last is not None:
+            value = eval(last, ns)
+            if value is not None:
+                recorder.result = recorder.entry(value)
+    except BaseException as exc:  # noqa: BLE001 - everything the cell raises is reported
+        error = _describe_error(exc)
+    recorder.collect_figures()
+
+    names = [n for n in spec.get("outputs", []) if n in ns and ns[n] is not recorder.display]
+    imports = {n: ns[n].__name__ for n in names if isinstance(ns[n], types.ModuleType)}
+    values = {n: ns[n] for n in names if n not in imports}
+    dumped = dump_namespace(values, paths.outputs, on_error="skip")
+    dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
+                   on_error="skip")
+    deleted = [n for n in spec.get("deletes", []) if n not in ns]
+    write_json(paths.result, {
+        "outputs": [n for n in values if n not in dumped.skipped],
+        "imports": imports,
+        "skipped": dumped.skipped,
+        "deleted": deleted,
+    })
+    _flush_std()
+    if error is not None:
+        write_json(paths.error, error)
+        set_state(paths, "failed", f"{error['type']}: {error['message']}"[:500])
+        return 1
+    set_state(paths, "completed")
+    return 0
+
+
+def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, Any]:
+    """Split off the last expression so that its value can be shown, as IPython does."""
+    tree = ast.parse(source, filename)
+    last = None
+    if last_expression and tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+def _describe_error(exc: BaseException) -> dict[str, Any]:
+    tb = exc.__traceback__
+    # Drop this module's own frames: the user wants the cell's lines, not ours.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    kind = type(exc)
+    return {"type": kind.__qualname__, "module": kind.__module__, "message": str(exc),
+            "traceback": "".join(lines)}
+
+
+# ---------------------------------------------------------------- displays
+
+_MIME_METHODS = (
+    ("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"), ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"), ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"), ("application/javascript", "_repr_javascript_"),
+)
+
+
+class DisplayRecorder:
+    """Collects what the cell displays, to be shown by the kernel after the task.
+
+    An object is kept pickled (the kernel then displays it exactly as IPython would); one that
+    cannot be pickled is kept as the MIME bundle of its `_repr_*_` methods. Figures become PNG.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.result: dict[str, Any] | None = None
+
+    def display(self, *objs: Any, **kwargs: Any) -> None:
+        for obj in objs:
+            self.entries.append(self.entry(obj, raw=bool(kwargs.get("raw"))))
+
+    def entry(self, obj: Any, raw: bool = False) -> dict[str, Any]:
+        if raw and isinstance(obj, dict):
+            return {"kind": "bundle", "data": obj, "metadata": {}}
+        if _is_figure(obj):
+            return _figure_bundle(obj)
+        try:
+            import cloudpickle
+
+            return {"kind": "object", "data": cloudpickle.dumps(obj, protocol=5)}
+        except Exception:  # noqa: BLE001 - fall back to the object's own representations
+            return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
+
+    def collect_figures(self) -> None:
+        """Figures left open by the cell are shown, as the inline backend would show them."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        try:
+            for number in plt.get_fignums():
+                self.entries.append(_figure_bundle(plt.figure(number)))
+            plt.close("all")
+        except Exception as exc:  # noqa: BLE001 - a broken figure must not lose the results
+            print(f"remote_magic: could not render a figure: {exc}", file=sys.stderr)
+
+
+def _is_figure(obj: Any) -> bool:
+    return type(obj).__module__.startswith("matplotlib.figure") and hasattr(obj, "savefig")
+
+
+def _figure_bundle(fig: Any) -> dict[str, Any]:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return {"kind": "bundle",
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode(),
+                     "text/plain": repr(fig)},
+            "metadata": {}}
+
+
+def _mimebundle(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            got = method()
+            data.update(got[0] if isinstance(got, tuple) else got or {})
+        except Exception:  # noqa: BLE001
+            pass
+    for mime, name in _MIME_METHODS:
+        method = getattr(obj, name, None)
+        if mime in data or not callable(method):
+            continue
+        try:
+            value = method()
+        except Exception:  # noqa: BLE001
+            continue
+        if isinstance(value, tuple):
+            value = value[0]
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode()
+        if value is not None:
+            data[mime] = value
+    data.setdefault("text/plain", repr(obj))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m remote_magic.runner TASKDIR", file=sys.stderr)
+        return 2
+    return supervise(os.path.abspath(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Prepare: turn a cell (or a function call) and the variables it reads into a task.
+
+The task's files are written into a fresh local directory; the task id is a content hash of
+the code, the serialized inputs, the options and the host, so an identical task can be
+recognised and its stored results reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .capture import analyse_cell
+from .errors import CaptureError, RemoteMagicError
+from .paths import data_dir
+from .serialization import dump_namespace
+from .taskdir import TaskPaths, write_json
+
+SPEC_VERSION = 1
+CALL_CODE = "_rm_result = _rm_fn(*_rm_args, **_rm_kwargs)\n"
+
+
+@dataclass
+class TaskOptions:
+    """What the user asked for, beyond the code itself."""
+
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    rerun: bool = False
+    nowait: bool = False
+
+
+@dataclass
+class PreparedTask:
+    id: str
+    content_hash: str
+    host: str
+    name: str | None
+    local_dir: Path
+    spec: dict[str, Any]
+    files: list[str]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+def prepare_cell(code: str, namespace: Mapping[str, Any], host: str, options: TaskOptions,
+                 hidden: Iterable[str] = ()) -> PreparedTask:
+    """Analyse the cell, serialize what it reads from `namespace`, write the task files."""
+    names = analyse_cell(code)
+    if "get_ipython" in names.reads:
+        raise CaptureError(
+            "This cell uses IPython syntax (a %magic or !shell line), which a remote task "
+            "cannot run. Use plain Python there (e.g. subprocess.run for shell commands).")
+    missing = [n for n in options.inputs if n not in namespace]
+    if missing:
+        raise RemoteMagicError(
+            f"-i names {', '.join(missing)}, but the notebook has no such variable.")
+    hidden = set(hidden)
+    wanted = sorted({n for n in names.reads if n in namespace and n not in hidden}
+                    | set(options.inputs))
+    values = {n: namespace[n] for n in wanted}
+    outputs = options.outputs
+    if outputs is None:
+        outputs = [n for n in names.binds if not n.startswith("_")]
+    return _write_task(code, values, outputs, sorted(names.deletes), names.last_expression,
+                       host, options)
+
+
+def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 host: str, options: TaskOptions) -> PreparedTask:
+    """A function call, run through the same path as a cell."""
+    values = {"_rm_fn": fn, "_rm_args": args, "_rm_kwargs": kwargs}
+    if options.name is None:
+        options.name = getattr(fn, "__name__", None)
+    return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options)
+
+
+def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
+                last_expression: bool, host: str, options: TaskOptions) -> PreparedTask:
+    imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
+    values = {n: v for n, v in values.items() if n not in imports}
+    root = data_dir() / "tasks"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))
+    try:
+        dumped = dump_namespace(values, TaskPaths(staging).inputs)
+        python = "{}.{}".format(*sys.version_info[:2])
+        content = {"code": code, "imports": imports, "inputs": dumped.sha256,
+                   "outputs": outputs, "deletes": deletes, "resources": options.resources,
+                   "host": host, "python": python, "version": SPEC_VERSION}
+        content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        task_id = content_hash[:16]
+        if options.rerun:  # a rerun is a new task: the earlier one's results stay
+            salt = f"{content_hash}:{time.time_ns()}:{os.getpid()}".encode()
+            task_id = hashlib.sha256(salt).hexdigest()[:16]
+        spec = {
+            "version": SPEC_VERSION, "id": task_id, "code": code,
+            "filename": f"<remote-cell {task_id[:8]}>", "last_expression": last_expression,
+            "inputs": sorted(values), "imports": imports, "outputs": outputs,
+            "deletes": deletes, "resources": options.resources, "name": options.name,
+            "python": python, "created": time.time(),
+        }
+        write_json(TaskPaths(staging).spec, spec)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PreparedTask(id=task_id, content_hash=content_hash, host=host, name=options.name,
+                        local_dir=staging, spec=spec, files=["spec.json", "inputs.rmns"])
+
+
+def commit(prepared: PreparedTask) -> None:
+    """Give the prepared files their final place, named by the task id."""
+    final = prepared.local_dir.parent / prepared.id
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(prepared.local_dir, final)
+    prepared.local_dir = final
