@@ -109,13 +109,15 @@ def _parse(source: str) -> ast.Module:
 
 def _syntax_message(exc: SyntaxError, source: str) -> str:
     """Point at the line itself: the traceback of a parse error is useless to the user."""
-    lines = source.splitlines()
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     lineno = exc.lineno
     reason = exc.msg or "invalid syntax"
     if not lineno or lineno < 1:
         return f"Syntax error in the cell: {reason}."
     text = lines[lineno - 1] if lineno <= len(lines) else (exc.text or "")
     text = text.strip()
+    if not text:  # e.g. an unclosed bracket reported at the end of the cell
+        return f"Syntax error in the cell, line {lineno}: {reason}"
     shown = text if len(text) <= 120 else text[:117] + "..."
     message = f"Syntax error in the cell, line {lineno}: {shown} ({reason})"
     if text.startswith(("%", "!")) or text.endswith("?"):
@@ -134,9 +136,8 @@ def _ends_with_semicolon(source: str) -> bool:
             tokenize.ENDMARKER}
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):
-        code = source.rstrip().splitlines()[-1].split("#", 1)[0] if source.strip() else ""
-        return code.rstrip().endswith(";")
+    except (tokenize.TokenError, SyntaxError):  # pragma: no cover - the source has parsed
+        return source.rstrip().endswith(";")
     for token in reversed(tokens):
         if token.type not in skip:
             return token.type == tokenize.OP and token.string == ";"

@@ -257,6 +257,9 @@ class DisplayRecorder:
             return {"kind": "bundle", "data": obj, "metadata": {}}
         if _is_figure(obj):
             return _figure_bundle(obj)
+        if type(obj).__module__.startswith("matplotlib."):
+            # Unpickling an artist in the kernel would revive its figure there: show the repr.
+            return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
         try:
             import cloudpickle
 

@@ -88,10 +88,42 @@ def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options)
 
 
+def _installed_roots() -> tuple[str, ...]:
+    """Where installed code lives: modules elsewhere are the user's own files."""
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+def send_local_modules_by_value(values: Iterable[Any]) -> None:
+    """Functions and classes from the user's own files travel with their code.
+
+    A host cannot import `helpers.py` from beside the notebook, so cloudpickle is told to
+    pickle such modules by value rather than by name. Installed packages stay by name.
+    """
+    import cloudpickle
+
+    roots = _installed_roots()
+    for value in values:
+        for owner in (value, type(value)):
+            name = getattr(owner, "__module__", None)
+            module = sys.modules.get(name) if isinstance(name, str) else None
+            path = getattr(module, "__file__", None)
+            if (module is None or not path or name == "__main__"
+                    or name.split(".")[0] == "remote_magic"):
+                continue
+            if not os.path.realpath(path).startswith(roots):
+                cloudpickle.register_pickle_by_value(module)
+
+
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
                 last_expression: bool, host: str, options: TaskOptions) -> PreparedTask:
     imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
     values = {n: v for n, v in values.items() if n not in imports}
+    send_local_modules_by_value(values.values())
     root = data_dir() / "tasks"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))

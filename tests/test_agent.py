@@ -34,7 +34,8 @@ def agent(home: Path) -> Any:
     transport.close()
 
 
-def stage(agent: Any, code: str, task: str = TASK, inputs: dict[str, Any] | None = None) -> TaskPaths:
+def stage(agent: Any, code: str, task: str = TASK,
+          inputs: dict[str, Any] | None = None) -> TaskPaths:
     root = Path(agent.request("mkdir", task=task))
     paths = TaskPaths(root)
     dump_namespace(inputs or {}, paths.inputs)

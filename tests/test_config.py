@@ -7,7 +7,6 @@ a user find and fix the mistake without reading this package's code.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import subprocess
 import textwrap
@@ -701,19 +700,6 @@ def test_unreadable_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_config(path)
     assert info.value.path == path
     assert "permission denied" in str(info.value)
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="needs file permissions that apply (not root, POSIX)")
-def test_unreadable_file_on_disk(tmp_path: Path) -> None:
-    path = write(tmp_path / "secret.yaml", "hosts: {}\n")
-    path.chmod(0)
-    try:
-        with pytest.raises(ConfigError) as info:
-            load_config(path)
-        assert "permission denied" in str(info.value)
-    finally:
-        path.chmod(0o600)
 
 
 def test_other_os_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,6 +67,12 @@ def test_outputs_cover_every_binding_and_skip_private(kernel: Kernel) -> None:
     assert kernel.value("'_hidden' in dir()") is False
 
 
+def test_del_in_the_cell_deletes_here_too(kernel: Kernel) -> None:
+    kernel.run("doomed = 1\nsurvivor = 2")
+    kernel.run("%%remote\ndel doomed\nsurvivor += 1")
+    assert kernel.value("('doomed' in dir(), survivor)") == (False, 3)
+
+
 def test_dash_o_restricts_and_dash_i_adds(kernel: Kernel) -> None:
     kernel.run("sent = 5\nkeep = 'old'")
     kernel.run(cell("""
@@ -84,11 +90,12 @@ def test_displays_and_figures_come_back(kernel: Kernel) -> None:
         import matplotlib.pyplot as plt
         display(HTML("<b>bold</b>"))
         plt.plot([1, 2, 3])
-        done = True
+        plt.title("once")
     """))
     data = [m["content"]["data"] for m in out.of_type("display_data")]
     assert any(d.get("text/html") == "<b>bold</b>" for d in data)
-    assert any("image/png" in d for d in data)
+    assert sum("image/png" in d for d in data) == 1  # the figure, shown once
+    assert out.result["text/plain"].startswith("Text(")
 
 
 def test_output_streams_while_the_task_runs(kernel: Kernel) -> None:
