@@ -14,7 +14,6 @@ from remote_magic.errors import CaptureError, RemoteMagicError
 
 py310 = pytest.mark.skipif(sys.version_info < (3, 10), reason="match needs Python 3.10")
 py311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="except* needs Python 3.11")
-py312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="PEP 695 needs Python 3.12")
 
 
 def cell(source: str) -> CellNames:
@@ -815,17 +814,6 @@ def test_result_is_hashable_and_frozen() -> None:
 
 
 # --- newer syntax ----------------------------------------------------------------------------
-
-@py312
-def test_type_parameters_are_not_reads() -> None:
-    check("""
-        def first[T: Bound](items: list[T]) -> T:
-            return items[0]
-        class Box[U](Base[U]):
-            item: U
-        type Pair[K] = tuple[K, Other]
-    """, reads={"Bound", "list", "Base", "tuple", "Other"}, binds=("first", "Box", "Pair"))
-
 
 # --- cross-check against the compiler's own scope analysis -----------------------------------
 
