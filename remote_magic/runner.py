@@ -167,6 +167,8 @@ def run_task(root: str) -> int:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
     recorder = DisplayRecorder()
+    if "IPython" in source:
+        recorder.replace_ipython_display()
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
     error: dict[str, Any] | None = None
@@ -266,6 +268,15 @@ class DisplayRecorder:
             return {"kind": "object", "data": cloudpickle.dumps(obj, protocol=5)}
         except Exception:  # noqa: BLE001 - fall back to the object's own representations
             return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
+
+    def replace_ipython_display(self) -> None:
+        """`from IPython.display import display` in the cell must record too, not print."""
+        try:
+            import IPython.core.display_functions as functions
+            import IPython.display as public
+        except ImportError:
+            return
+        functions.display = public.display = self.display
 
     def collect_figures(self) -> None:
         """Figures left open by the cell are shown, as the inline backend would show them."""

@@ -86,14 +86,17 @@ def test_dash_o_restricts_and_dash_i_adds(kernel: Kernel) -> None:
 def test_displays_and_figures_come_back(kernel: Kernel) -> None:
     out = kernel.run(cell("""
         %%remote
-        from IPython.display import HTML
+        from IPython.display import HTML, Markdown
         import matplotlib.pyplot as plt
         display(HTML("<b>bold</b>"))
+        from IPython.display import display as shown
+        shown(Markdown("*imported display*"))
         plt.plot([1, 2, 3])
         plt.title("once")
     """))
     data = [m["content"]["data"] for m in out.of_type("display_data")]
     assert any(d.get("text/html") == "<b>bold</b>" for d in data)
+    assert any(d.get("text/markdown") == "*imported display*" for d in data)
     assert sum("image/png" in d for d in data) == 1  # the figure, shown once
     assert out.result["text/plain"].startswith("Text(")
 
@@ -182,6 +185,16 @@ def test_identical_task_reuses_results_unless_rerun(kernel: Kernel) -> None:
     assert kernel.value("stamp") == pid
     kernel.run(code.format(" --rerun"))
     assert kernel.value("stamp") != pid
+
+
+def test_failed_task_runs_again_without_rerun(kernel: Kernel) -> None:
+    kernel.run("attempts_path = str(__import__('pathlib').Path.cwd() / 'attempts')")
+    failing = ("%%remote\nwith open(attempts_path, 'a') as f:\n    f.write('x')\n"
+               "raise RuntimeError('flaky')")
+    for _ in range(2):
+        out = kernel.run(failing, allow_error=True)
+        assert out.error["ename"] == "RuntimeError" and "identical" not in out.stdout
+    assert (kernel.root / "attempts").read_text() == "xx"
 
 
 def test_help_is_generated_from_the_options(kernel: Kernel) -> None:

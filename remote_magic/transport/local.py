@@ -51,7 +51,12 @@ class LocalTransport:
         return ["bash", "-l", "-c", script]
 
     def stage(self, task_id: str, source: Path, names: list[str]) -> str:
-        """Put the prepared files of a task into its directory on the host."""
+        """Put the prepared files of a task into its directory on the host.
+
+        A directory left by an earlier run of the same task (it failed, or was cancelled)
+        is replaced: its state files would otherwise speak for the new run.
+        """
+        shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
         paths = make_task_dir(self.task_dir(task_id))
         for name in names:
             target = paths.root / name
