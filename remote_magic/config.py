@@ -20,7 +20,7 @@ from typing import Any
 import platformdirs
 import yaml
 
-from .errors import ConfigError, UnknownHostError
+from .errors import ConfigError, OptionError, UnknownHostError
 
 SCHEDULERS = ("process", "slurm", "pbs", "lsf", "sge")
 RESOURCE_KEYS = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
@@ -555,6 +555,17 @@ def _resources(value: Any, where: _KeyPath) -> dict[str, Any]:
         for key, raw in value.items()
         if raw is not None
     }
+
+
+def check_resources(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resources given on a cell or to an executor, checked by the hosts file's own rules.
+
+    A bad value must be refused before the task is prepared, not by a scheduler later.
+    """
+    try:
+        return _resources(values, ())
+    except _Invalid as exc:
+        raise OptionError(f"resource '{'.'.join(exc.where)}' {exc.message}") from None
 
 
 _HOST_CHECKS: dict[str, Callable[[Any, _KeyPath], Any]] = {

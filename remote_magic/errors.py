@@ -27,6 +27,10 @@ class ConfigError(RemoteMagicError):
         super().__init__(f"{prefix}{message}")
 
 
+class OptionError(RemoteMagicError):
+    """A cell option or executor argument has a value that cannot work."""
+
+
 class UnknownHostError(RemoteMagicError):
     """A host name that the configuration does not define."""
 

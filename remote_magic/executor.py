@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
+from .config import check_resources
 from .core import Client, get_client
 from .monitor import Update
 from .store import TaskRecord
@@ -31,7 +32,7 @@ class RemoteExecutor(Executor):
         self._host = self._client.host(host).name
         self._rerun = rerun
         self._name = name
-        self._resources = resources
+        self._resources = check_resources(resources)
         self._shutdown = False
         self._futures: set[Future[Any]] = set()
         self._lock = threading.Lock()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .capture import analyse_cell
+from .config import check_resources
 from .errors import CaptureError, RemoteMagicError
 from .paths import data_dir
 from .serialization import dump_namespace
@@ -121,6 +122,7 @@ def send_local_modules_by_value(values: Iterable[Any]) -> None:
 
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
                 last_expression: bool, host: str, options: TaskOptions) -> PreparedTask:
+    options.resources = check_resources(options.resources)
     imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
     values = {n: v for n, v in values.items() if n not in imports}
     send_local_modules_by_value(values.values())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from remote_magic import RemoteExecutor
-from remote_magic.errors import RemoteTaskError, UnknownHostError
+from remote_magic.errors import OptionError, RemoteTaskError, UnknownHostError
 
 
 def slow_square(x: int) -> int:
@@ -74,5 +74,7 @@ def test_unknown_host_and_unpicklable_argument(home: Path) -> None:
 
     with pytest.raises(UnknownHostError, match="localhost"):
         RemoteExecutor("cluster")
+    with pytest.raises(OptionError, match="cpus"):
+        RemoteExecutor(cpus=4)
     with RemoteExecutor() as pool, pytest.raises(SerializationError, match="_thread.lock"):
         pool.submit(print, threading.Lock())

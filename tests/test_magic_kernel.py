@@ -169,6 +169,12 @@ def test_broken_config_names_file_and_key(kernel: Kernel, tmp_path: Path) -> Non
     assert "address" in out.error["evalue"]
 
 
+def test_bad_resource_option_is_refused(kernel: Kernel) -> None:
+    out = kernel.run("%%remote --walltime soon\nx = 1", allow_error=True)
+    assert out.error["ename"] == "OptionError"
+    assert "walltime" in out.error["evalue"] and "1:00:00" in out.error["evalue"]
+
+
 def test_ipython_syntax_is_refused_clearly(kernel: Kernel) -> None:
     out = kernel.run("%%remote\n!ls", allow_error=True)
     assert out.error["ename"] == "CaptureError"
