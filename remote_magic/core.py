@@ -129,17 +129,6 @@ class Client:
         self.store.update(record.id, outputs=sorted(result.values))
         return result
 
-    def wait(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord:
-        """Block until the task ends, without streaming its output."""
-        if not record.final:
-            done: queue.Queue[Update] = queue.Queue()
-            self.monitor(record.host).watch(record.id, state=record.state, on_final=done.put)
-            try:
-                done.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"task {record.id} still {record.state}") from None
-        return self.store.get(record.id)
-
     def _results(self, record: TaskRecord) -> Any:
         monitor = self.monitor(record.host)
         return monitor.transport.results(record.id, Path(record.local_dir or "."))

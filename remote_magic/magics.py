@@ -156,7 +156,8 @@ class RemoteMagics(Magics):
             self._apply(result)
             names = ", ".join(sorted(result.values)) or "no variables"
             if result.error is None:
-                print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names}.")
+                print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
+                      f"(%remote_log {task_id} shows what it printed).")
             else:
                 print(f"remote_magic: task {task_id} {record.state} on {record.host} "
                       f"(loaded {names}):\n{result.error.remote_traceback or result.error}",

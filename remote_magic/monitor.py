@@ -177,11 +177,12 @@ class HostMonitor:
         if update.changed:
             watch.state, watch.progress = update.state, update.progress
             history = status.get("history", {})
-            self.store.update(
-                watch.task_id, state=update.state, reason=update.reason,
-                progress=update.progress, submitted=history.get("submitted"),
-                started=history.get("running"),
-                finished=max((history[s] for s in FINAL_STATES if s in history), default=None))
+            times = {"submitted": history.get("submitted"), "started": history.get("running"),
+                     "finished": max((history[s] for s in FINAL_STATES if s in history),
+                                     default=None)}
+            self.store.update(watch.task_id, state=update.state, reason=update.reason,
+                              progress=update.progress,
+                              **{k: v for k, v in times.items() if v is not None})
         return update
 
     def _deliver(self, watch: Watch, update: Update) -> None:
@@ -195,9 +196,3 @@ class HostMonitor:
     def close(self) -> None:
         self.transport.close()
 
-
-def wait_quietly(monitor: HostMonitor, task_id: str, timeout: float | None = None) -> Update:
-    """Block until a task ends, without streaming its output."""
-    done: queue.Queue[Update] = queue.Queue()
-    monitor.watch(task_id, on_final=done.put)
-    return done.get(timeout=timeout)

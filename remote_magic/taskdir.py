@@ -55,9 +55,6 @@ class TaskPaths:
     cancel = property(lambda self: self.root / "cancel")
     work = property(lambda self: self.root / "work")
 
-    # Files the kernel copies back from a host once the task has ended.
-    RESULT_FILES = ("state.json", "result.json", "outputs.rmns", "displays.rmns", "error.json",
-                    "exitcode", "stdout", "stderr", "progress.json")
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
