@@ -1,325 +1,39 @@
-"""Find which notebook variables a cell reads and which ones it leaves behind.
-
-A remote cell starts in an empty namespace, so everything it takes from the notebook has to be
-shipped with it, and everything it assigns has to be shipped back. Both directions cost
-something: a missing input is a NameError on the far side, while a needless one may be large
-or unpicklable (an open file, a lock), and a needless output overwrites a notebook variable
-with a copy. The analysis is therefore exact where it can be and errs towards "read" where it
-cannot.
-
-The model, in short:
-
-* Code that runs as soon as the cell runs -- the cell's own statements, class bodies,
-  comprehensions, default values, decorators -- is followed in order. A name loaded there is an
-  input unless the cell has assigned it on every path that leads to the load. Branches and loop
-  bodies are forked and joined: a name counts as assigned after an ``if`` only if every branch
-  that carries on assigns it, and after a loop only if it was assigned before the loop.
-* Code that runs later -- function and lambda bodies, and anything nested in them -- may be
-  called from anywhere, so a global it loads is an input unless the cell's main path assigns
-  that name for certain somewhere (a function may call a helper defined further down).
-* Once the cell has assigned a name on every path, the notebook's old value can no longer be
-  seen, not even after a ``del``; "assigned" below always means this, which is why ``del``
-  never makes a name an input again.
-
-The standard library's ``symtable`` resolves scopes well, but its tables carry no position in
-the straight-line flow we need, and their shape for comprehensions and annotation scopes
-changes between Python 3.9 and 3.13. So scopes are resolved here from the AST, with the same
-rules the compiler applies; the tests check the two agree on function bodies.
-"""
+"""The walk over a cell in execution order that resolves every name it meets."""
 
 from __future__ import annotations
 
 import ast
-import io
-import tokenize
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-from .errors import CaptureError
-
-__all__ = ["CellNames", "analyse_cell"]
-
-
-@dataclass(frozen=True)
-class CellNames:
-    """What a cell exchanges with the notebook namespace.
-
-    reads: names whose value the cell may take from the notebook. Builtins are included; the
-        caller keeps only the names the namespace actually holds.
-    binds: names the cell may bind at module scope, in order of first binding. Unfiltered:
-        private names (``_x``) are the caller's to drop.
-    deletes: names a module-scope ``del`` may leave unbound when the cell ends, i.e. that are
-        not certainly re-bound after the ``del``. A name can be in both ``binds`` and
-        ``deletes`` when the outcome depends on control flow; the far side then reports
-        which one happened.
-    last_expression: the cell ends with an expression IPython would display (no trailing ';').
-    """
-
-    reads: frozenset[str]
-    binds: tuple[str, ...]
-    deletes: frozenset[str]
-    last_expression: bool
-
-
-def analyse_cell(source: str) -> CellNames:
-    """Analyse a cell of plain Python (IPython syntax must already be translated).
-
-    Raises CaptureError when the cell does not compile, or when it cannot be analysed
-    (``from m import *``), because guessing the inputs would fail later, on the far side,
-    with a far less helpful message.
-    """
-    tree = _parse(source)
-    walker = _CellWalker()
-    try:
-        names = walker.run(tree.body)
-    except RecursionError:
-        raise CaptureError(
-            "The cell is nested too deeply to be analysed. Split the longest expression into "
-            "several statements.") from None
-    last = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
-    if last and _ends_with_semicolon(source):
-        last = False
-    return CellNames(names[0], names[1], names[2], last)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing
-
-
-def _parse(source: str) -> ast.Module:
-    """Parse and compile once, so that scope errors surface here, with the cell's line numbers.
-
-    Compiling (not just parsing) catches errors such as a misplaced ``nonlocal`` that the far
-    side would otherwise report only after the inputs were shipped. Top-level ``await`` is
-    allowed because IPython runs such cells.
-    """
-    try:
-        tree = ast.parse(source, "<cell>", "exec")
-        compile(tree, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-    except SyntaxError as exc:
-        raise CaptureError(_syntax_message(exc, source)) from exc
-    except ValueError as exc:  # null bytes, before 3.12
-        raise CaptureError(f"The cell cannot be parsed: {exc}.") from exc
-    except RecursionError:
-        raise CaptureError(
-            "The cell is nested too deeply to be compiled. Split the longest expression into "
-            "several statements.") from None
-    return tree
-
-
-def _syntax_message(exc: SyntaxError, source: str) -> str:
-    """Point at the line itself: the traceback of a parse error is useless to the user."""
-    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    lineno = exc.lineno
-    reason = exc.msg or "invalid syntax"
-    if not lineno or lineno < 1:
-        return f"Syntax error in the cell: {reason}."
-    text = lines[lineno - 1] if lineno <= len(lines) else (exc.text or "")
-    text = text.strip()
-    if not text:  # e.g. an unclosed bracket reported at the end of the cell
-        return f"Syntax error in the cell, line {lineno}: {reason}"
-    shown = text if len(text) <= 120 else text[:117] + "..."
-    message = f"Syntax error in the cell, line {lineno}: {shown} ({reason})"
-    if text.startswith(("%", "!")) or text.endswith("?"):
-        message += (". IPython syntax (%magics, !shell commands, ?help) cannot run in a "
-                    "remote cell; write it as plain Python")
-    return message
-
-
-def _ends_with_semicolon(source: str) -> bool:
-    """IPython's own test: is the last token of the cell, comments aside, a ';'?
-
-    Tokens rather than text, so that a ';' or '#' inside a string literal is not mistaken for
-    the real thing.
-    """
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-            tokenize.ENDMARKER}
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):  # pragma: no cover - the source has parsed
-        return source.rstrip().endswith(";")
-    for token in reversed(tokens):
-        if token.type not in skip:
-            return token.type == tokenize.OP and token.string == ";"
-    return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Scopes
-
-
-class _State:
-    """What is known at one point of code that runs in order.
-
-    bound: names assigned on every path to here (a must-set: joins intersect).
-    gone: names a ``del`` may have removed and no later assignment certainly restored (a
-        may-set: joins unite). Only meaningful for the cell's own scope.
-    """
-
-    __slots__ = ("bound", "gone")
-
-    def __init__(self, bound: Iterable[str] = (), gone: Iterable[str] = ()) -> None:
-        self.bound = set(bound)
-        self.gone = set(gone)
-
-    def copy(self) -> _State:
-        return _State(self.bound, self.gone)
-
-    @staticmethod
-    def join(states: list[_State]) -> _State:
-        joined = states[0].copy()
-        for state in states[1:]:
-            joined.bound &= state.bound
-            joined.gone |= state.gone
-        return joined
-
-
-MODULE, CLASS, FUNCTION, COMPREHENSION = "module", "class", "function", "comprehension"
-
-
-@dataclass
-class _Frame:
-    """One scope on the walker's stack.
-
-    `deferred` marks code that does not run when the cell reaches it (function bodies and all
-    they contain); a global loaded there is judged against the whole cell instead of against
-    the flow at that point.
-    """
-
-    kind: str
-    deferred: bool
-    locals: frozenset[str] = frozenset()
-    globals: frozenset[str] = frozenset()
-    nonlocals: frozenset[str] = frozenset()
-    state: _State = field(default_factory=_State)
-
-
-class _ScopeScan(ast.NodeVisitor):
-    """Collect the names a function or class body binds, without entering nested scopes.
-
-    A function's locals are fixed by the whole body before any of it runs (a later assignment
-    makes an earlier load local), so they have to be known up front.
-    """
-
-    def __init__(self) -> None:
-        self.bound: set[str] = set()
-        self.globals: set[str] = set()
-        self.nonlocals: set[str] = set()
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if not isinstance(node.ctx, ast.Load):
-            self.bound.add(node.id)
-
-    def visit_Global(self, node: ast.Global) -> None:
-        self.globals.update(node.names)
-
-    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
-        self.nonlocals.update(node.names)
-
-    def visit_alias(self, node: ast.alias) -> None:
-        if node.name != "*":
-            self.bound.add(node.asname or node.name.partition(".")[0])
-
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-        if node.name:
-            self.bound.add(node.name)
-        self.generic_visit(node)
-
-    def _visit_all(self, nodes: Iterable[ast.AST | None]) -> None:
-        for node in nodes:
-            if node is not None:
-                self.visit(node)
-
-    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self.bound.add(node.name)
-        self._visit_all(node.decorator_list)
-        self._visit_all(node.args.defaults)
-        self._visit_all(node.args.kw_defaults)
-        self._visit_all(arg.annotation for arg in _arguments(node.args))
-        self._visit_all([node.returns])
-
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_Lambda(self, node: ast.Lambda) -> None:
-        self._visit_all(node.args.defaults)
-        self._visit_all(node.args.kw_defaults)
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        self.bound.add(node.name)
-        self._visit_all(node.decorator_list)
-        self._visit_all(node.bases)
-        self._visit_all(node.keywords)
-
-    def _visit_comprehension(self, node: ast.AST) -> None:
-        # Loop targets belong to the comprehension; a walrus inside binds in this scope.
-        for generator in node.generators:  # type: ignore[attr-defined]
-            self.visit(generator.iter)
-            self._visit_all(generator.ifs)
-        for name in ("elt", "key", "value"):
-            self._visit_all([getattr(node, name, None)])
-
-    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _visit_comprehension
-
-    def visit_MatchAs(self, node: ast.AST) -> None:
-        if getattr(node, "name", None):
-            self.bound.add(node.name)  # type: ignore[attr-defined]
-        self.generic_visit(node)
-
-    visit_MatchStar = visit_MatchAs
-
-    def visit_MatchMapping(self, node: ast.AST) -> None:
-        if getattr(node, "rest", None):
-            self.bound.add(node.rest)  # type: ignore[attr-defined]
-        self.generic_visit(node)
-
-    def visit_TypeAlias(self, node: ast.AST) -> None:
-        # Only the alias name: the value and the parameters live in a scope of their own.
-        self.visit(node.name)  # type: ignore[attr-defined]
-
-
-def _scan(nodes: Iterable[ast.AST]) -> _ScopeScan:
-    scan = _ScopeScan()
-    for node in nodes:
-        scan.visit(node)
-    return scan
-
-
-def _deleted_names(statements: Iterable[ast.AST]) -> set[str]:
-    """Names a block may `del` in its own scope, wherever an exception might interrupt it."""
-    found: set[str] = set()
-    stack: list[ast.AST] = list(statements)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
-            found.add(node.id)
-        stack.extend(ast.iter_child_nodes(node))
-    return found
-
-
-def _arguments(args: ast.arguments) -> list[ast.arg]:
-    every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
-    every += [a for a in (args.vararg, args.kwarg) if a is not None]
-    return every
-
-
+from ..errors import CaptureError
+from .scopes import (
+    CLASS,
+    COMPREHENSION,
+    FUNCTION,
+    MODULE,
+    Frame,
+    ScopeScan,
+    State,
+    deleted_names,
+    parameters,
+    scan_scope,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The walker
 
 
-class _CellWalker:
+class CellWalker:
     """Walk the cell once, in execution order, resolving every name it meets."""
 
     def __init__(self) -> None:
-        self.module = _Frame(MODULE, deferred=False)
-        self.frames: list[_Frame] = [self.module]
+        self.module = Frame(MODULE, deferred=False)
+        self.frames: list[Frame] = [self.module]
         self.reads: set[str] = set()
         self.deferred_reads: set[str] = set()
         self.binds: dict[str, None] = {}
         # One (breaks, continues) pair per enclosing loop, holding the states at those jumps.
-        self.loops: list[tuple[list[_State], list[_State]]] = []
+        self.loops: list[tuple[list[State], list[State]]] = []
 
     def run(self, body: list[ast.stmt]) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
         self._block(body)
@@ -330,25 +44,25 @@ class _CellWalker:
     # -- frames and flow --------------------------------------------------------------------
 
     @property
-    def frame(self) -> _Frame:
+    def frame(self) -> Frame:
         return self.frames[-1]
 
-    def _flow(self) -> _Frame:
+    def _flow(self) -> Frame:
         """The frame whose state branches act on: comprehensions assign into their parent."""
         for frame in reversed(self.frames):
             if frame.kind != COMPREHENSION:
                 return frame
         return self.module  # pragma: no cover - the module frame is never a comprehension
 
-    def _push(self, kind: str, deferred: bool, scan: _ScopeScan | None = None,
-              extra: Iterable[str] = ()) -> _Frame:
+    def _push(self, kind: str, deferred: bool, scan: ScopeScan | None = None,
+              extra: Iterable[str] = ()) -> Frame:
         bound = set(extra)
         declared_global: set[str] = set()
         declared_nonlocal: set[str] = set()
         if scan is not None:
             bound |= scan.bound
             declared_global, declared_nonlocal = scan.globals, scan.nonlocals
-        frame = _Frame(kind, deferred or self.frame.deferred,
+        frame = Frame(kind, deferred or self.frame.deferred,
                        frozenset(bound - declared_global - declared_nonlocal),
                        frozenset(declared_global), frozenset(declared_nonlocal))
         self.frames.append(frame)
@@ -357,10 +71,10 @@ class _CellWalker:
     def _pop(self) -> None:
         self.frames.pop()
 
-    def _join(self, frame: _Frame, before: _State, paths: list[tuple[bool, _State]]) -> bool:
+    def _join(self, frame: Frame, before: State, paths: list[tuple[bool, State]]) -> bool:
         """Continue after a branch point with what holds on every path that carries on."""
         live = [state for falls, state in paths if falls]
-        frame.state = _State.join(live) if live else before
+        frame.state = State.join(live) if live else before
         return bool(live)
 
     def _discard(self, walk: Callable[[], object]) -> None:
@@ -378,7 +92,7 @@ class _CellWalker:
     def _record_bind(self, name: str) -> None:
         self.binds.setdefault(name, None)
 
-    def _global_load(self, name: str, frame: _Frame) -> None:
+    def _global_load(self, name: str, frame: Frame) -> None:
         if frame.deferred:
             self.deferred_reads.add(name)
         elif name not in self.module.state.bound:
@@ -410,7 +124,7 @@ class _CellWalker:
                 return
         self._global_load(name, frame)
 
-    def _bind(self, frame: _Frame, name: str) -> None:
+    def _bind(self, frame: Frame, name: str) -> None:
         if frame.kind == MODULE:
             frame.state.bound.add(name)
             frame.state.gone.discard(name)
@@ -550,7 +264,7 @@ class _CellWalker:
     def _stmt_Pass(self, node: ast.stmt) -> bool:
         return True
 
-    # `global` at module level changes nothing; in a function it was collected by _ScopeScan.
+    # `global` at module level changes nothing; in a function it was collected by ScopeScan.
     _stmt_Global = _stmt_Nonlocal = _stmt_Pass
 
     def _stmt_Raise(self, node: ast.Raise) -> bool:
@@ -600,7 +314,7 @@ class _CellWalker:
         falls = self._block(node.body)
         breaks, continues = self.loops.pop()
         back = [before, *continues] + ([frame.state] if falls else [])
-        frame.state = _State.join(back)
+        frame.state = State.join(back)
         if endless:  # `while True:` leaves only through `break`
             self._discard(lambda: self._block(node.orelse))
             paths = []
@@ -646,7 +360,7 @@ class _CellWalker:
         # A handler may start anywhere in the body: from the state before it, plus whatever
         # the body may have deleted on the way.
         interrupted = before.copy()
-        interrupted.gone |= _deleted_names(node.body)
+        interrupted.gone |= deleted_names(node.body)
         for handler in node.handlers:
             frame.state = interrupted.copy()
             self._expr(handler.type)
@@ -660,7 +374,7 @@ class _CellWalker:
         # entry; the state after the statement comes from the path that carries on.
         after = frame.state
         weakest = before.copy()
-        weakest.gone |= _deleted_names([*node.body, *node.orelse, *node.handlers])
+        weakest.gone |= deleted_names([*node.body, *node.orelse, *node.handlers])
         frame.state = weakest
         final_falls = self._block(node.finalbody)
         if not falls:
@@ -715,14 +429,14 @@ class _CellWalker:
         self._defaults(node.args)
         outer = self.frame
         type_params = self._enter_type_params(node)
-        for arg in _arguments(node.args):
+        for arg in parameters(node.args):
             self._expr(arg.annotation)
         self._expr(node.returns)
         # Nothing in the body runs now, so the name may be bound first: outputs then list the
         # function before the globals it assigns.
         self._bind(outer, node.name)
-        params = [arg.arg for arg in _arguments(node.args)]
-        self._push(FUNCTION, deferred=True, scan=_scan(node.body), extra=params)
+        params = [arg.arg for arg in parameters(node.args)]
+        self._push(FUNCTION, deferred=True, scan=scan_scope(node.body), extra=params)
         self._block(node.body)
         self._pop()
         if type_params:
@@ -740,7 +454,7 @@ class _CellWalker:
         for keyword in node.keywords:
             self._expr(keyword.value)
         # The body runs now, in order, like the cell itself, but in a namespace of its own.
-        self._push(CLASS, deferred=False, scan=_scan(node.body))
+        self._push(CLASS, deferred=False, scan=scan_scope(node.body))
         self._block(node.body)
         self._pop()
         if type_params:
@@ -820,15 +534,15 @@ class _CellWalker:
 
     def _expr_Lambda(self, node: ast.Lambda) -> None:
         self._defaults(node.args)
-        params = [arg.arg for arg in _arguments(node.args)]
-        self._push(FUNCTION, deferred=True, scan=_scan([node.body]), extra=params)
+        params = [arg.arg for arg in parameters(node.args)]
+        self._push(FUNCTION, deferred=True, scan=scan_scope([node.body]), extra=params)
         self._expr(node.body)
         self._pop()
 
     def _expr_comprehension(self, node: ast.AST) -> None:
         generators: list[ast.comprehension] = node.generators  # type: ignore[attr-defined]
         self._expr(generators[0].iter)  # evaluated in the enclosing scope
-        targets = _scan([g.target for g in generators]).bound
+        targets = scan_scope([g.target for g in generators]).bound
 
         def body() -> None:
             self._push(COMPREHENSION, deferred=False, extra=targets)
