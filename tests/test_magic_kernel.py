@@ -247,6 +247,24 @@ def test_kill_cancels_a_running_task(kernel: Kernel) -> None:
     assert "cancelled" in fetched.error["evalue"]
 
 
+def test_kill_all_cancels_every_unfinished_task(kernel: Kernel) -> None:
+    for n in range(2):
+        kernel.run(f"%%remote --nowait\nimport time\ntime.sleep(60)\nnever = {n + 10}")
+    out = kernel.run("%remote_kill --all -q localhost")
+    assert out.stdout.count("cancelling") == 2
+    kernel.run("import time; time.sleep(1)")
+    states = kernel.value("[r.state for r in __import__('remote_magic.core').core"
+                          ".get_client().status()[:2]]")
+    assert states == ["cancelled", "cancelled"]
+
+
+def test_hosts_lists_and_tests_localhost(kernel: Kernel) -> None:
+    out = kernel.run("%remote_hosts --test")
+    assert "localhost" in out.stdout and str(kernel.root / "hosts.yaml") in out.stdout
+    assert "[ok] localhost: agent starts, Python matches" in out.stdout
+    assert "FAIL" not in out.stdout
+
+
 def test_killed_process_is_reported_failed(kernel: Kernel) -> None:
     kernel.run("%%remote --nowait\nimport time\ntime.sleep(60)\nnever = 2")
     task_id = kernel.value("__import__('remote_magic.core').core.get_client().store.list()[0].id")
