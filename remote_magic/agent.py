@@ -20,10 +20,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import runner
-from .protocol import FrameReader, encode
+from .agent_files import FileOps
+from .protocol import MARKER, FrameReader, encode_header
 from .taskdir import (
     FINAL_STATES,
     HEARTBEAT_INTERVAL,
@@ -46,7 +47,7 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
     pass
 
 
-class Agent:
+class Agent(FileOps):
     def __init__(self, workdir: str) -> None:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
         self.tasks_dir = self.workdir / "tasks"
@@ -59,15 +60,24 @@ class Agent:
     def paths(self, task_id: str) -> TaskPaths:
         return TaskPaths(self.tasks_dir / valid_task_id(task_id))
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        op = message.get("op", "")
-        method = getattr(self, f"op_{op}", None)
+    def handle(self, message: dict[str, Any], payload: bytes,
+               send: Callable[[dict[str, Any], bytes], None]) -> None:
+        """Run one request; answer it unless it is one-way (no id)."""
+        request_id = message.get("id")
+        self.payload, self.payload_out = payload, b""
+        self.reply_stream = lambda chunk: send({"stream": request_id}, chunk)
+        method = getattr(self, f"op_{message.get('op', '')}", None)
         if method is None:
-            return {"ok": False, "error": f"unknown operation {op!r}"}
-        try:
-            return {"ok": True, "result": method(**message.get("args", {}))}
-        except Exception as exc:  # noqa: BLE001 - the kernel shows it; the agent lives on
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            reply = {"ok": False, "error": f"unknown operation {message.get('op')!r}"}
+        else:
+            try:
+                reply = {"ok": True, "result": method(**message.get("args", {}))}
+            except Exception as exc:  # noqa: BLE001 - the kernel shows it; the agent lives on
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if request_id is not None:
+            reply["id"] = request_id
+            send(reply, self.payload_out)
+        self.payload = self.payload_out = b""
 
     # ------------------------------------------------------------ operations
 
@@ -296,9 +306,13 @@ def serve(workdir: str) -> int:
     selector.register(wake_r, selectors.EVENT_READ)
     reader = FrameReader()
     out = sys.stdout.buffer
+    out.write(MARKER)  # whatever a login shell printed before us ends here
+    out.flush()
 
-    def send(message: dict[str, Any]) -> None:
-        out.write(encode(message))
+    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+        out.write(encode_header(message, len(payload)))
+        if payload:
+            out.write(payload)
         out.flush()
 
     while True:
@@ -310,10 +324,8 @@ def serve(workdir: str) -> int:
                     continue
                 if not data:
                     return 0
-                for message, _payload in reader.feed(data):
-                    reply = agent.handle(message)
-                    reply["id"] = message.get("id")
-                    send(reply)
+                for message, payload in reader.feed(data):
+                    agent.handle(message, payload, send)
             else:
                 try:
                     wake_r.recv(4096)

@@ -12,7 +12,7 @@ import threading
 from typing import Any, Callable, Protocol
 
 from .errors import TransportError
-from .protocol import FrameReader, encode
+from .protocol import MARKER, FrameReader, encode_header
 
 
 class Channel(Protocol):
@@ -32,6 +32,7 @@ class AgentClient:
         self._label = label
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._closed: str | None = None
         self._reader = threading.Thread(target=self._read, name=f"agent-{label}", daemon=True)
@@ -41,19 +42,27 @@ class AgentClient:
     def alive(self) -> bool:
         return self._closed is None
 
-    def request(self, op: str, timeout: float = 60.0, **args: Any) -> Any:
+    def request(self, op: str, timeout: float | None = 60.0, **args: Any) -> Any:
         """Send one request and wait for its answer; agent-side errors raise TransportError."""
-        waiter = _Pending()
+        return self.call(op, args, timeout=timeout)[0]
+
+    def call(self, op: str, args: dict[str, Any], payload: bytes = b"",
+             timeout: float | None = 60.0,
+             sink: Callable[[bytes], None] | None = None) -> tuple[Any, bytes]:
+        """A request with a payload; returns the result and the reply's payload.
+
+        `sink` receives the chunks of a streamed answer as they arrive, in order.
+        """
+        waiter = _Pending(sink)
         with self._lock:
-            if self._closed is not None:
-                raise TransportError(self._closed)
             request_id = next(self._ids)
             self._pending[request_id] = waiter
-            try:
-                self._channel.send(encode({"id": request_id, "op": op, "args": args}))
-            except OSError as exc:
-                del self._pending[request_id]
-                raise TransportError(f"lost the connection to {self._label}: {exc}") from exc
+        try:
+            self._send({"id": request_id, "op": op, "args": args}, payload)
+        except TransportError:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise
         if not waiter.done.wait(timeout):
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -63,31 +72,48 @@ class AgentClient:
             raise TransportError(self._closed or f"lost the connection to {self._label}")
         if not reply.get("ok"):
             raise TransportError(f"{self._label}: {op} failed: {reply.get('error')}")
-        return reply.get("result")
+        return reply.get("result"), waiter.payload
+
+    def send_oneway(self, op: str, args: dict[str, Any], payload: bytes = b"") -> None:
+        """A message the agent does not answer (a chunk of an upload)."""
+        self._send({"op": op, "args": args}, payload)
+
+    def _send(self, message: dict[str, Any], payload: bytes) -> None:
+        with self._send_lock:
+            if self._closed is not None:
+                raise TransportError(self._closed)
+            try:
+                self._channel.send(encode_header(message, len(payload)))
+                if payload:
+                    self._channel.send(payload)
+            except OSError as exc:
+                raise TransportError(f"lost the connection to {self._label}: {exc}") from exc
 
     def close(self) -> None:
         self._channel.close()
 
     def _read(self) -> None:
         frames = FrameReader()
+        preface: bytes | None = b""  # what came before the agent's marker (shell chatter)
+        reason = ""
         try:
             while True:
                 data = self._channel.recv()
                 if not data:
+                    if preface:
+                        reason = "it printed " + preface[-500:].decode(errors="replace").strip()
                     break
-                for message, _payload in frames.feed(data):
-                    if "event" in message:
-                        self._on_event(message)
+                if preface is not None:
+                    preface += data
+                    start = preface.find(MARKER)
+                    if start < 0:
+                        preface = preface[-(1 << 20):]
                         continue
-                    with self._lock:
-                        waiter = self._pending.pop(message.get("id"), None)
-                    if waiter is not None:
-                        waiter.reply = message
-                        waiter.done.set()
+                    data, preface = preface[start + len(MARKER):], None
+                for message, payload in frames.feed(data):
+                    self._dispatch(message, payload)
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection
             reason = f"{type(exc).__name__}: {exc}"
-        else:
-            reason = ""
         detail = reason or self._channel.describe_failure()
         with self._lock:
             self._closed = f"the agent on {self._label} stopped" + (f": {detail}" if detail else "")
@@ -96,10 +122,31 @@ class AgentClient:
             waiter.done.set()
         self._on_event({"event": "closed"})
 
+    def _dispatch(self, message: dict[str, Any], payload: bytes) -> None:
+        if "event" in message:
+            self._on_event(message)
+            return
+        streamed = "stream" in message
+        with self._lock:
+            if streamed:
+                waiter = self._pending.get(message["stream"])
+            else:
+                waiter = self._pending.pop(message.get("id"), None)
+        if waiter is None:
+            return
+        if streamed:
+            if waiter.sink is not None:
+                waiter.sink(payload)
+            return
+        waiter.reply, waiter.payload = message, payload
+        waiter.done.set()
+
 
 class _Pending:
-    __slots__ = ("done", "reply")
+    __slots__ = ("done", "payload", "reply", "sink")
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
         self.done = threading.Event()
         self.reply: dict[str, Any] | None = None
+        self.payload = b""
+        self.sink = sink

@@ -13,11 +13,19 @@ from typing import Any
 
 _HEADER = struct.Struct(">IQ")
 MAX_JSON = 64 * 1024 * 1024
+# The agent's first bytes. A login shell may print to stdout before the agent starts (a banner,
+# a module system's chatter); the kernel skips everything up to this marker.
+MARKER = b"\x00remote_magic agent 1\n"
+
+
+def encode_header(message: dict[str, Any], payload_size: int) -> bytes:
+    """The frame's header and JSON; the payload follows it, sent separately (not copied)."""
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body), payload_size) + body
 
 
 def encode(message: dict[str, Any], payload: bytes = b"") -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body), len(payload)) + body + payload
+    return encode_header(message, len(payload)) + payload
 
 
 class FrameReader:
