@@ -12,11 +12,11 @@ import threading
 from typing import Any, Callable, Protocol
 
 from .errors import TransportError
-from .protocol import MARKER, FrameReader, encode_header
+from .protocol import FrameReader, encode_header
 
 
 class Channel(Protocol):
-    """A bidirectional byte stream to the agent's stdin/stdout."""
+    """A bidirectional byte stream to the agent's stdin/stdout, past the agent's marker."""
 
     def send(self, data: bytes) -> None: ...
     def recv(self) -> bytes: ...  # blocks; b"" at end of stream
@@ -94,22 +94,12 @@ class AgentClient:
 
     def _read(self) -> None:
         frames = FrameReader()
-        preface: bytes | None = b""  # what came before the agent's marker (shell chatter)
         reason = ""
         try:
             while True:
                 data = self._channel.recv()
                 if not data:
-                    if preface:
-                        reason = "it printed " + preface[-500:].decode(errors="replace").strip()
                     break
-                if preface is not None:
-                    preface += data
-                    start = preface.find(MARKER)
-                    if start < 0:
-                        preface = preface[-(1 << 20):]
-                        continue
-                    data, preface = preface[start + len(MARKER):], None
                 for message, payload in frames.feed(data):
                     self._dispatch(message, payload)
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection

@@ -47,9 +47,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         print(hosts_table(client.config()))
         return 0
     if args.command in ("test", "setup"):
-        host = client.host(args.host)
-        if args.command == "setup" and host.is_local:
-            print(f"{host.name} runs tasks on this machine with this Python: nothing to ship.")
+        client.host(args.host)  # an unknown host is an error, not a failed check
+        if args.command == "setup":
+            print(client.monitor(args.host).transport.setup())
         checks = check_host(client, args.host)
         for check in checks:
             print(check)

@@ -22,6 +22,7 @@ from .monitor import HostMonitor, Update, Watch
 from .results import TaskResult, load_result
 from .store import TaskRecord, TaskStore
 from .task import PreparedTask, TaskOptions, commit
+from .taskdir import read_json
 
 FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
 
@@ -89,8 +90,9 @@ class Client:
                             local_dir=str(prepared.local_dir))
         self.store.add(record)
         try:
+            monitor.agent()  # connects, and checks the host's Python once per connection
             record.remote_dir = monitor.transport.stage(prepared.id, prepared.local_dir,
-                                                        prepared.files)
+                                                        prepared.files, prepared.extra)
             monitor.request("start", task=prepared.id)
         except BaseException as exc:
             self.store.update(record.id, state="failed", reason=f"not started: {exc}",
@@ -123,9 +125,13 @@ class Client:
             if not ended:
                 monitor.unwatch_output(record.id)
 
-    def result(self, record: TaskRecord) -> TaskResult:
-        """Load the results of a task that has ended."""
+    def result(self, record: TaskRecord, collect_into: Path | None = None) -> TaskResult:
+        """Load the results of a task that has ended; copy its `--collect` files back."""
         result = load_result(self._results(record), record.id, record.host)
+        patterns = read_json(Path(record.local_dir or ".") / "spec.json", {}).get("collect")
+        if patterns:
+            result.collected = self.monitor(record.host).transport.collect(
+                record.id, patterns, collect_into or Path.cwd())
         self.store.update(record.id, outputs=sorted(result.values))
         return result
 

@@ -69,6 +69,14 @@ class TransportError(RemoteMagicError):
     """The host could not be reached or the agent on it failed."""
 
 
+class HostKeyError(TransportError):
+    """The host's key is unknown or has changed: nothing was sent to it."""
+
+
+class AuthenticationError(TransportError):
+    """No offered credential was accepted."""
+
+
 class RemoteTaskError(RemoteMagicError):
     """The cell raised on the host. `remote_traceback` is the formatted remote traceback.
 

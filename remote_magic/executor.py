@@ -29,7 +29,7 @@ class RemoteExecutor(Executor):
     def __init__(self, host: str | None = None, *, rerun: bool = False, name: str | None = None,
                  client: Client | None = None, **resources: Any) -> None:
         self._client = client or get_client()
-        self._host = self._client.host(host).name
+        self._host = self._client.host(host)
         self._rerun = rerun
         self._name = name
         self._resources = check_resources(resources)
@@ -54,7 +54,7 @@ class RemoteExecutor(Executor):
         if record.final:
             self._complete(future, record)
         else:
-            self._client.monitor(self._host).watch(
+            self._client.monitor(self._host.name).watch(
                 record.id, state=record.state,
                 on_final=lambda update: self._on_final(future, record, update))
         return future

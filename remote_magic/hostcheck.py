@@ -31,19 +31,20 @@ def check_host(client: Client, name: str) -> list[Check]:
         monitor = client.monitor(host)
     except RemoteMagicError as exc:
         return [Check(name, "configuration", False, str(exc))]
+    for step, ok, detail in monitor.transport.checks():
+        checks.append(Check(name, step, ok, detail))
+        if not ok:
+            return checks
     try:
         info = monitor.hello()
     except RemoteMagicError as exc:
-        return [Check(name, "agent starts, Python matches", False, str(exc))]
+        return [*checks, Check(name, "agent starts, Python matches", False, str(exc))]
     checks.append(Check(name, "agent starts, Python matches", True,
                         f"Python {info['python']} ({info['executable']}), pid {info['pid']} "
                         f"on {info['hostname']}"))
-    try:
-        monitor.request("list")
-        checks.append(Check(name, "work directory", True, f"{info['workdir']} is usable"))
-    except RemoteMagicError as exc:
-        checks.append(Check(name, "work directory", False,
-                            f"{info['workdir']}: {exc}; set 'workdir:' to a writable place"))
+    notes = monitor.transport.notes
+    if notes:
+        checks.append(Check(name, "notes", True, "; ".join(notes)))
     return checks
 
 

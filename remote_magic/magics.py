@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -60,6 +61,11 @@ class RemoteMagics(Magics):
     @argument("--gpus", type=int, help="GPUs (schedulers)")
     @argument("--partition", help="partition or queue (schedulers)")
     @argument("--account", help="account to charge (schedulers)")
+    @argument("--files", nargs="+", metavar="PATH", default=[],
+              help="local files or folders staged into the task's working directory "
+                   "(absolute paths go where the host's 'paths' mapping says)")
+    @argument("--collect", nargs="+", metavar="GLOB", default=[],
+              help="files of the task's working directory copied back here afterwards")
     @argument("--name", help="a label shown in status tables")
     @argument("--nowait", action="store_true",
               help="return at once; results load at the start of the first cell run after "
@@ -78,10 +84,10 @@ class RemoteMagics(Magics):
         options = TaskOptions(inputs=_names(args.inputs),
                               outputs=_names(args.outputs) if args.outputs else None,
                               resources=resources, name=args.name, rerun=args.rerun,
-                              nowait=args.nowait)
+                              nowait=args.nowait, files=args.files, collect=args.collect)
         host = self.client.host(args.queue)
         code = self.shell.transform_cell(cell)
-        prepared = prepare_cell(code, self.shell.user_ns, host.name, options,
+        prepared = prepare_cell(code, self.shell.user_ns, host, options,
                                 hidden=self.shell.user_ns_hidden)
         submission = self.client.submit(prepared, options)
         record = submission.record
@@ -141,6 +147,8 @@ class RemoteMagics(Magics):
                 display(shown.bundle, raw=True, metadata=shown.metadata or None)
             else:
                 display(shown.obj)
+        if result.collected:
+            print(f"Collected into {os.getcwd()}: {', '.join(result.collected)}")
         for name, reason in sorted(result.skipped.items()):
             print(f"remote_magic: '{name}' could not be brought back ({reason}).",
                   file=sys.stderr)

@@ -59,7 +59,7 @@ class HostMonitor:
     def __init__(self, host: HostConfig, store: TaskStore) -> None:
         self.host = host
         self.store = store
-        self.transport = open_transport(host)
+        self.transport = open_transport(host, self._on_event)
         self._watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -71,7 +71,7 @@ class HostMonitor:
 
     def agent(self) -> AgentClient:
         """The host's agent; a new one is checked once for a matching Python version."""
-        agent = self.transport.agent(self._on_event)
+        agent = self.transport.agent()
         if agent is not self._checked:
             self._info = agent.request("hello")
             ours = "{}.{}".format(*sys.version_info[:2])

@@ -37,6 +37,7 @@ class TaskResult:
     displays: list[Shown] = field(default_factory=list)
     value: Shown | None = None
     error: RemoteTaskError | None = None
+    collected: list[str] = field(default_factory=list)  # --collect files copied back
 
     def apply(self, namespace: dict[str, Any]) -> list[str]:
         """Bind the task's outputs in `namespace` as if the cell had run there."""

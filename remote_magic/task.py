@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .capture import analyse_cell
-from .config import check_resources
-from .errors import CaptureError, RemoteMagicError
+from .config import HostConfig, check_resources
+from .errors import CaptureError, OptionError, RemoteMagicError
 from .paths import data_dir
 from .serialization import dump_namespace
 from .taskdir import TaskPaths, write_json
@@ -41,6 +41,8 @@ class TaskOptions:
     name: str | None = None
     rerun: bool = False
     nowait: bool = False
+    files: list[str] = field(default_factory=list)  # local files/folders to stage in
+    collect: list[str] = field(default_factory=list)  # globs copied back afterwards
 
 
 @dataclass
@@ -52,13 +54,14 @@ class PreparedTask:
     local_dir: Path
     spec: dict[str, Any]
     files: list[str]
+    extra: list[tuple[Path, str]] = field(default_factory=list)  # (--files path, destination)
 
     def discard(self) -> None:
         shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
-def prepare_cell(code: str, namespace: Mapping[str, Any], host: str, options: TaskOptions,
-                 hidden: Iterable[str] = ()) -> PreparedTask:
+def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
+                 options: TaskOptions, hidden: Iterable[str] = ()) -> PreparedTask:
     """Analyse the cell, serialize what it reads from `namespace`, write the task files."""
     names = analyse_cell(code)
     if "get_ipython" in names.reads:
@@ -81,7 +84,7 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: str, options: Ta
 
 
 def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 host: str, options: TaskOptions) -> PreparedTask:
+                 host: HostConfig, options: TaskOptions) -> PreparedTask:
     """A function call, run through the same path as a cell."""
     values = {"_rm_fn": fn, "_rm_args": args, "_rm_kwargs": kwargs}
     if options.name is None:
@@ -120,9 +123,58 @@ def send_local_modules_by_value(values: Iterable[Any]) -> None:
                 cloudpickle.register_pickle_by_value(module)
 
 
+def plan_files(specs: list[str], host: HostConfig, cwd: Path) -> list[tuple[Path, str]]:
+    """Where each `--files` entry goes: a relative path keeps its place under the task's
+    working directory; an absolute one goes where the host's `paths` mapping puts it."""
+    plan: list[tuple[Path, str]] = []
+    for spec in specs:
+        local = Path(os.path.expanduser(spec))
+        full = local if local.is_absolute() else cwd / local
+        if not full.exists():
+            raise OptionError(f"--files {spec}: no such file or folder (looked in {full}).")
+        if local.is_absolute():
+            destination = _mapped(local, host)
+        else:
+            relative = Path(os.path.normpath(local))
+            if relative.parts and relative.parts[0] == "..":
+                raise OptionError(f"--files {spec}: points outside the notebook's folder. Use "
+                                  "a path below it, or an absolute path with a 'paths:' "
+                                  f"mapping for host '{host.name}'.")
+            destination = f"work/{relative.as_posix()}"
+        files = [full] if full.is_file() else sorted(p for p in full.rglob("*") if p.is_file())
+        for file in files:
+            suffix = "" if file == full else "/" + file.relative_to(full).as_posix()
+            plan.append((file, destination + suffix))
+    return plan
+
+
+def _mapped(local: Path, host: HostConfig) -> str:
+    for prefix in sorted(host.paths, key=len, reverse=True):
+        try:
+            rest = local.relative_to(prefix)
+        except ValueError:
+            continue
+        remote = host.paths[prefix].rstrip("/")
+        return remote if rest == Path(".") else f"{remote}/{rest.as_posix()}"
+    raise OptionError(
+        f"--files {local}: an absolute path must fall under a 'paths:' mapping of host "
+        f"'{host.name}' (local prefix: remote prefix), or be given relative to the "
+        "notebook's folder.")
+
+
+def _check_collect(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+            raise OptionError(f"--collect {pattern}: give a pattern relative to the task's "
+                              "working directory, without '..'.")
+    return patterns
+
+
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
-                last_expression: bool, host: str, options: TaskOptions) -> PreparedTask:
+                last_expression: bool, host: HostConfig, options: TaskOptions) -> PreparedTask:
     options.resources = check_resources(options.resources)
+    extra = plan_files(options.files, host, Path.cwd())
+    collect = _check_collect(options.collect)
     imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
     values = {n: v for n, v in values.items() if n not in imports}
     send_local_modules_by_value(values.values())
@@ -132,9 +184,11 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
     try:
         dumped = dump_namespace(values, TaskPaths(staging).inputs)
         python = "{}.{}".format(*sys.version_info[:2])
+        staged = [(str(p), d, p.stat().st_size, p.stat().st_mtime_ns) for p, d in extra]
         content = {"code": code, "imports": imports, "inputs": dumped.sha256,
                    "outputs": outputs, "deletes": deletes, "resources": options.resources,
-                   "host": host, "python": python, "version": SPEC_VERSION}
+                   "host": host.name, "python": python, "version": SPEC_VERSION,
+                   "files": staged, "collect": collect}
         content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         task_id = content_hash[:16]
         if options.rerun:  # a rerun is a new task: the earlier one's results stay
@@ -145,14 +199,16 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
             "filename": f"<remote-cell {task_id[:8]}>", "last_expression": last_expression,
             "inputs": sorted(values), "imports": imports, "outputs": outputs,
             "deletes": deletes, "resources": options.resources, "name": options.name,
-            "python": python, "created": time.time(),
+            "python": python, "created": time.time(), "collect": collect,
+            "files": [d for _, d in extra],
         }
         write_json(TaskPaths(staging).spec, spec)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return PreparedTask(id=task_id, content_hash=content_hash, host=host, name=options.name,
-                        local_dir=staging, spec=spec, files=["spec.json", "inputs.rmns"])
+    return PreparedTask(id=task_id, content_hash=content_hash, host=host.name,
+                        name=options.name, local_dir=staging, spec=spec,
+                        files=["spec.json", "inputs.rmns"], extra=extra)
 
 
 def commit(prepared: PreparedTask) -> None:

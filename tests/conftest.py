@@ -129,14 +129,37 @@ class Kernel:
         self.manager.shutdown_kernel(now=True)
 
 
-def start_kernel(root: Path) -> Kernel:
+def start_kernel(root: Path, hosts: str = "") -> Kernel:
+    """A kernel with its own store; `hosts` is YAML added under `hosts:` (indented 2)."""
     env = dict(os.environ)
     env.update({"REMOTE_MAGIC_HOME": str(root / "data"),
                 "REMOTE_MAGIC_CONFIG": str(root / "hosts.yaml"), "MPLBACKEND": "Agg"})
-    (root / "hosts.yaml").write_text(f"hosts:\n  localhost:\n    workdir: {root / 'work'}\n")
+    (root / "hosts.yaml").write_text(
+        f"hosts:\n  localhost:\n    workdir: {root / 'work'}\n{hosts}")
     kernel = Kernel(env, str(root))
     kernel.run("%load_ext remote_magic")
     return kernel
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real OpenSSH server on a loopback port, logging in this user by key."""
+    from remote_magic.testing.sshd import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def ssh_host(server: Any, name: str, workdir: Path, **extra: str) -> str:
+    """YAML for a host reaching `server` by key, for start_kernel or a hosts file."""
+    import sys
+
+    settings = {"address": f"{server.user}@{server.host}", "port": server.port,
+                "identity_file": server.key_path, "known_hosts": server.known_hosts,
+                "python": sys.executable, "workdir": workdir, **extra}
+    lines = [f"  {name}:"] + [f"    {key}: {value}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,10 @@ TASK = "0123456789abcdef"
 
 @pytest.fixture
 def agent(home: Path) -> Any:
-    transport = LocalTransport(HostConfig(name="localhost", workdir=str(home / "work")))
     events: list[dict[str, Any]] = []
-    client = transport.agent(events.append)
+    transport = LocalTransport(HostConfig(name="localhost", workdir=str(home / "work")),
+                               events.append)
+    client = transport.agent()
     client.events = events
     client.transport = transport
     yield client
@@ -158,6 +159,6 @@ def test_agent_death_is_reported_and_it_restarts(agent: Any) -> None:
         time.sleep(0.02)
     with pytest.raises(TransportError, match="stopped"):
         agent.request("hello")
-    fresh = agent.transport.agent(lambda e: None)
+    fresh = agent.transport.agent()
     assert fresh.request("hello")["pid"] != info["pid"]
     assert fresh.request("hello")["python"].startswith("{}.{}".format(*sys.version_info[:2]))

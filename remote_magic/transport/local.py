@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,26 +22,29 @@ from ..agent_client import AgentClient
 from ..config import HostConfig
 from ..errors import TransportError
 from ..paths import data_dir
+from ..protocol import MARKER
 from ..taskdir import TaskPaths, make_task_dir, valid_task_id
 
 
 class LocalTransport:
-    def __init__(self, host: HostConfig) -> None:
+    def __init__(self, host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> None:
         self.host = host
+        self._on_event = on_event
         self.workdir = Path(os.path.expanduser(host.workdir)).absolute()
         self.python = host.python or sys.executable
         self._agent: AgentClient | None = None
         self._lock = threading.Lock()
+        self.notes: list[str] = []
 
     def task_dir(self, task_id: str) -> Path:
         return self.workdir / "tasks" / valid_task_id(task_id)
 
-    def agent(self, on_event: Callable[[dict[str, Any]], None]) -> AgentClient:
+    def agent(self) -> AgentClient:
         """The running agent, started on first use and restarted if it died."""
         with self._lock:
             if self._agent is None or not self._agent.alive:
                 self._agent = AgentClient(_PipeChannel(self._command(), self.host.name),
-                                          on_event, self.host.name)
+                                          self._on_event, self.host.name)
             return self._agent
 
     def _command(self) -> list[str]:
@@ -50,7 +54,8 @@ class LocalTransport:
         script = f"{self.host.setup}\nexec {shlex.join(argv)}"
         return ["bash", "-l", "-c", script]
 
-    def stage(self, task_id: str, source: Path, names: list[str]) -> str:
+    def stage(self, task_id: str, source: Path, names: list[str],
+              extra: list[tuple[Path, str]] = ()) -> str:
         """Put the prepared files of a task into its directory on the host.
 
         A directory left by an earlier run of the same task (it failed, or was cancelled)
@@ -66,7 +71,27 @@ class LocalTransport:
             except OSError:
                 shutil.copyfile(source / name, tmp)
             os.replace(tmp, target)
+        for local, destination in extra:  # the user's files are copied: the task may edit them
+            _copy_file(local, Path(os.path.expanduser(destination)) if destination.startswith(
+                ("/", "~")) else paths.root / destination)
         return str(paths.root)
+
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
+        work = TaskPaths(self.task_dir(task_id)).work
+        names = sorted({str(p.relative_to(work)) for pattern in patterns
+                        for match in work.glob(pattern)
+                        for p in ([match] if match.is_file() else match.rglob("*"))
+                        if p.is_file()})
+        for name in names:
+            _copy_file(work / name, dest / name)
+        return names
+
+    def checks(self) -> Iterator[tuple[str, bool, str]]:
+        """On this machine there is no SSH to check: the agent's own start tells everything."""
+        return iter(())
+
+    def setup(self) -> str:
+        return f"{self.host.name} runs tasks on this machine with {self.python}: nothing to ship"
 
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Where the task's result files can be read: in place, on this machine."""
@@ -77,6 +102,14 @@ class LocalTransport:
             if self._agent is not None:
                 self._agent.close()
                 self._agent = None
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy under a temporary name, then rename: the target is never half-written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 class _PipeChannel:
@@ -97,6 +130,16 @@ class _PipeChannel:
             raise TransportError(f"cannot start the agent for {label} ({argv[0]}): {exc}. "
                                  "Check the host's 'python' setting.") from exc
         self._out = self._proc.stdout.fileno()  # type: ignore[union-attr]
+        self._leftover = self._await_marker()
+
+    def _await_marker(self) -> bytes:
+        seen = b""
+        while MARKER not in seen:
+            data = os.read(self._out, 65536)
+            if not data:
+                raise TransportError(f"the agent did not start: {self.describe_failure()}")
+            seen += data
+        return seen.split(MARKER, 1)[1]
 
     def send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -105,6 +148,9 @@ class _PipeChannel:
             view = view[os.write(fd, view):]
 
     def recv(self) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return data
         return os.read(self._out, 1 << 20)
 
     def close(self) -> None:

@@ -1,0 +1,367 @@
+"""The transport for hosts behind SSH: one connection, a resident agent, bulk transfers.
+
+Every request goes to an agent started once per connection in a login shell (after the
+host's `setup` lines), so a poll costs a message on an open channel, not a remote shell.
+Large files go through a second agent on a channel of their own, streamed in chunks, so a
+1 GiB upload never holds up the status of other tasks. When the connection drops it is opened
+again on the next request; tasks run on, detached, on the host meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import paramiko
+
+from ..agent_client import AgentClient
+from ..config import HostConfig
+from ..errors import AuthenticationError, HostKeyError, TransportError
+from ..protocol import MARKER
+from ..taskdir import TaskPaths, valid_task_id
+from .connection import Connection, connect, target_for
+from .runtime import runtime_zip
+
+INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
+HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
+CHUNK = 4 * 1024 * 1024
+MISSING_RUNTIME = 97  # exit status of the agent command when the runtime is not there yet
+START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
+RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
+                "outputs.rmns", "result.json")  # result.json last: it marks a complete copy
+
+
+class SSHTransport:
+    def __init__(self, host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> None:
+        self.host = host
+        self._on_event = on_event
+        self.target = target_for(host)
+        self.python = host.python or "python3"
+        self._conn: Connection | None = None
+        self._agent: AgentClient | None = None
+        self._data: AgentClient | None = None
+        self._lock = threading.RLock()
+        self.notes: list[str] = []  # what happened that `remote-magic test` should say
+
+    # ------------------------------------------------------------ connection and agents
+
+    def connection(self) -> Connection:
+        with self._lock:
+            if self._conn is None or not self._conn.alive:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = connect(self.target)
+            return self._conn
+
+    def agent(self) -> AgentClient:
+        """The resident agent, started on first use and again after a dropped connection."""
+        with self._lock:
+            if self._agent is None or not self._agent.alive:
+                self._agent = self._start_agent(self._on_event, "")
+            return self._agent
+
+    def data_agent(self) -> AgentClient:
+        with self._lock:
+            if self._data is None or not self._data.alive:
+                self._data = self._start_agent(lambda event: None, " (transfers)")
+            return self._data
+
+    def _start_agent(self, on_event: Callable[[dict[str, Any]], None],
+                     role: str) -> AgentClient:
+        conn = self.connection()
+        for attempt in (1, 2):
+            channel = conn.open_exec(self._agent_command())
+            status, text, leftover = _await_marker(channel)
+            if status is None:
+                return AgentClient(_SSHChannel(channel, leftover), on_event,
+                                   self.host.name + role)
+            if status == MISSING_RUNTIME and attempt == 1:
+                self.setup()
+                continue
+            raise TransportError(
+                f"The agent on {self.host.name} did not start (exit status {status}): "
+                f"{text.strip()[-800:] or 'no output'}. `remote-magic test {self.host.name}`"
+                " checks the host step by step.")
+        raise AssertionError("unreachable")
+
+    def login_shell(self, script: str) -> str:
+        """A command running `script` in a login shell after the host's setup lines, so that
+        `module load` and conda activation work as they do for the user."""
+        return f"bash -l -c {shlex.quote(self.host.setup + chr(10) + script)}"
+
+    def _agent_command(self) -> str:
+        name, _ = runtime_zip()
+        script = "\n".join([
+            f"W={shell_path(self.host.workdir)}",
+            f'R="$W/runtime/{name}"',
+            f'[ -f "$R" ] || exit {MISSING_RUNTIME}',
+            'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
+            f'exec {shlex.quote(self.python)} -m remote_magic.agent --workdir "$W" '
+            '2>>"$W/agent.log"',
+        ])
+        return self.login_shell(script)
+
+    def setup(self) -> str:
+        """Ship the runtime into the host's work directory and check that it imports."""
+        name, data = runtime_zip()
+        conn = self.connection()
+        workdir = shell_path(self.host.workdir)
+        code, out, err = conn.run(self.login_shell(
+            f"mkdir -p {workdir}/runtime && chmod 700 {workdir} && cd {workdir}/runtime && pwd"))
+        if code != 0:
+            raise TransportError(f"Cannot create the work directory {self.host.workdir} on "
+                                 f"{self.host.name}: {err.strip() or out.strip()}. Set "
+                                 "'workdir:' to a writable place.")
+        runtime_dir = out.strip().splitlines()[-1]
+        with conn.sftp() as sftp:
+            tmp = f"{runtime_dir}/.{name}.{os.getpid()}.part"
+            sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
+            sftp.posix_rename(tmp, f"{runtime_dir}/{name}")
+        check = (f"import sys; sys.path.insert(0, {runtime_dir + '/' + name!r}); "
+                 "import remote_magic.agent, cloudpickle; print(sys.version.split()[0])")
+        code, out, err = conn.run(
+            self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(check)}"))
+        if code != 0:
+            raise TransportError(f"The runtime was copied to {self.host.name} but does not "
+                                 f"import with {self.python}: {err.strip()[-500:]}")
+        self.notes.append(f"shipped the runtime {name} ({len(data) // 1024} KiB)")
+        return out.strip()
+
+    def checks(self) -> Iterator[tuple[str, bool, str]]:
+        """`remote-magic test`: each step with what it found; stops at the first failure."""
+        target = self.target
+        if target.proxy_jump is None:
+            try:
+                socket.create_connection((target.hostname, target.port), 10).close()
+            except OSError as exc:
+                yield "TCP reachable", False, (f"{target.hostname}:{target.port}: {exc}. Check "
+                                               "the address, the port, VPN or firewall.")
+                return
+            yield "TCP reachable", True, f"{target.hostname}:{target.port}"
+        try:
+            conn = self.connection()
+        except HostKeyError as exc:
+            yield "host key known", False, str(exc)
+            return
+        except AuthenticationError as exc:
+            yield "host key known", True, f"{target.key_name} in {target.known_hosts}"
+            yield "authenticated", False, str(exc)
+            return
+        except TransportError as exc:
+            yield "SSH connection", False, str(exc)
+            return
+        yield "host key known", True, f"{target.key_name} in {target.known_hosts}"
+        yield "authenticated", True, f"as {target.user} by {', '.join(conn.methods)}"
+        code, out, err = conn.run(self.login_shell("echo ok"))
+        if code != 0 or not out.strip().endswith("ok"):
+            yield "login shell works", False, (f"bash -l with the host's setup lines exited "
+                                               f"{code}: {err.strip()[-300:]}")
+            return
+        yield "login shell works", True, "bash -l and the setup lines run"
+        probe = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
+        code, out, err = conn.run(
+            self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(probe)}"))
+        ours = "{}.{}".format(*sys.version_info[:2])
+        if code != 0:
+            yield "remote Python", False, (f"'{self.python}' does not run there: "
+                                           f"{err.strip()[-300:]}. Set 'python:' to the path "
+                                           f"of a Python {ours}.")
+            return
+        theirs = out.strip().splitlines()[-1]
+        same = theirs.rsplit(".", 1)[0] == ours
+        yield "remote Python", same, f"{self.python} is {theirs}, the kernel {ours}" + (
+            "" if same else f": set 'python:' to a Python {ours} (pickles do not cross "
+                            "versions reliably)")
+        if not same:
+            return
+        name, _ = runtime_zip()
+        workdir = shell_path(self.host.workdir)
+        code, out, err = conn.run(f"test -f {workdir}/runtime/{name} && echo present")
+        if "present" not in out:
+            self.notes.append(f"the runtime was not on the host yet ({name})")
+        try:  # starting the agent ships a missing runtime
+            info = self.agent().request("hello")
+        except TransportError as exc:
+            yield "runtime importable", False, str(exc)
+            return
+        yield "runtime importable", True, f"{name}; agent pid {info['pid']}"
+        try:
+            self.agent().request("list")
+            probe_file = f"{workdir}/.write-test-{os.getpid()}"
+            code, _, err = conn.run(f"touch {probe_file} && rm {probe_file}")
+            ok, detail = code == 0, err.strip()
+        except TransportError as exc:
+            ok, detail = False, str(exc)
+        yield "work directory writable", ok, (f"{self.host.workdir}" if ok else
+                                              f"{self.host.workdir}: {detail}; set 'workdir:'"
+                                              " to a writable place")
+
+    # ------------------------------------------------------------ files
+
+    def stage(self, task_id: str, source: Path, names: list[str],
+              extra: list[tuple[Path, str]] = ()) -> str:
+        """Send a task's files: small ones in one request, large ones streamed after it."""
+        small = [n for n in names if (source / n).stat().st_size <= INLINE_MAX]
+        payload = [(source / n).read_bytes() for n in small]
+        files = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                 for n, d in zip(small, payload)]
+        root = self.agent().call(
+            "stage", {"task": valid_task_id(task_id), "files": files}, b"".join(payload))[0]
+        for name in names:
+            if name not in small:
+                self.upload(source / name, f"tasks/{task_id}/{name}")
+        for local, destination in extra:
+            self.upload(local, destination if destination.startswith(("/", "~"))
+                        else f"tasks/{task_id}/{destination}")
+        return root
+
+    def upload(self, local: Path, remote: str) -> int:
+        """Stream a file to the host; it appears there whole and verified, or not at all."""
+        size = local.stat().st_size
+        digest = hashlib.sha256() if size <= HASH_MAX else None
+        data = self.data_agent()
+        handle = data.request("put_open", path=remote, size=size, verify=digest is not None)
+        with open(local, "rb") as f:
+            while chunk := f.read(CHUNK):
+                if digest is not None:
+                    digest.update(chunk)
+                data.send_oneway("put_chunk", {"handle": handle}, chunk)
+        return data.request("put_close", timeout=None, handle=handle,
+                            sha256=digest.hexdigest() if digest else None)
+
+    def download(self, remote: str, local: Path) -> int:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                result, _ = self.data_agent().call("get", {"path": remote}, timeout=None,
+                                                   sink=f.write)
+                written = f.tell()
+            if written != result["size"]:
+                raise TransportError(f"{remote}: received {written} of {result['size']} bytes")
+            os.replace(tmp, local)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return written
+
+    def results(self, task_id: str, local: Path) -> TaskPaths:
+        """Copy a finished task's result files into `local` (once) and read them there."""
+        paths = TaskPaths(local)
+        if paths.result.exists() or paths.error.exists():
+            return paths
+        listing, payload = self.agent().call(
+            "read", {"task": task_id, "names": list(RESULT_FILES), "inline_max": INLINE_MAX})
+        view = memoryview(payload)
+        for entry in listing:
+            target = local / entry["name"]
+            if entry["inline"]:
+                _write_file(target, view[:entry["size"]])
+                view = view[entry["size"]:]
+            else:
+                self.download(f"tasks/{task_id}/{entry['name']}", target)
+        return paths
+
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
+        found = self.agent().request("glob", task=task_id, patterns=patterns)
+        for entry in found:
+            self.download(f"tasks/{task_id}/work/{entry['name']}", dest / entry["name"])
+        return [entry["name"] for entry in found]
+
+    def close(self) -> None:
+        with self._lock:
+            for agent in (self._agent, self._data):
+                if agent is not None:
+                    agent.close()
+            self._agent = self._data = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def shell_path(path: str) -> str:
+    """A remote path for a shell command line: quoted, with `~` left to the remote $HOME."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _write_file(target: Path, data: memoryview) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+
+
+def _await_marker(channel: paramiko.Channel) -> tuple[int | None, str, bytes]:
+    """Wait for the agent's marker.
+
+    Returns (None, "", bytes after the marker) once the agent runs, else (exit status, what
+    the command printed, b"").
+    """
+    channel.settimeout(START_TIMEOUT)
+    seen = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            data = channel.recv(65536)
+            if not data:
+                break
+            seen += data
+            if MARKER in seen:
+                channel.settimeout(None)
+                return None, "", seen.split(MARKER, 1)[1]
+    except OSError as exc:
+        raise TransportError(f"the agent did not start within {START_TIMEOUT:.0f} s: {exc}") \
+            from exc
+    err = b""
+    while channel.recv_stderr_ready():
+        err += channel.recv_stderr(65536)
+    status = channel.recv_exit_status()
+    channel.close()
+    return status, (seen + err).decode(errors="replace"), b""
+
+
+class _SSHChannel:
+    """An agent's stdin/stdout over an SSH channel, as AgentClient wants it."""
+
+    def __init__(self, channel: paramiko.Channel, leftover: bytes) -> None:
+        self._channel = channel
+        self._leftover = leftover
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise OSError(str(exc)) from exc
+
+    def recv(self) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return data
+        try:
+            return self._channel.recv(1 << 20)
+        except (OSError, EOFError, paramiko.SSHException):
+            return b""
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def describe_failure(self) -> str:
+        if self._channel.exit_status_ready():
+            return f"exit status {self._channel.recv_exit_status()}"
+        return "the connection was closed"
+

@@ -1,0 +1,208 @@
+"""Hosts over SSH, against a real OpenSSH server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ssh_host, start_kernel
+
+from remote_magic import RemoteExecutor
+from remote_magic.core import Client
+from remote_magic.errors import AuthenticationError, HostKeyError
+
+
+@pytest.fixture
+def hpc(home: Path, sshd: Any) -> Path:
+    """The test's hosts file gains `hpc`, the sshd on loopback, with a fresh work directory."""
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "hpc", home / "remote"))
+    return home / "remote"
+
+
+def test_calls_run_over_ssh_with_one_login(hpc: Path, sshd: Any) -> None:
+    before = sshd.accepted_logins()
+    with RemoteExecutor("hpc") as pool:
+        futures = [pool.submit(pow, 2, n) for n in range(10)]
+        assert [f.result(timeout=60) for f in futures] == [2 ** n for n in range(10)]
+        big = np.arange(5_000_000, dtype=np.float64)  # 40 MB: streamed, not inline
+        assert pool.submit(np.sum, big).result(timeout=60) == big.sum()
+        doubled = pool.submit(lambda a: a * 2, big).result(timeout=60)
+        assert doubled[-1] == big[-1] * 2
+    assert sshd.accepted_logins() - before == 1
+    tasks = list((hpc / "tasks").iterdir())
+    assert len(tasks) == 12 and all(oct(t.stat().st_mode & 0o777) == "0o700" for t in tasks)
+
+
+def test_remote_exception_keeps_type_and_traceback(hpc: Path) -> None:
+    def fails(x: int) -> float:
+        return x / 0
+
+    with RemoteExecutor("hpc") as pool, pytest.raises(ZeroDivisionError) as info:
+        pool.submit(fails, 1).result(timeout=60)
+    assert "return x / 0" in info.value.remote_traceback
+
+
+def test_ssh_config_alias_is_honoured(home: Path, sshd: Any,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(sshd.home))
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(f"  viaalias:\n    address: {sshd.alias}\n    python: {sys.executable}\n"
+                f"    workdir: {home / 'alias-work'}\n")
+    with RemoteExecutor("viaalias") as pool:
+        assert pool.submit(pow, 3, 3).result(timeout=60) == 27
+
+
+def test_proxy_jump_through_a_bastion(home: Path, sshd: Any,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(sshd.home))
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "behind", home / "jump-work", proxy_jump=sshd.alias))
+    with RemoteExecutor("behind") as pool:
+        assert pool.submit(pow, 2, 2).result(timeout=60) == 4
+
+
+def test_unknown_host_key_is_refused_before_anything_is_sent(home: Path, sshd: Any) -> None:
+    empty = home / "empty_known_hosts"
+    empty.write_text("")
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "stranger", home / "stranger-work",
+                         known_hosts=str(empty)))
+    before = sshd.accepted_logins()
+    with pytest.raises(HostKeyError) as info:
+        RemoteExecutor("stranger").submit(pow, 1, 1)
+    message = str(info.value)
+    assert "not in" in message and "ssh-keyscan" in message and "SHA256:" in message
+    assert sshd.accepted_logins() == before
+    assert not (home / "stranger-work").exists()
+
+
+def test_changed_host_key_is_refused(home: Path, sshd: Any) -> None:
+    other = home / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    wrong = home / "wrong_known_hosts"
+    wrong.write_text(f"[{sshd.host}]:{sshd.port} {kind} {key}\n")
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "changed", home / "changed-work", known_hosts=str(wrong)))
+    with pytest.raises(HostKeyError, match="CHANGED.*ssh-keygen -R"):
+        RemoteExecutor("changed").submit(pow, 1, 1)
+
+
+def test_wrong_key_is_refused_clearly(home: Path, sshd: Any) -> None:
+    stray = home / "stray_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stray)],
+                   check=True)
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "wrongkey", home / "wk", identity_file=str(stray)))
+    with pytest.raises(AuthenticationError) as info:
+        RemoteExecutor("wrongkey").submit(pow, 1, 1)
+    assert str(stray) in str(info.value) and "identity_file" in str(info.value)
+
+
+def test_task_survives_a_killed_connection(hpc: Path, sshd: Any) -> None:
+    with RemoteExecutor("hpc") as pool:
+        pool.submit(pow, 1, 1).result(timeout=60)  # connected
+        future = pool.submit(_sleep_then, 2.0, "survived")
+        time.sleep(0.7)
+        sessions = sshd.session_pids()
+        assert sessions
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        assert future.result(timeout=90) == "survived"
+
+
+def _sleep_then(seconds: float, value: str) -> str:
+    time.sleep(seconds)
+    return value
+
+
+def test_setup_then_test_on_a_fresh_work_directory(hpc: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "remote_magic.cli", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    setup = cli("setup", "hpc")
+    assert setup.returncode == 0, setup.stderr
+    assert list((hpc / "runtime").glob("remote_magic-*.zip"))
+    test = cli("test", "hpc")
+    assert test.returncode == 0, test.stdout + test.stderr
+    for step in ("TCP reachable", "host key known", "authenticated", "login shell works",
+                 "remote Python", "runtime importable", "work directory writable"):
+        assert f"[ok] hpc: {step}" in test.stdout
+
+
+def test_test_explains_a_bad_python(home: Path, sshd: Any) -> None:
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "nopython", home / "np", python="/opt/none/python3"))
+    from remote_magic.hostcheck import check_host
+
+    checks = check_host(Client(), "nopython")
+    assert checks[-1].step == "remote Python" and not checks[-1].ok
+    assert "'python:'" in checks[-1].detail
+
+
+def test_cell_over_ssh_with_files_and_collect(tmp_path: Path, sshd: Any) -> None:
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "numbers.txt").write_text("1 2 3\n")
+    (project / "shared").mkdir()
+    (project / "shared" / "config.txt").write_text("mapped\n")
+    mapped = tmp_path / "scratch"
+    kernel = start_kernel(tmp_path, ssh_host(sshd, "hpc", tmp_path / "remote") +
+                          f"    paths: {{{project / 'shared'}: {mapped}}}\n")
+    try:
+        kernel.run(f"import os\nos.chdir({str(project)!r})\nfactor = 10")
+        out = kernel.run(textwrap.dedent(f"""\
+            %%remote -q hpc --files data {project / 'shared' / 'config.txt'} --collect out/*.csv
+            import os, socket
+            numbers = [int(x) * factor for x in open("data/numbers.txt").read().split()]
+            mapped = open({str(mapped / 'config.txt')!r}).read().strip()
+            os.makedirs("out", exist_ok=True)
+            open("out/result.csv", "w").write(",".join(map(str, numbers)))
+            print("ran in", os.getcwd())
+            sum(numbers)"""))
+        assert "ran in" in out.stdout and str(tmp_path / "remote") in out.stdout
+        assert out.result["text/plain"] == "60"
+        assert kernel.value("(numbers, mapped)") == ([10, 20, 30], "mapped")
+        assert (project / "out" / "result.csv").read_text() == "10,20,30"
+        assert "Collected" in out.stdout
+    finally:
+        kernel.shutdown()
+
+
+def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path) -> None:
+    from remote_magic.testing.sshd import start_sshd
+
+    server = start_sshd(tmp_path / "kbd", keyboard_interactive=True)
+    try:
+        host = (f"  twofactor:\n    address: {server.user}@{server.host}\n"
+                f"    port: {server.port}\n    known_hosts: {server.known_hosts}\n"
+                f"    python: /usr/bin/python3\n    workdir: /tmp/rm-kbd-{os.getpid()}\n")
+        kernel = start_kernel(tmp_path, host)
+        try:
+            msg_id = kernel.client.execute("%%remote -q twofactor\nimport getpass\n"
+                                           "who = getpass.getuser()", allow_stdin=True)
+            request = kernel.client.get_stdin_msg(timeout=60)
+            assert request["content"]["password"] is True
+            assert "assword" in request["content"]["prompt"]
+            kernel.client.input(server.password)
+            out = kernel.collect(msg_id, timeout=120)
+            assert out.ok, out.error
+            assert kernel.value("who") == server.user
+            again = kernel.client.execute("%%remote -q twofactor\nsecond = 2", allow_stdin=True)
+            assert kernel.collect(again, timeout=60).ok  # no second prompt: the connection lives
+            assert kernel.value("second") == 2
+        finally:
+            kernel.shutdown()
+    finally:
+        server.stop()
