@@ -206,3 +206,35 @@ def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Pat
             kernel.shutdown()
     finally:
         server.stop()
+
+
+def test_transfer_past_one_gib_both_ways(tmp_path: Path, sshd: Any) -> None:
+    """paramiko re-keys every 512 MiB by default and big transfers have stalled there."""
+    import hashlib
+
+    from remote_magic.config import HostConfig
+    from remote_magic.transport.ssh import SSHTransport
+
+    source = tmp_path / "big"
+    digest = hashlib.sha256()
+    with open(source, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(1100):  # 1100 MiB
+            chunk = block[:-8] + i.to_bytes(8, "big")
+            digest.update(chunk)
+            f.write(chunk)
+    host = HostConfig(name="big", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
+                      identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
+                      python=sys.executable, workdir=str(tmp_path / "remote"))
+    transport = SSHTransport(host, lambda event: None)
+    try:
+        assert transport.upload(source, "big") == source.stat().st_size
+        source.unlink()
+        transport.download("big", tmp_path / "back")
+    finally:
+        transport.close()
+    check = hashlib.sha256()
+    with open(tmp_path / "back", "rb") as f:
+        while block := f.read(1 << 24):
+            check.update(block)
+    assert check.hexdigest() == digest.hexdigest()
