@@ -83,7 +83,8 @@ class Agent(FileOps):
 
     def op_hello(self) -> dict[str, Any]:
         return {"python": "{}.{}.{}".format(*sys.version_info[:3]), "executable": sys.executable,
-                "pid": os.getpid(), "hostname": self.hostname, "workdir": str(self.workdir)}
+                "pid": os.getpid(), "hostname": self.hostname, "workdir": str(self.workdir),
+                "home": os.path.expanduser("~")}
 
     def op_mkdir(self, task: str) -> str:
         return str(make_task_dir(self.paths(task).root).root)
@@ -292,6 +293,26 @@ def _max_fd() -> int:
         return 4096
 
 
+def serve_once(workdir: str) -> int:
+    """Answer the requests of one remote command (stdin holds them all), then exit.
+
+    The fallback for hosts where the resident agent cannot run: each request costs a remote
+    command, but every operation is the same code.
+    """
+    agent = Agent(workdir)
+    out = sys.stdout.buffer
+    out.write(MARKER)
+
+    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+        out.write(encode_header(message, len(payload)))
+        out.write(payload)
+
+    for message, payload in FrameReader().feed(sys.stdin.buffer.read()):
+        agent.handle(message, payload, send)
+    out.flush()
+    return 0
+
+
 def serve(workdir: str) -> int:
     """Answer framed requests on stdin until it closes."""
     agent = Agent(workdir)
@@ -340,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m remote_magic.agent")
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--once", action="store_true",
+                        help="answer the requests on stdin, then exit (no resident process)")
     args = parser.parse_args(argv)
-    return serve(args.workdir)
+    return serve_once(args.workdir) if args.once else serve(args.workdir)
 
 
 if __name__ == "__main__":

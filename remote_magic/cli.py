@@ -53,7 +53,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         checks = check_host(client, args.host)
         for check in checks:
             print(check)
-        return 0 if all(c.ok for c in checks) else 1
+        return 0 if all(c.ok is not False for c in checks) else 1
     if args.command == "status":
         records = client.status(args.ids or None, host=args.queue,
                                 include_done=args.all or bool(args.ids))

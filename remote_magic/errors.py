@@ -69,6 +69,10 @@ class TransportError(RemoteMagicError):
     """The host could not be reached or the agent on it failed."""
 
 
+class AgentStartError(TransportError):
+    """The host was reached but the resident agent did not start there."""
+
+
 class HostKeyError(TransportError):
     """The host's key is unknown or has changed: nothing was sent to it."""
 

@@ -17,11 +17,12 @@ from .errors import RemoteMagicError
 class Check:
     host: str
     step: str
-    ok: bool
+    ok: bool | None  # None: works, but not as it should (a warning)
     detail: str
 
     def __str__(self) -> str:
-        return f"[{'ok' if self.ok else 'FAIL'}] {self.host}: {self.step}: {self.detail}"
+        mark = "warn" if self.ok is None else "ok" if self.ok else "FAIL"
+        return f"[{mark}] {self.host}: {self.step}: {self.detail}"
 
 
 def check_host(client: Client, name: str) -> list[Check]:
@@ -33,7 +34,7 @@ def check_host(client: Client, name: str) -> list[Check]:
         return [Check(name, "configuration", False, str(exc))]
     for step, ok, detail in monitor.transport.checks():
         checks.append(Check(name, step, ok, detail))
-        if not ok:
+        if ok is False:
             return checks
     try:
         info = monitor.hello()

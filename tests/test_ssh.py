@@ -238,3 +238,29 @@ def test_transfer_past_one_gib_both_ways(tmp_path: Path, sshd: Any) -> None:
         while block := f.read(1 << 24):
             check.update(block)
     assert check.hexdigest() == digest.hexdigest()
+
+
+def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any) -> None:
+    """A host that will not keep our agent running: each request becomes one command."""
+    wrapper = home / "python-no-resident"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case " $* " in
+          *" remote_magic.agent "*" --once "*) ;;
+          *" remote_magic.agent "*) echo "long-running processes are not allowed" >&2; exit 3;;
+        esac
+        exec {sys.executable} "$@"
+        """))
+    wrapper.chmod(0o755)
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "strict", home / "strict-work", python=str(wrapper)))
+    with RemoteExecutor("strict") as pool:
+        assert pool.submit(pow, 2, 8).result(timeout=60) == 256
+        big = np.arange(3_000_000, dtype=np.float64)  # 24 MB: over SFTP both ways
+        assert pool.submit(lambda a: a + 1, big).result(timeout=120)[-1] == big[-1] + 1
+    from remote_magic.hostcheck import check_host
+
+    checks = {c.step: c for c in check_host(Client(), "strict")}
+    assert checks["resident agent"].ok is None
+    assert "not allowed" in checks["resident agent"].detail
+    assert "one remote command per request" in checks["resident agent"].detail

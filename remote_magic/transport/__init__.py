@@ -31,8 +31,8 @@ class Transport(Protocol):
 
     def setup(self) -> str: ...
 
-    def checks(self) -> Iterator[tuple[str, bool, str]]:
-        """Steps of `remote-magic test` before the agent starts: (step, ok, detail)."""
+    def checks(self) -> Iterator[tuple[str, bool | None, str]]:
+        """Steps of `remote-magic test`: (step, ok, detail); ok None is a warning."""
 
     def close(self) -> None: ...
 

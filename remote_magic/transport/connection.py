@@ -117,7 +117,13 @@ class Connection:
         return channel
 
     def run(self, command: str, stdin: bytes = b"", timeout: float = 120) -> tuple[int, str, str]:
-        """Run one command to its end: (exit status, stdout, stderr)."""
+        """Run one command to its end: (exit status, stdout, stderr) as text."""
+        status, out, err = self.exchange(command, stdin, timeout)
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def exchange(self, command: str, stdin: bytes = b"",
+                 timeout: float | None = 120) -> tuple[int, bytes, bytes]:
+        """Run one command with `stdin` to its end: (exit status, stdout, stderr) as bytes."""
         channel = self.open_exec(command)
         channel.settimeout(timeout)
         try:
@@ -125,8 +131,7 @@ class Connection:
                 channel.sendall(stdin)
             channel.shutdown_write()
             out, err = _drain(channel)
-            return channel.recv_exit_status(), out.decode(errors="replace"), \
-                err.decode(errors="replace")
+            return channel.recv_exit_status(), out, err
         except socket.timeout as exc:
             raise TransportError(f"{self.target}: '{command[:60]}' took over {timeout} s") \
                 from exc

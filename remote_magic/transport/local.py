@@ -86,7 +86,7 @@ class LocalTransport:
             _copy_file(work / name, dest / name)
         return names
 
-    def checks(self) -> Iterator[tuple[str, bool, str]]:
+    def checks(self) -> Iterator[tuple[str, bool | None, str]]:
         """On this machine there is no SSH to check: the agent's own start tells everything."""
         return iter(())
 

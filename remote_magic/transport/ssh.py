@@ -26,10 +26,11 @@ import paramiko
 
 from ..agent_client import AgentClient
 from ..config import HostConfig
-from ..errors import AuthenticationError, HostKeyError, TransportError
+from ..errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
 from ..protocol import MARKER
 from ..taskdir import TaskPaths, valid_task_id
 from .connection import Connection, connect, target_for
+from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import runtime_zip
 
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
@@ -48,7 +49,9 @@ class SSHTransport:
         self.target = target_for(host)
         self.python = host.python or "python3"
         self._conn: Connection | None = None
-        self._agent: AgentClient | None = None
+        self._agent: AgentClient | OneShotAgent | None = None
+        self.fallback: str | None = None  # why the resident agent could not be used
+        self._where: dict[str, str] = {}  # the agent's absolute workdir and home
         self._data: AgentClient | None = None
         self._lock = threading.RLock()
         self.notes: list[str] = []  # what happened that `remote-magic test` should say
@@ -63,12 +66,43 @@ class SSHTransport:
                 self._conn = connect(self.target)
             return self._conn
 
-    def agent(self) -> AgentClient:
-        """The resident agent, started on first use and again after a dropped connection."""
+    def agent(self) -> AgentClient | OneShotAgent:
+        """The resident agent, started on first use and again after a dropped connection;
+        where it cannot run, the one-command-per-request fallback."""
         with self._lock:
             if self._agent is None or not self._agent.alive:
-                self._agent = self._start_agent(self._on_event, "")
+                if self.fallback is None:
+                    try:
+                        self._agent = self._start_agent(self._on_event, "")
+                    except AgentStartError as exc:
+                        self._agent = self._one_shot(str(exc))
+                else:
+                    self._agent = self._one_shot(self.fallback)
+            if not self._where:
+                self._where = self._agent.request("hello")
             return self._agent
+
+    def _one_shot(self, reason: str) -> OneShotAgent:
+        agent = OneShotAgent(self.connection, self._agent_command(once=True), self.host.name)
+        try:
+            agent.request("hello")
+        except TransportError as exc:
+            raise AgentStartError(f"{reason}; running the agent once per request failed too: "
+                                  f"{exc}") from exc
+        if self.fallback is None:
+            self.fallback = reason
+            self.notes.append(f"the resident agent cannot run ({reason}); each request is one "
+                              "remote command and files move by SFTP, which is much slower")
+        return agent
+
+    def remote_path(self, path: str) -> str:
+        """An absolute path on the host, for SFTP: relative paths are under the workdir."""
+        self.agent()
+        if path.startswith("/"):
+            return path
+        if path.startswith("~/"):
+            return f"{self._where['home']}/{path[2:]}"
+        return f"{self._where['workdir']}/{path}"
 
     def data_agent(self) -> AgentClient:
         with self._lock:
@@ -88,9 +122,10 @@ class SSHTransport:
             if status == MISSING_RUNTIME and attempt == 1:
                 self.setup()
                 continue
-            raise TransportError(
+            log = conn.run(f"tail -n 5 {shell_path(self.host.workdir)}/agent.log")[1]
+            raise AgentStartError(
                 f"The agent on {self.host.name} did not start (exit status {status}): "
-                f"{text.strip()[-800:] or 'no output'}. `remote-magic test {self.host.name}`"
+                f"{(text.strip() or log.strip())[-800:] or 'no output'}. `remote-magic test {self.host.name}`"
                 " checks the host step by step.")
         raise AssertionError("unreachable")
 
@@ -99,7 +134,7 @@ class SSHTransport:
         `module load` and conda activation work as they do for the user."""
         return f"bash -l -c {shlex.quote(self.host.setup + chr(10) + script)}"
 
-    def _agent_command(self) -> str:
+    def _agent_command(self, once: bool = False) -> str:
         name, _ = runtime_zip()
         script = "\n".join([
             f"W={shell_path(self.host.workdir)}",
@@ -107,7 +142,7 @@ class SSHTransport:
             f'[ -f "$R" ] || exit {MISSING_RUNTIME}',
             'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
             f'exec {shlex.quote(self.python)} -m remote_magic.agent --workdir "$W" '
-            '2>>"$W/agent.log"',
+            + ("--once " if once else "") + '2>>"$W/agent.log"',
         ])
         return self.login_shell(script)
 
@@ -137,8 +172,9 @@ class SSHTransport:
         self.notes.append(f"shipped the runtime {name} ({len(data) // 1024} KiB)")
         return out.strip()
 
-    def checks(self) -> Iterator[tuple[str, bool, str]]:
-        """`remote-magic test`: each step with what it found; stops at the first failure."""
+    def checks(self) -> Iterator[tuple[str, bool | None, str]]:
+        """`remote-magic test`: each step with what it found (ok True, False, or None for a
+        warning); stops at the first failure."""
         target = self.target
         if target.proxy_jump is None:
             try:
@@ -194,7 +230,13 @@ class SSHTransport:
         except TransportError as exc:
             yield "runtime importable", False, str(exc)
             return
-        yield "runtime importable", True, f"{name}; agent pid {info['pid']}"
+        yield "runtime importable", True, f"{name}"
+        if self.fallback is None:
+            yield "resident agent", True, f"running, pid {info['pid']}"
+        else:
+            yield "resident agent", None, (f"unavailable ({self.fallback}); falling back to one "
+                                           "remote command per request and SFTP: it works, "
+                                           "slowly")
         try:
             self.agent().request("list")
             probe_file = f"{workdir}/.write-test-{os.getpid()}"
@@ -227,6 +269,8 @@ class SSHTransport:
 
     def upload(self, local: Path, remote: str) -> int:
         """Stream a file to the host; it appears there whole and verified, or not at all."""
+        if self.fallback is not None:
+            return sftp_upload(self.connection(), local, self.remote_path(remote))
         size = local.stat().st_size
         digest = hashlib.sha256() if size <= HASH_MAX else None
         data = self.data_agent()
@@ -240,6 +284,8 @@ class SSHTransport:
                             sha256=digest.hexdigest() if digest else None)
 
     def download(self, remote: str, local: Path) -> int:
+        if self.fallback is not None:
+            return sftp_download(self.connection(), self.remote_path(remote), local)
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
         try:
