@@ -113,21 +113,19 @@ class SSHTransport:
     def _start_agent(self, on_event: Callable[[dict[str, Any]], None],
                      role: str) -> AgentClient:
         conn = self.connection()
-        for attempt in (1, 2):
+        channel = conn.open_exec(self._agent_command())
+        status, text, leftover = _await_marker(channel)
+        if status == MISSING_RUNTIME:  # a fresh host: ship the runtime, then try again
+            self.setup()
             channel = conn.open_exec(self._agent_command())
             status, text, leftover = _await_marker(channel)
-            if status is None:
-                return AgentClient(_SSHChannel(channel, leftover), on_event,
-                                   self.host.name + role)
-            if status == MISSING_RUNTIME and attempt == 1:
-                self.setup()
-                continue
-            log = conn.run(f"tail -n 5 {shell_path(self.host.workdir)}/agent.log")[1]
-            raise AgentStartError(
-                f"The agent on {self.host.name} did not start (exit status {status}): "
-                f"{(text.strip() or log.strip())[-800:] or 'no output'}. `remote-magic test {self.host.name}`"
-                " checks the host step by step.")
-        raise AssertionError("unreachable")
+        if status is None:
+            return AgentClient(_SSHChannel(channel, leftover), on_event, self.host.name + role)
+        log = conn.run(f"tail -n 5 {shell_path(self.host.workdir)}/agent.log")[1]
+        said = (text.strip() or log.strip())[-800:] or "no output"
+        raise AgentStartError(f"The agent on {self.host.name} did not start (exit status "
+                              f"{status}): {said}. `remote-magic test {self.host.name}` checks "
+                              "the host step by step.")
 
     def login_shell(self, script: str) -> str:
         """A command running `script` in a login shell after the host's setup lines, so that
