@@ -264,3 +264,28 @@ def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any) ->
     assert checks["resident agent"].ok is None
     assert "not allowed" in checks["resident agent"].detail
     assert "one remote command per request" in checks["resident agent"].detail
+
+
+def test_magics_manage_tasks_over_ssh(tmp_path: Path, sshd: Any) -> None:
+    kernel = start_kernel(tmp_path, ssh_host(sshd, "hpc", tmp_path / "remote"))
+    try:
+        kernel.run("%%remote -q hpc --nowait --name napper\nimport time\nprint('dozing')\n"
+                   "time.sleep(60)\nnever = 1")
+        kernel.run("%%remote -q hpc --nowait --name quick\nprint('quick one')\nquick = 5")
+        ids = kernel.value("[r.id for r in __import__('remote_magic.core').core"
+                           ".get_client().store.list()]")
+        napper, quick = ids[1], ids[0]
+        time.sleep(1.5)
+        notice = kernel.run("pass")
+        assert f"task {quick} completed on hpc" in notice.stdout
+        assert kernel.value("quick") == 5
+        table = kernel.run("%remote_status").of_type("display_data")[0]["content"]["data"]
+        assert napper in table["text/plain"] and "running" in table["text/plain"]
+        assert "dozing" in kernel.run(f"%remote_log {napper}").stdout
+        assert "cancelling" in kernel.run(f"%remote_kill {napper}").stdout
+        fetched = kernel.run(f"%remote_fetch {napper}", allow_error=True, timeout=60)
+        assert "cancelled" in fetched.error["evalue"]
+        assert "removed" in kernel.run(f"%remote_purge {napper} {quick}").stdout
+        assert not (tmp_path / "remote" / "tasks" / napper).exists()
+    finally:
+        kernel.shutdown()

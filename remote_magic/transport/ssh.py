@@ -39,7 +39,7 @@ CHUNK = 4 * 1024 * 1024
 MISSING_RUNTIME = 97  # exit status of the agent command when the runtime is not there yet
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
-                "outputs.rmns", "result.json")  # result.json last: it marks a complete copy
+                "outputs.rmns", "result.json")
 
 
 class SSHTransport:
@@ -302,7 +302,8 @@ class SSHTransport:
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Copy a finished task's result files into `local` (once) and read them there."""
         paths = TaskPaths(local)
-        if paths.result.exists() or paths.error.exists():
+        complete = local / ".fetched"  # written last: a copy cut short is fetched again
+        if complete.exists():
             return paths
         listing, payload = self.agent().call(
             "read", {"task": task_id, "names": list(RESULT_FILES), "inline_max": INLINE_MAX})
@@ -314,6 +315,7 @@ class SSHTransport:
                 view = view[entry["size"]:]
             else:
                 self.download(f"tasks/{task_id}/{entry['name']}", target)
+        complete.touch()
         return paths
 
     def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
