@@ -16,7 +16,8 @@ from .errors import RemoteMagicError, RemoteTaskError
 from .results import Shown, TaskResult
 from .store import TaskRecord
 from .task import TaskOptions, prepare_cell
-from .views import status_table, task_line
+from .views import status_table
+from .widgets import TaskView, task_view, watch_status
 
 RESOURCES = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
 
@@ -44,6 +45,7 @@ class RemoteMagics(Magics):
         super().__init__(shell)
         self.client = client or get_client()
         self.pending: dict[str, TaskRecord] = {}  # --nowait tasks whose results are due here
+        self.views: dict[str, TaskView] = {}  # live views of tasks followed in the background
 
     # ------------------------------------------------------------ %%remote
 
@@ -101,15 +103,22 @@ class RemoteMagics(Magics):
                   f"{record.host}: waiting for it instead of starting another.")
         if options.nowait:
             self.pending[record.id] = record
-            self.client.monitor(record.host).watch(record.id, state=record.state)
-            print(f"Task {record.id} is running on {record.host} in the background; its "
-                  "results load at the start of the first cell run after it ends. "
-                  f"%remote_status shows it; %remote_kill {record.id} cancels it.")
+            self._watch_in_background(record, task_view(record, self._canceller(record)))
+            print(f"Task {record.id} runs on {record.host} in the background; its results load "
+                  "at the start of the first cell run after it ends.")
             return None
         return self._follow(record)
 
+    def _canceller(self, record: TaskRecord) -> Any:
+        return lambda: self.client.kill([self.client.store.get(record.id)])
+
+    def _watch_in_background(self, record: TaskRecord, view: TaskView) -> None:
+        self.views[record.id] = view
+        self.client.monitor(record.host).watch(record.id, state=record.state,
+                                               listener=view.update)
+
     def _follow(self, record: TaskRecord) -> Any:
-        handle = display(task_line(record), raw=True, display_id=True)
+        view = task_view(record, self._canceller(record), waiting=True)
         try:
             for update in self.client.follow(record):
                 if update.stdout:
@@ -118,22 +127,22 @@ class RemoteMagics(Magics):
                 if update.stderr:
                     sys.stderr.write(update.stderr)
                     sys.stderr.flush()
-                if update.changed or update.problem:
-                    note = f"waiting for the host: {update.problem}" if update.problem else ""
-                    record = self.client.store.get(record.id)
-                    handle.update(task_line(record, update.state, update.reason,
-                                            update.progress, note), raw=True)
+                view.update(update)
         except KeyboardInterrupt:
+            view.detached()
+            self._watch_in_background(record, view)
             print(f"\nDetached from task {record.id}: it keeps running on {record.host}. "
-                  f"Load its results later with %remote_fetch {record.id}, follow it with "
-                  f"%remote_status, or cancel it with %remote_kill {record.id}.")
+                  f"Load its results later with %remote_fetch {record.id}, or cancel it with "
+                  f"%remote_kill {record.id} (or the Cancel button).")
             return None
-        return self._finish(self.client.store.get(record.id))
+        return self._finish(self.client.store.get(record.id), view)
 
-    def _finish(self, record: TaskRecord) -> Any:
+    def _finish(self, record: TaskRecord, view: TaskView | None = None) -> Any:
         """Load results into the namespace and show displays; raise if the task failed."""
         result = self.client.result(record)
         self._apply(result)
+        if view is not None:
+            view.loaded(sorted(result.values), result.collected)
         if result.error is not None:
             raise result.error
         if result.value is not None:
@@ -162,6 +171,9 @@ class RemoteMagics(Magics):
             del self.pending[task_id]
             result = self.client.result(record)
             self._apply(result)
+            view = self.views.pop(task_id, None)
+            if view is not None:
+                view.loaded(sorted(result.values), result.collected)
             names = ", ".join(sorted(result.values)) or "no variables"
             if result.error is None:
                 print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
@@ -177,12 +189,18 @@ class RemoteMagics(Magics):
     @argument("ids", nargs="*", help="task ids (or unique prefixes)")
     @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
     @argument("--all", action="store_true", help="include finished tasks")
+    @argument("--watch", action="store_true", help="keep the table live until the tasks end")
     @line_magic
     def remote_status(self, line: str) -> None:
         """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
         args = parse_argstring(self.remote_status, line)
-        records = self.client.status(args.ids or None, host=args.queue,
-                                     include_done=args.all or bool(args.ids))
+        ids = args.ids or None
+        if args.watch:
+            listed = [r.id for r in self.client.status(ids, host=args.queue,
+                                                       include_done=args.all or bool(ids))]
+            watch_status(lambda: self.client.status(listed))
+            return
+        records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
         display(status_table(records), raw=True)
 
     @magic_arguments()
@@ -195,7 +213,7 @@ class RemoteMagics(Magics):
         self.pending.pop(record.id, None)
         if not record.final:
             return self._follow(record)
-        return self._finish(record)
+        return self._finish(record, self.views.pop(record.id, None))
 
     @magic_arguments()
     @argument("id", help="task id (or a unique prefix)")

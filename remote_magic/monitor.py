@@ -21,7 +21,8 @@ from .store import TaskStore
 from .taskdir import FINAL_STATES
 from .transport import open_transport
 
-FAST_POLL = 0.1  # seconds between polls while someone watches output live
+FAST_POLL = 0.1  # seconds between polls while a cell waits and streams output
+VIEW_POLL = 0.5  # while a live view shows a task in the background
 SLOW_POLL = 2.0  # at most this long between polls otherwise
 MAX_BACKOFF = 30.0
 
@@ -53,6 +54,11 @@ class Watch:
     offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     updates: queue.Queue[Update] | None = None
     on_final: list[Callable[[Update], None]] = field(default_factory=list)
+    listeners: list[Callable[[Update], None]] = field(default_factory=list)  # every poll
+
+    @property
+    def wants_output(self) -> bool:
+        return self.live_output or bool(self.listeners)
 
 
 class HostMonitor:
@@ -100,8 +106,10 @@ class HostMonitor:
     # ------------------------------------------------------------ watching
 
     def watch(self, task_id: str, live_output: bool = False, state: str = "submitted",
-              on_final: Callable[[Update], None] | None = None) -> Watch:
-        """Follow a task; a foreground waiter reads `watch.updates`."""
+              on_final: Callable[[Update], None] | None = None,
+              listener: Callable[[Update], None] | None = None) -> Watch:
+        """Follow a task; a foreground waiter reads `watch.updates`, a live view listens
+        (called from the monitor's thread on every poll, so it can tick)."""
         with self._lock:
             watch = self._watches.get(task_id)
             if watch is None:
@@ -111,6 +119,8 @@ class HostMonitor:
                 watch.updates = queue.Queue()
             if on_final is not None:
                 watch.on_final.append(on_final)
+            if listener is not None:
+                watch.listeners.append(listener)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"remote-monitor-{self.host.name}")
@@ -147,14 +157,18 @@ class HostMonitor:
                 self._wake.wait(backoff)
                 self._wake.clear()
                 continue
-            live = any(w.live_output for w in watches.values())
-            backoff = FAST_POLL if live else min(SLOW_POLL, backoff * 1.5)
+            if any(w.live_output for w in watches.values()):
+                backoff = FAST_POLL
+            elif any(w.listeners for w in watches.values()):
+                backoff = VIEW_POLL
+            else:
+                backoff = min(SLOW_POLL, backoff * 1.5)
             self._wake.wait(backoff)
             self._wake.clear()
 
     def poll(self, watches: dict[str, Watch]) -> None:
         """One round trip for all watched tasks."""
-        query = {w.task_id: (dict(w.offsets) if w.live_output else None)
+        query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
                  for w in watches.values()}
         statuses = self.request("status", tasks=query)
         for task_id, status in statuses.items():
@@ -189,6 +203,11 @@ class HostMonitor:
         if watch.updates is not None and (update.changed or update.stdout or update.stderr
                                           or update.problem or update.final):
             watch.updates.put(update)
+        for listener in list(watch.listeners):
+            try:
+                listener(update)
+            except Exception:  # noqa: BLE001 - a broken view must not stop the monitor
+                watch.listeners.remove(listener)
         if update.final:
             for callback in watch.on_final:
                 callback(update)

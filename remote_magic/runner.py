@@ -169,6 +169,8 @@ def run_task(root: str) -> int:
     recorder = DisplayRecorder()
     if "IPython" in source:
         recorder.replace_ipython_display()
+    if "tqdm" in source:
+        _report_tqdm()
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
     error: dict[str, Any] | None = None
@@ -207,6 +209,29 @@ def run_task(root: str) -> int:
         return 1
     set_state(paths, "completed")
     return 0
+
+
+def _report_tqdm() -> None:
+    """A tqdm bar in the cell reports progress too, with no change to the user's code."""
+    try:
+        from tqdm import std
+    except ImportError:
+        return
+    from .reporting import progress
+
+    update, close = std.tqdm.update, std.tqdm.close
+
+    def reporting_update(self: Any, n: float = 1) -> Any:
+        shown = update(self, n)
+        progress(self.n, self.total, self.desc or "")
+        return shown
+
+    def reporting_close(self: Any) -> None:
+        if not self.disable:
+            progress(self.n, self.total, self.desc or "")
+        close(self)
+
+    std.tqdm.update, std.tqdm.close = reporting_update, reporting_close
 
 
 def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, Any]:

@@ -1,4 +1,4 @@
-"""How tasks look: the one-line live state of a task, and the status table of many.
+"""How tasks look in tables and lines of text: states, durations, progress, status tables.
 
 Each view is a MIME bundle with text/plain and text/html, so that a notebook shows HTML and
 a terminal or a plain log shows text. No IPython import: the CLI uses the same text.
@@ -40,26 +40,6 @@ def format_progress(progress: dict[str, Any] | None) -> str:
         text += f" ({100 * done / total:.0f}%)"
     message = progress.get("message")
     return f"{text} {message}" if message else text
-
-
-def task_line(record: TaskRecord, state: str | None = None, reason: str | None = None,
-              progress: dict[str, Any] | None = None, note: str = "") -> dict[str, str]:
-    """The live one-line view of a task."""
-    state = state or record.state
-    label = record.name or record.id
-    parts = [f"task {record.id}" + (f" ({record.name})" if record.name else ""),
-             f"on {record.host}", state]
-    elapsed = format_duration(record.duration) if record.started else ""
-    progress_text = format_progress(progress or record.progress)
-    extra = [t for t in (elapsed, progress_text, reason or "", note) if t]
-    text = " ".join(parts) + (": " + ", ".join(extra) if extra else "")
-    colour = STATE_COLOURS.get(state, "#777")
-    html_text = (
-        f"<div style='font-family:monospace'><b>{html.escape(label)}</b> on "
-        f"{html.escape(record.host)} <span style='color:{colour};font-weight:bold'>"
-        f"{html.escape(state)}</span>"
-        + "".join(f" &middot; {html.escape(t)}" for t in extra) + "</div>")
-    return {"text/plain": text, "text/html": html_text}
 
 
 def status_rows(records: Iterable[TaskRecord]) -> list[list[str]]:

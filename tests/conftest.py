@@ -108,12 +108,27 @@ class Kernel:
             raise AssertionError("cell failed: " + "\n".join(outcome.error["traceback"]))
         return outcome
 
+    def drain(self, seconds: float, until: Any = None) -> list[dict[str, Any]]:
+        """Every iopub message for `seconds` (or until `until(msg)`), whatever its parent:
+        widgets updated by a background thread are not tied to a cell."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                msg = self.client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            got.append(msg)
+            if until is not None and until(msg):
+                break
+        return got
+
     def value(self, expression: str) -> Any:
         """Evaluate an expression in the kernel and return it (via repr/literal_eval)."""
         import ast
 
-        out = self.run(f"print(repr({expression}))")
-        return ast.literal_eval(out.stdout.strip())
+        out = self.run(f"print('=value=', repr({expression}))")
+        return ast.literal_eval(out.stdout.rsplit("=value= ", 1)[1].strip())
 
     def start(self, code: str) -> str:
         """Send a cell without waiting for it (to interrupt it later)."""
@@ -129,9 +144,9 @@ class Kernel:
         self.manager.shutdown_kernel(now=True)
 
 
-def start_kernel(root: Path, hosts: str = "") -> Kernel:
+def start_kernel(root: Path, hosts: str = "", **env_extra: str) -> Kernel:
     """A kernel with its own store; `hosts` is YAML added under `hosts:` (indented 2)."""
-    env = dict(os.environ)
+    env = dict(os.environ, **env_extra)
     env.update({"REMOTE_MAGIC_HOME": str(root / "data"),
                 "REMOTE_MAGIC_CONFIG": str(root / "hosts.yaml"), "MPLBACKEND": "Agg"})
     (root / "hosts.yaml").write_text(
