@@ -155,12 +155,15 @@ class WidgetView(TaskView):
 
     def _set_waiting(self, waiting: bool) -> None:
         # A waiting cell keeps the kernel busy: a click would only arrive once the task ended.
+        # And it streams the whole output right below: the view need not repeat its tail.
+        self.waiting = waiting
         self.cancel.disabled = waiting
         self.cancel.tooltip = ("Interrupt the kernel to detach from the task; Cancel then "
                                "works" if waiting else "Cancel the task on its host")
 
     def detached(self) -> None:
         self._set_waiting(False)
+        self.draw(True)
 
     def _clicked(self, button: Any) -> None:
         button.disabled = True
@@ -194,7 +197,7 @@ class WidgetView(TaskView):
             self.bar.layout.display = ""
             self.message.value = html.escape(format_progress(self.progress))
             self.message.layout.display = ""
-        text = self.tail.text()
+        text = "" if self.waiting else self.tail.text()
         if text:
             self.output.value = (f"<pre style='margin:2px 0;font-size:90%;max-height:9em;"
                                  f"overflow:auto'>{html.escape(text)}</pre>")

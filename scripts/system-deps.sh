@@ -4,9 +4,11 @@
 # The SSH tests start a private sshd (openssh-server, which also brings /etc/pam.d/sshd for the
 # keyboard-interactive server) and drive it with the OpenSSH client and ssh-keygen
 # (openssh-client); remote_magic.testing.sshd creates its test account with useradd/chpasswd
-# (passwd, present on any Debian). Safe to run again and again: when everything is there it
-# only looks at a few files. It never prompts. Not root (or no apt-get): it says what to
-# install and carries on, and the tests that need the missing pieces will fail or skip.
+# (passwd, present on any Debian). The browser test (tests/test_browser.py) has Playwright drive
+# Debian's /usr/bin/chromium, so it needs neither chromium-driver nor `playwright install`. Safe
+# to run again and again: when everything is there it only looks at a few files. It never
+# prompts. Not root (or no apt-get): it says what to install and carries on, and the tests that
+# need the missing pieces will fail or skip.
 set -euo pipefail
 
 missing=()
@@ -19,11 +21,12 @@ for tool in useradd chpasswd; do
     missing+=(passwd); break
   fi
 done
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps.sh: the tests need ${missing[*]}; install as root with:" >&2
-  echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+  echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
   exit 0
 fi
 
