@@ -14,6 +14,7 @@ import html
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ from .taskdir import FINAL_STATES
 from .views import STATE_COLOURS, format_duration, format_progress, status_table
 
 WIDGET_INTERVAL = 0.25  # seconds between two redraws of a widget, unless the state changed
+REDRAWS_PER_SECOND = 20  # for all live widgets together: many tasks redraw each less often
 TEXT_INTERVAL = 10.0  # seconds between two progress lines in text mode
 TAIL_LINES = 6
 
@@ -132,9 +134,12 @@ class TaskView:
 
 
 class WidgetView(TaskView):
+    live: weakref.WeakSet[WidgetView] = weakref.WeakSet()  # views of unfinished tasks
+
     def __init__(self, record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
                  waiting: bool = False) -> None:
         super().__init__(record, on_cancel)
+        WidgetView.live.add(self)
         import ipywidgets as w
 
         self.header = w.HTML().add_class("rm-header")
@@ -152,6 +157,11 @@ class WidgetView(TaskView):
                             w.HBox([self.bar, self.message]), self.output])
         self.root.add_class("remote-magic-task")
         self.draw(True)
+
+    @property
+    def interval(self) -> float:  # type: ignore[override]
+        """Redraws of all live views share one budget, so 200 tasks don't flood the page."""
+        return max(WIDGET_INTERVAL, len(WidgetView.live) / REDRAWS_PER_SECOND)
 
     def _set_waiting(self, waiting: bool) -> None:
         # A waiting cell keeps the kernel busy: a click would only arrive once the task ended.
@@ -204,6 +214,7 @@ class WidgetView(TaskView):
             self.output.layout.display = ""
         if self.state in FINAL_STATES:
             self.cancel.layout.display = "none"
+            WidgetView.live.discard(self)
 
 
 class TextView(TaskView):

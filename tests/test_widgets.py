@@ -123,15 +123,25 @@ def test_without_widgets_it_prints_a_few_text_lines(tmp_path: Path) -> None:
         kernel.shutdown()
 
 
+def count_draws(view: Any, draws: list[bool]) -> None:
+    """Record each redraw of `view` (its `changed` flag) in `draws`."""
+    original = view.draw
+
+    def draw(changed: bool) -> None:
+        draws.append(changed)
+        original(changed)
+
+    view.draw = draw
+
+
 def test_views_rate_limit_their_redraws() -> None:
     from remote_magic.widgets import WidgetView
 
     record = TaskRecord(id="0123456789abcdef", content_hash="x", host="localhost",
                         state="running", started=time.time())
     view = WidgetView(record)
-    draws = []
-    original = view.draw
-    view.draw = lambda changed: (draws.append(changed), original(changed))  # type: ignore
+    draws: list[bool] = []
+    count_draws(view, draws)
     for i in range(2000):
         view.update(Update(record.id, "running", progress={"done": i, "total": 2000},
                            stdout=f"line {i}\n"))
@@ -166,3 +176,24 @@ def test_status_watch_in_text_mode_prints_until_done(tmp_path: Path) -> None:
             "completed") > 0
     finally:
         kernel.shutdown()
+
+
+def test_two_hundred_live_views_share_one_redraw_budget() -> None:
+    from remote_magic.widgets import REDRAWS_PER_SECOND, WidgetView
+
+    views = [WidgetView(TaskRecord(id=f"{i:016x}", content_hash="x", host="localhost",
+                                   state="running", started=time.time())) for i in range(200)]
+    draws: list[bool] = []
+    for view in views:
+        count_draws(view, draws)
+    start = time.monotonic()
+    while time.monotonic() - start < 2.0:  # every view hears a poll every 0.1 s
+        for i, view in enumerate(views):
+            view.update(Update(view.record.id, "running", progress={"done": i, "total": 200}))
+        time.sleep(0.1)
+    elapsed = time.monotonic() - start
+    # each view's first update draws; after that the budget holds
+    assert len(draws) <= 200 + REDRAWS_PER_SECOND * elapsed * 1.5
+    for view in views:
+        view.update(Update(view.record.id, "completed"))
+    assert len(WidgetView.live) == 0
