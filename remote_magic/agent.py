@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runner
+from .agent_batch import BatchOps
 from .agent_files import FileOps
 from .protocol import MARKER, FrameReader, encode_header
 from .taskdir import (
@@ -47,7 +48,7 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
     pass
 
 
-class Agent(FileOps):
+class Agent(FileOps, BatchOps):
     def __init__(self, workdir: str) -> None:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
         self.tasks_dir = self.workdir / "tasks"
@@ -120,20 +121,32 @@ class Agent(FileOps):
             os._exit(code)
 
     def op_status(self, tasks: dict[str, Any]) -> dict[str, Any]:
-        return {task_id: self._status(task_id, offsets) for task_id, offsets in tasks.items()}
+        """State, progress and new output of many tasks: one request, one poll."""
+        records: dict[str, dict[str, Any]] = {}
+        answers: dict[str, Any] = {}
+        for task_id in tasks:
+            paths = self.paths(task_id)
+            if not paths.root.is_dir():
+                answers[task_id] = {"state": "lost", "history": {},
+                                    "reason": "the task directory is gone from the host"}
+                continue
+            record = read_state(paths)
+            if record.get("launcher") in (None, "process") and \
+                    record["state"] not in FINAL_STATES:
+                record = self._check_alive(paths, record)
+            records[task_id] = record
+        batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
+        records.update(self.batch_states(batch))
+        for task_id, record in records.items():
+            answers[task_id] = self._report(self.paths(task_id), record, tasks[task_id])
+        return answers
 
-    def _status(self, task_id: str, offsets: dict[str, int] | None) -> dict[str, Any]:
-        paths = self.paths(task_id)
-        if not paths.root.is_dir():
-            return {"state": "lost", "reason": "the task directory is gone from the host",
-                    "history": {}}
-        record = read_state(paths)
-        if record["state"] not in FINAL_STATES:
-            record = self._check_alive(paths, record)
+    def _report(self, paths: TaskPaths, record: dict[str, Any],
+                offsets: dict[str, int] | None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "state": record["state"], "reason": record.get("reason"),
             "history": record.get("history", {}), "progress": read_json(paths.progress),
-            "exitcode": read_exitcode(paths),
+            "exitcode": read_exitcode(paths), "job_id": record.get("job_id"),
         }
         if offsets is not None:
             for stream in ("stdout", "stderr"):
@@ -179,6 +192,9 @@ class Agent(FileOps):
             record = read_state(paths)
             if record["state"] in FINAL_STATES:
                 outcome[task_id] = f"already {record['state']}"
+                continue
+            if record.get("launcher") not in (None, "process") and record.get("job_id"):
+                outcome[task_id] = self.batch_cancel(paths, record)
                 continue
             paths.cancel.touch()
             pids = read_json(paths.pids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import re
 import shutil
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ class Client:
         self._store = store
         self._config_path = config_path
         self._monitors: dict[str, HostMonitor] = {}
+        self._launching = threading.RLock()  # submit and dispatch must not race for slots
 
     # ------------------------------------------------------------ configuration
 
@@ -63,6 +65,8 @@ class Client:
             current = None
         if current is None:
             current = self._monitors[config.name] = HostMonitor(config, self.store)
+            if config.max_running:
+                current.dispatcher = self._dispatch
         return current
 
     def close(self) -> None:
@@ -93,15 +97,57 @@ class Client:
             monitor.agent()  # connects, and checks the host's Python once per connection
             record.remote_dir = monitor.transport.stage(prepared.id, prepared.local_dir,
                                                         prepared.files, prepared.extra)
-            monitor.request("start", task=prepared.id)
+            self.store.update(record.id, remote_dir=record.remote_dir)
+            with self._launching:
+                if self._slots(monitor.host) > 0:
+                    self._launch(monitor, record)
+                else:
+                    record.reason = (f"waiting for a free slot: {monitor.host.name} runs at "
+                                     f"most {monitor.host.max_running} tasks at once")
+                    self.store.update(record.id, reason=record.reason)
         except BaseException as exc:
             self.store.update(record.id, state="failed", reason=f"not started: {exc}",
                               finished=time.time())
             raise
-        record.state, record.submitted = "submitted", time.time()
-        self.store.update(record.id, state=record.state, submitted=record.submitted,
-                          remote_dir=record.remote_dir)
-        return Submission(record)
+        return Submission(self.store.get(record.id))
+
+    def _slots(self, host: HostConfig) -> int:
+        """How many more tasks the host may start now (its max_running)."""
+        if not host.max_running:
+            return 1
+        active = self.store.list(host=host.name, active_only=True)
+        return host.max_running - sum(r.state != "prepared" for r in active)
+
+    def _launch(self, monitor: HostMonitor, record: TaskRecord) -> None:
+        """Start a staged task: as a process, or as a job of the host's scheduler."""
+        host = monitor.host
+        if host.scheduler == "process":
+            monitor.request("start", task=record.id)
+            job_id = None
+        else:
+            spec = read_json(Path(record.local_dir or ".") / "spec.json", {})
+            answer = monitor.request(
+                "submit", task=record.id, scheduler=host.scheduler,
+                resources={**host.resources, **spec.get("resources", {})}, setup=host.setup,
+                python=host.python, template=_template(host))
+            job_id = answer["job_id"]
+        record.state, record.submitted, record.job_id = "submitted", time.time(), job_id
+        self.store.update(record.id, state="submitted", submitted=record.submitted,
+                          job_id=job_id, reason=None)
+
+    def _dispatch(self, monitor: HostMonitor) -> None:
+        """Start waiting tasks as slots free (called by the monitor after each poll)."""
+        with self._launching:
+            waiting = [r for r in self.store.list(host=monitor.host.name, active_only=True)
+                       if r.state == "prepared" and r.remote_dir]
+            for record in reversed(waiting):  # oldest first
+                if self._slots(monitor.host) <= 0:
+                    return
+                try:
+                    self._launch(monitor, record)
+                except RemoteMagicError as exc:
+                    self.store.update(record.id, state="failed", finished=time.time(),
+                                      reason=f"not started: {exc}")
 
     def follow(self, record: TaskRecord) -> Iterator[Update]:
         """Updates of a task as they come (state, progress, output), until it ends.
@@ -173,7 +219,7 @@ class Client:
         outcome: dict[str, str] = {}
         by_host: dict[str, list[TaskRecord]] = defaultdict(list)
         for record in records:
-            if record.state == "prepared":  # never reached the host
+            if record.state == "prepared" and not record.remote_dir:  # never reached the host
                 self.store.update(record.id, state="cancelled", reason="cancelled by the user",
                                   finished=time.time())
                 outcome[record.id] = "cancelled"
@@ -220,6 +266,16 @@ def parse_age(text: str) -> float:
         raise RemoteMagicError(f"--older {text!r}: write an age such as 7d, 12h, 30m or 45s.")
     unit = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}[match.group(2)]
     return float(match.group(1)) * unit
+
+
+def _template(host: HostConfig) -> str | None:
+    """The host's job script template: its text, or the file it names."""
+    if host.template is None:
+        return None
+    path = Path(host.template).expanduser()
+    if "\n" not in host.template and path.is_file():
+        return path.read_text()
+    return host.template
 
 
 _client: Client | None = None

@@ -71,6 +71,7 @@ class HostMonitor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked: AgentClient | None = None
+        self.dispatcher: Callable[[HostMonitor], None] | None = None  # starts waiting tasks
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------ requests
@@ -150,6 +151,8 @@ class HostMonitor:
                 continue
             try:
                 self.poll(watches)
+                if self.dispatcher is not None:
+                    self.dispatcher(self)
             except TransportError as exc:
                 for watch in watches.values():
                     self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
@@ -194,9 +197,10 @@ class HostMonitor:
             times = {"submitted": history.get("submitted"), "started": history.get("running"),
                      "finished": max((history[s] for s in FINAL_STATES if s in history),
                                      default=None)}
+            known = {**times, "job_id": status.get("job_id")}
             self.store.update(watch.task_id, state=update.state, reason=update.reason,
                               progress=update.progress,
-                              **{k: v for k, v in times.items() if v is not None})
+                              **{k: v for k, v in known.items() if v is not None})
         return update
 
     def _deliver(self, watch: Watch, update: Update) -> None:

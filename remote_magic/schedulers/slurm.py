@@ -1,0 +1,104 @@
+"""SLURM: sbatch, squeue for all of a host's jobs at once, sacct for jobs the queue forgot."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .base import BatchScheduler, JobState
+
+# Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
+# is cut to its first word before lookup).
+STATES = {
+    "PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued", "RESV_DEL_HOLD": "queued",
+    "SUSPENDED": "running", "RUNNING": "running", "COMPLETING": "running",
+    "STAGE_OUT": "running", "SIGNALING": "running", "RESIZING": "running",
+    "COMPLETED": "completed", "CANCELLED": "cancelled", "TIMEOUT": "timed_out",
+    "DEADLINE": "timed_out", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
+    "SPECIAL_EXIT": "failed",
+}
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+
+
+class Slurm(BatchScheduler):
+    name = "slurm"
+    directive = "#SBATCH"
+
+    def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
+        lines = [f"--job-name={name}", f"--output={taskdir}/job.out",
+                 f"--error={taskdir}/job.err"]
+        if "walltime" in resources:
+            lines.append(f"--time={resources['walltime']}")  # minutes, [D-]H:M:S as we check
+        if "cores" in resources:
+            lines.append(f"--cpus-per-task={int(resources['cores'])}")
+        if "mem" in resources:
+            lines.append(f"--mem={slurm_memory(resources['mem'])}")
+        for key, option in (("nodes", "nodes"), ("gpus", "gpus"), ("partition", "partition"),
+                            ("account", "account")):
+            if key in resources:
+                lines.append(f"--{option}={resources[key]}")
+        return lines
+
+    def submit_command(self, script: str) -> list[str]:
+        return ["sbatch", "--parsable", script]
+
+    def job_id(self, output: str) -> str:
+        # --parsable prints "id" or "id;cluster"
+        text = output.strip().splitlines()[-1] if output.strip() else ""
+        job_id = text.split(";")[0].strip()
+        if not job_id.isdigit():
+            raise ValueError(f"sbatch printed no job id: {output.strip()[:200]!r}")
+        return job_id
+
+    def status_command(self, job_ids: list[str]) -> list[str]:
+        return ["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+
+    def parse_status(self, output: str) -> dict[str, JobState]:
+        jobs = {}
+        for line in output.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) < 2:
+                continue
+            job_id, state = parts[0], parts[1]
+            reason = parts[2] if len(parts) > 2 and parts[2] not in ("None", "") else None
+            jobs[job_id] = JobState(STATES.get(state, ""), reason or state)
+        return jobs
+
+    def outcome_command(self, job_ids: list[str]) -> list[str] | None:
+        return ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids),
+                "-o", "JobIDRaw,State,ExitCode,Reason"]
+
+    def parse_outcome(self, output: str) -> dict[str, JobState]:
+        jobs = {}
+        for line in output.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) < 3:
+                continue
+            job_id, raw_state, exit_code = parts[0], parts[1], parts[2]
+            word = raw_state.split()[0] if raw_state.split() else ""
+            code, _, signal = exit_code.partition(":")
+            reason = raw_state if word not in ("COMPLETED",) else None
+            if signal not in ("", "0"):
+                reason = f"{raw_state} (signal {signal})"
+            jobs[job_id] = JobState(STATES.get(word, ""), reason,
+                                    int(code) if code.isdigit() else None)
+        return jobs
+
+    def cancel_command(self, job_ids: list[str]) -> list[str]:
+        return ["scancel", *job_ids]
+
+
+def slurm_memory(value: Any) -> str:
+    """Our memory format ("8G", "1.5GiB", or megabytes as an int) in sbatch's (integer+unit)."""
+    if isinstance(value, int):
+        return f"{value}M"
+    match = _MEMORY.match(str(value).strip())
+    if not match:
+        raise ValueError(f"cannot express memory {value!r} for SLURM")
+    number, unit = float(match.group(1)), (match.group(2) or "M").upper()
+    if number.is_integer():
+        return f"{int(number)}{unit}"
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+    return f"{round(number * scale)}M"
