@@ -72,6 +72,7 @@ class HostMonitor:
         self._thread: threading.Thread | None = None
         self._checked: AgentClient | None = None
         self.dispatcher: Callable[[HostMonitor], None] | None = None  # starts waiting tasks
+        self.polls = 0  # status round trips so far (what a poll costs the host)
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------ requests
@@ -174,6 +175,7 @@ class HostMonitor:
         query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
                  for w in watches.values()}
         statuses = self.request("status", tasks=query)
+        self.polls += 1
         for task_id, status in statuses.items():
             watch = watches[task_id]
             update = self._apply(watch, status)

@@ -1,0 +1,150 @@
+"""SLURM, live: a real single-node cluster on this machine, reached through the sshd fixture."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Kernel, ssh_host, start_kernel
+
+from remote_magic import RemoteExecutor
+from remote_magic.testing.schedulers import ensure_slurm, slurm_job_fields
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Any:
+    return ensure_slurm(accounting=True)
+
+
+@pytest.fixture(scope="module")
+def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any) -> Any:
+    """A kernel whose host `hpc` is the sshd in front of the SLURM cluster."""
+    root = tmp_path_factory.mktemp("slurm")
+    kernel = start_kernel(root, ssh_host(sshd, "hpc", root / "remote", scheduler="slurm",
+                                         resources="{walltime: '0:10:00'}"))
+    kernel.root = root  # type: ignore[attr-defined]
+    yield kernel
+    kernel.run("%remote_kill --all -q hpc", allow_error=True)
+    kernel.shutdown()
+
+
+def newest(kernel: Kernel) -> Any:
+    return kernel.value("(lambda r: (r.id, r.job_id, r.state))(__import__('remote_magic.core')"
+                        ".core.get_client().store.list()[0])")
+
+
+def test_completed_job_with_its_job_id(hpc: Kernel) -> None:
+    out = hpc.run("%%remote -q hpc --name on-slurm\nimport os\nprint('job', "
+                  "os.environ.get('SLURM_JOB_ID'))\nanswer = 6 * 7\nanswer", timeout=120)
+    assert out.result["text/plain"] == "42"
+    task_id, job_id, state = newest(hpc)
+    assert state == "completed" and job_id and job_id.isdigit()
+    assert f"job {job_id}" in out.stdout
+    table = hpc.run("%remote_status --all").of_type("display_data")[0]["content"]["data"]
+    assert job_id in table["text/plain"]
+
+
+def test_failed_job_brings_back_the_traceback(hpc: Kernel) -> None:
+    out = hpc.run("%%remote -q hpc\nvalues = [1, 2]\nvalues[5]", allow_error=True, timeout=120)
+    assert out.error["ename"] == "IndexError"
+    assert "values[5]" in "\n".join(out.error["traceback"])
+    assert newest(hpc)[2] == "failed"
+
+
+def test_python_dying_in_a_job_is_failed_with_its_exit_code(hpc: Kernel) -> None:
+    out = hpc.run("%%remote -q hpc\nimport os\nos._exit(7)", allow_error=True, timeout=120)
+    assert out.error["ename"] == "TaskFailedError"
+    assert "failed" in out.error["evalue"] and "7" in out.error["evalue"]
+
+
+def test_resources_reach_the_scheduler(hpc: Kernel, slurm: Any) -> None:
+    hpc.run("%%remote -q hpc --nowait --walltime 0:05:00 --cores 2 --mem 100M "
+            "--partition debug --name sized\nimport time\ntime.sleep(30)")
+    task_id, job_id, _ = newest(hpc)
+    fields = slurm_job_fields(job_id)
+    assert fields["TimeLimit"] == "00:05:00"
+    assert fields["NumCPUs"] == "2" or fields.get("CPUs/Task") == "2"
+    assert fields["Partition"] == "debug" and fields["JobName"].startswith("rm-")
+    assert "100M" in fields.get("MinMemoryNode", "") or "100M" in fields.get("mem", "") \
+        or "mem=100M" in fields.get("TRES", "") or "mem=100M" in fields.get("ReqTRES", "")
+    hpc.run(f"%remote_kill {task_id}")
+
+
+def test_cancelled_while_running(hpc: Kernel) -> None:
+    hpc.run("%%remote -q hpc --nowait --name doomed\nimport time\nprint('up', flush=True)\n"
+            "time.sleep(300)")
+    task_id, job_id, _ = newest(hpc)
+    deadline = time.monotonic() + 60
+    while newest(hpc)[2] != "running" and time.monotonic() < deadline:
+        hpc.run("%remote_status")
+        time.sleep(0.5)
+    assert "cancelling" in hpc.run(f"%remote_kill {task_id}").stdout
+    out = hpc.run(f"%remote_fetch {task_id}", allow_error=True, timeout=120)
+    assert "cancelled" in out.error["evalue"]
+
+
+def test_queued_behind_a_job_that_holds_every_cpu(hpc: Kernel, slurm: Any) -> None:
+    hpc.run(f"%%remote -q hpc --nowait --cores {slurm.cpus} --name hog\nimport time\n"
+            "time.sleep(6)")
+    hog = newest(hpc)[0]
+    hpc.run("%%remote -q hpc --nowait --cores 1 --name patient\nwaited = True")
+    patient = newest(hpc)[0]
+    seen = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = dict(hpc.value(
+            f"[(r.id, r.state) for r in __import__('remote_magic.core').core.get_client()"
+            f".status(['{hog}', '{patient}'])]"))
+        seen.add(states[patient])
+        if states[patient] == "completed":
+            break
+        time.sleep(0.3)
+    assert "queued" in seen and "completed" in seen
+    hpc.run("pass")  # the notice: results land at the next cell
+    assert hpc.value("waited") is True
+
+
+def test_timed_out_by_a_short_walltime(hpc: Kernel) -> None:
+    """SLURM rounds --time up to minutes and enforces it 60-90 s late: this takes minutes."""
+    out = hpc.run("%%remote -q hpc --walltime 1 --name too-slow\nimport time\ntime.sleep(600)",
+                  allow_error=True, timeout=300)
+    assert out.error["ename"] == "TaskFailedError"
+    assert "timed_out" in out.error["evalue"]
+    assert newest(hpc)[2] == "timed_out"
+
+
+def test_max_running_holds_on_slurm(tmp_path: Path, sshd: Any, slurm: Any) -> None:
+    kernel = start_kernel(tmp_path, ssh_host(sshd, "narrow", tmp_path / "remote",
+                                             scheduler="slurm", max_running=1))
+    try:
+        kernel.run(textwrap.dedent("""\
+            from remote_magic import RemoteExecutor
+            import time
+            def nap(i):
+                time.sleep(2)
+                return i
+            pool = RemoteExecutor("narrow")
+            futures = [pool.submit(nap, i) for i in range(3)]"""))
+        peak, done = 0, False
+        deadline = time.monotonic() + 120
+        while not done and time.monotonic() < deadline:
+            active, done = kernel.value(
+                "(sum(r.state in ('submitted', 'queued', 'running') for r in "
+                "__import__('remote_magic.core').core.get_client().store.list()), "
+                "all(f.done() for f in futures))")
+            peak = max(peak, active)
+            time.sleep(0.2)
+        assert done and peak == 1
+        assert kernel.value("[f.result() for f in futures]") == [0, 1, 2]
+    finally:
+        kernel.shutdown()
+
+
+def test_scheduler_on_this_machine_needs_no_ssh(home: Path, slurm: Any) -> None:
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(f"  login:\n    scheduler: slurm\n    workdir: {home / 'login'}\n")
+    with RemoteExecutor("login") as pool:
+        assert pool.submit(pow, 2, 9).result(timeout=120) == 512
