@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .base import BatchScheduler, JobState
+from .units import memory_bytes
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
 # is cut to its first word before lookup).
@@ -19,7 +19,6 @@ STATES = {
     "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
     "SPECIAL_EXIT": "failed",
 }
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 
 
 class Slurm(BatchScheduler):
@@ -91,14 +90,8 @@ class Slurm(BatchScheduler):
 
 
 def slurm_memory(value: Any) -> str:
-    """Our memory format ("8G", "1.5GiB", or megabytes as an int) in sbatch's (integer+unit)."""
+    """Our memory format ("8G", "1.5GiB", or megabytes as an int) in sbatch's whole megabytes."""
     if isinstance(value, int):
         return f"{value}M"
-    match = _MEMORY.match(str(value).strip())
-    if not match:
-        raise ValueError(f"cannot express memory {value!r} for SLURM")
-    number, unit = float(match.group(1)), (match.group(2) or "M").upper()
-    if number.is_integer():
-        return f"{int(number)}{unit}"
-    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
-    return f"{round(number * scale)}M"
+    size = memory_bytes(value)
+    return f"{-(-size // 2 ** 20)}M"  # round up: a job must not get less than it asked for

@@ -1,0 +1,199 @@
+"""IBM Spectrum LSF: job scripts, bsub/bjobs/bkill, and reading `bjobs -json`.
+
+Why these commands:
+
+* Submission pipes the script into bsub (`bsub < script`). Only that form makes bsub read the
+  `#BSUB` lines: `bsub script` runs the file as a plain command unless the cluster sets
+  LSB_BSUB_PARSE_SCRIPT=Y in lsf.conf, and `bsub -i file` would only make the file the job's
+  stdin. The agent runs commands without a shell, so the command is an explicit
+  `/bin/sh -c 'exec bsub < "$1"' sh <script>`: the path travels as an argument, never
+  re-parsed by the shell.
+* Status is one `bjobs -json -o "jobid stat exit_code exit_reason pend_reason" -a <ids...>`
+  (JSON output needs LSF 10.1). `-a` keeps jobs that finished within CLEAN_PERIOD (one hour by
+  default) in the answer; an id bjobs no longer knows comes back as an ERROR record
+  ("Job <id> is not found") and is left out. Older history is in `bhist -l`, whose free text
+  wraps at 80 columns; without a recorded sample to test a parser against, it is not read: the
+  job script's exit-code file is the record of last resort, so there is no outcome command.
+
+How a job is read: PEND/PSUSP/WAIT/PROV -> queued (with LSF's pending reason), RUN/USUSP/SSUSP
+-> running, UNKWN/ZOMBI -> running (the host is unreachable or the job is being killed; LSF
+still has to settle it), DONE -> completed. EXIT is split by the keyword of EXIT_REASON:
+killed by a user or administrator (TERM_OWNER, TERM_ADMIN, TERM_FORCE_*, ...) -> cancelled,
+TERM_RUNLIMIT or TERM_DEADLINE -> timed_out, anything else (TERM_MEMLIMIT, a non-zero exit)
+-> failed, with LSF's words kept as the reason. EXIT_CODE is empty for every DONE job and for
+many killed ones, so it never decides the state.
+
+Resources: `cores`, `mem` and `gpus` are per node, `nodes` is a number of hosts. `-n` is the
+total number of slots (nodes x cores), held on one host with `span[hosts=1]` or spread
+`cores` per host with `span[ptile=cores]`. Memory is reserved with `rusage[mem=...]` in
+explicit units (e.g. `8GB`), so the meaning does not depend on the cluster's
+LSF_UNIT_FOR_LIMITS (KB by default, often MB); units in resource strings need LSF 10.1.0.2 or
+later. LSF reserves it per host by default (per task only where RESOURCE_RESERVE_PER_TASK=Y),
+which matches our per-node meaning. It is a reservation: whether a job is killed for going
+over it is the cluster's memory-limit policy. The run limit `-W` is whole minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from .base import BatchScheduler, JobState
+from .units import directive_word, extract_json, memory_bytes, positive_count, walltime_seconds
+
+# EXIT_REASON keywords (IBM: "Termination reasons displayed by bacct, bhist, and bjobs").
+_KILLED_BY_SOMEONE = frozenset({
+    "TERM_OWNER", "TERM_ADMIN", "TERM_FORCE_OWNER", "TERM_FORCE_ADMIN", "TERM_BUCKET_KILL",
+    "TERM_REQUEUE_OWNER", "TERM_REQUEUE_ADMIN",
+})
+_OUT_OF_TIME = frozenset({"TERM_RUNLIMIT", "TERM_DEADLINE"})
+
+_QUEUED = frozenset({"PEND", "PSUSP", "WAIT", "PROV"})
+_RUNNING = frozenset({"RUN", "USUSP", "SSUSP"})
+_UNSETTLED = frozenset({"UNKWN", "ZOMBI"})
+
+_STATUS_FIELDS = "jobid stat exit_code exit_reason pend_reason"
+
+
+def _text(record: dict[str, Any], key: str) -> str:
+    """A field of a bjobs record, without the trailing ';' LSF puts after reasons."""
+    return str(record.get(key) or "").strip().rstrip(";").strip()
+
+
+def job_state(record: dict[str, Any]) -> JobState:
+    """One record of `bjobs -json` in our state model."""
+    stat = _text(record, "STAT")
+    code_text = _text(record, "EXIT_CODE")
+    code = int(code_text) if re.fullmatch(r"-?\d+", code_text) else None
+    if stat in _QUEUED:
+        reason = _text(record, "PEND_REASON") or None
+        if stat != "PEND":
+            reason = f"{stat}: {reason}" if reason else stat
+        return JobState("queued", reason)
+    if stat in _RUNNING:
+        return JobState("running", None if stat == "RUN" else stat)
+    if stat in _UNSETTLED:
+        return JobState("running", f"{stat}: LSF has not settled this job yet")
+    if stat == "DONE":
+        return JobState("completed", None, 0)
+    if stat == "EXIT":
+        reason = _text(record, "EXIT_REASON")
+        keyword = reason.split(":", 1)[0].strip().upper()
+        if keyword in _KILLED_BY_SOMEONE:
+            return JobState("cancelled", reason, code)
+        if keyword in _OUT_OF_TIME:
+            return JobState("timed_out", reason, code)
+        if not reason:
+            reason = f"exit code {code}" if code is not None else "exited (no reason given)"
+        return JobState("failed", reason, code)
+    return JobState("", f"unknown LSF job state {stat!r}")
+
+
+class Lsf(BatchScheduler):
+    """IBM Spectrum LSF through bsub (script on stdin), bjobs -json and bkill."""
+
+    name: ClassVar[str] = "lsf"
+    directive: ClassVar[str] = "#BSUB"
+
+    # "[" and "]" in a job name would make it a job array; keep to plain characters.
+    _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
+    _NAME_LENGTH = 512
+    # "%J"/"%I" in -o/-e are expanded by LSF; spaces and quotes would break the #BSUB line.
+    _UNSAFE_PATH = re.compile(r"[\s'\"\\#%]")
+
+    def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
+        """`-J`, `-o`, `-e`, `-W`, `-n`, `-R`, `-gpu`, `-q`, `-P` lines; ValueError if LSF
+        cannot express a value (e.g. a walltime with seconds)."""
+        resources = {k: v for k, v in resources.items() if v is not None}
+        unknown = set(resources) - {"walltime", "cores", "mem", "nodes", "gpus",
+                                    "partition", "account"}
+        if unknown:
+            raise ValueError(f"unknown resource(s) for LSF: {', '.join(sorted(unknown))}")
+        if self._UNSAFE_PATH.search(taskdir):
+            raise ValueError(
+                f"the task directory {taskdir!r} cannot be an LSF output path: it must not "
+                "contain spaces, quotes, '#' or '%'"
+            )
+        job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
+        lines = [f"-J {job_name}", f"-o {taskdir}/job.out", f"-e {taskdir}/job.err"]
+
+        if "walltime" in resources:
+            seconds = walltime_seconds(resources["walltime"])
+            if seconds % 60:
+                raise ValueError(
+                    f"walltime {resources['walltime']!r}: LSF run limits (-W) are whole "
+                    "minutes; drop the seconds"
+                )
+            hours, minutes = divmod(seconds // 60, 60)
+            lines.append(f"-W {hours}:{minutes:02d}")
+
+        nodes = positive_count(resources, "nodes")
+        cores = positive_count(resources, "cores")
+        gpus = positive_count(resources, "gpus")
+        requirement = []
+        if "mem" in resources:
+            requirement.append(f"rusage[mem={_lsf_size(memory_bytes(resources['mem']))}]")
+        if nodes or cores:
+            lines.append(f"-n {(nodes or 1) * (cores or 1)}")
+            if nodes and nodes > 1:
+                requirement.append(f"span[ptile={cores or 1}]")
+            else:
+                requirement.append("span[hosts=1]")
+        if requirement:
+            lines.append(f'-R "{" ".join(requirement)}"')
+        if gpus:
+            lines.append(f'-gpu "num={gpus}"')
+
+        queue = directive_word(resources, "partition")
+        if queue:
+            lines.append(f"-q {queue}")
+        project = directive_word(resources, "account")
+        if project:
+            lines.append(f"-P {project}")
+        return lines
+
+    def submit_command(self, script: str) -> list[str]:
+        """`bsub < script` without handing the path to a shell parser (see module docstring)."""
+        return ["/bin/sh", "-c", 'exec bsub < "$1"', "sh", script]
+
+    def job_id(self, output: str) -> str:
+        """The number in "Job <1234> is submitted to [default] queue <normal>."."""
+        match = re.search(r"Job <(\d+)> is submitted", output)
+        if match is None:
+            raise ValueError(f"bsub printed no job id: {output.strip()!r}")
+        return match.group(1)
+
+    def status_command(self, job_ids: list[str]) -> list[str]:
+        """One bjobs for all jobs; `-a` keeps recently finished ones in the answer."""
+        if not job_ids:
+            raise ValueError("no job ids: bjobs without ids would list all of the user's jobs")
+        return ["bjobs", "-json", "-o", _STATUS_FIELDS, "-a", *job_ids]
+
+    def parse_status(self, output: str) -> dict[str, JobState]:
+        """Jobs by id; ERROR records (ids bjobs no longer knows) are left out."""
+        document = extract_json(output)
+        if not document:
+            return {}
+        states = {}
+        for record in document.get("RECORDS") or []:
+            if not isinstance(record, dict) or "ERROR" in record or not record.get("JOBID"):
+                continue
+            states[str(record["JOBID"])] = job_state(record)
+        return states
+
+    def outcome_command(self, job_ids: list[str]) -> list[str] | None:
+        """None: see the module docstring (bhist text is not parsed)."""
+        return None
+
+    def cancel_command(self, job_ids: list[str]) -> list[str]:
+        if not job_ids:
+            raise ValueError("no job ids to cancel")
+        return ["bkill", *job_ids]
+
+
+def _lsf_size(size: int) -> str:
+    """Bytes in the largest LSF unit that keeps them whole; LSF's smallest unit is KB."""
+    for unit, power in (("TB", 4), ("GB", 3), ("MB", 2), ("KB", 1)):
+        if size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    raise ValueError(f"mem of {size} bytes is not a whole number of kilobytes, LSF's smallest unit")

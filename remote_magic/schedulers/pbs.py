@@ -1,0 +1,252 @@
+"""PBS Professional and OpenPBS: job scripts, qsub/qstat/qdel, and reading `qstat -F json`.
+
+Why these commands:
+
+* Status is one `qstat -f -F json -x <ids...>` call. `-x` includes finished ("history") jobs,
+  so the same answer says how a job ended (`job_state` F with `Exit_status`) for as long as the
+  server keeps history (`job_history_enable`, `job_history_duration`, two weeks by default).
+  Without `-x`, qstat refuses a finished id ("Job has finished, use -x or -H ...", exit 35), as
+  Parsl found out on Polaris. A job the server has purged is simply absent from the answer
+  (qstat prints "Unknown Job Id" on stderr); asking again cannot bring it back, so there is no
+  separate outcome command: the job script's exit-code file is the record of last resort.
+* qsub takes the script path as an argument and reads its `#PBS` lines itself, so submission
+  needs no shell.
+
+How a finished job (state F) is read, in this order:
+
+1. `Exit_status` -29 (`JOB_EXEC_KILL_WALLTIME` in OpenPBS' job.h) -> timed_out.
+2. Substate 91 (`JOB_SUBSTATE_TERMINATED`) or a comment ending in "and terminated" -> cancelled:
+   this is what qdel leaves behind, for running and for queued jobs alike. The Exit_status of a
+   job deleted while running is just the signal that killed it (265 = 256 + SIGKILL was seen at
+   ALCF), so it cannot tell a qdel from any other kill.
+3. `Exit_status` 0 -> completed.
+4. Killed by a signal (Exit_status >= 256) after using at least its walltime -> timed_out: PBS
+   versions without code -29 report a walltime kill only as the signal.
+5. Anything else -> failed, with the reason spelled out (JOB_EXEC_* name, signal, comment).
+
+Resource semantics, shared with the other schedulers: `cores`, `mem` and `gpus` are per node
+and `nodes` is the number of nodes; one PBS chunk is one node, and several nodes get
+`place=scatter` so the chunks really land on different hosts. Memory sizes are binary (1G =
+1024M), as PBS's own `kb`/`mb`/`gb` are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from .base import BatchScheduler, JobState
+from .units import directive_word, extract_json, memory_bytes, positive_count, walltime_seconds
+
+# --------------------------------------------------------------------------------------------
+# Reading qstat's answer
+
+# Negative Exit_status values: PBS's own reasons for ending a job (OpenPBS src/include/job.h).
+_JOB_EXEC = {
+    -1: "JOB_EXEC_FAIL1: job exec failed, before files, no retry",
+    -2: "JOB_EXEC_FAIL2: job exec failed, after files, no retry",
+    -3: "JOB_EXEC_RETRY: job exec failed, do retry",
+    -4: "JOB_EXEC_INITABT: job aborted on MOM initialization",
+    -5: "JOB_EXEC_INITRST: job aborted on MOM init, checkpoint, no migrate",
+    -6: "JOB_EXEC_INITRMG: job aborted on MOM init, checkpoint, ok migrate",
+    -7: "JOB_EXEC_BADRESRT: job restart failed",
+    -10: "JOB_EXEC_FAILUID: invalid uid/gid for job",
+    -11: "JOB_EXEC_RERUN: job rerun",
+    -12: "JOB_EXEC_CHKP: job was checkpointed and killed",
+    -13: "JOB_EXEC_FAIL_PASSWORD: job failed due to a bad password",
+    -14: "JOB_EXEC_RERUN_SIS_FAIL: job rerun",
+    -15: "JOB_EXEC_QUERST: requeue job for restart from checkpoint",
+    -16: "JOB_EXEC_FAILHOOK_RERUN: a hook rejected the job, requeued",
+    -17: "JOB_EXEC_FAILHOOK_DELETE: a hook rejected the job, deleted",
+    -18: "JOB_EXEC_HOOK_RERUN: a hook requested the job be requeued",
+    -19: "JOB_EXEC_HOOK_DELETE: a hook requested the job be deleted",
+    -20: "JOB_EXEC_RERUN_MS_FAIL: mother superior connection failed",
+    -21: "JOB_EXEC_FAIL_SECURITY: security breach in PBS directory",
+    -22: "JOB_EXEC_HOOKERROR: hook raised an exception or timed out",
+    -23: "JOB_EXEC_FAIL_KRB5: no kerberos credentials supplied",
+    -24: "JOB_EXEC_KILL_NCPUS_BURST: job exceeded ncpus (burst)",
+    -25: "JOB_EXEC_KILL_NCPUS_SUM: job exceeded ncpus (sum)",
+    -26: "JOB_EXEC_KILL_VMEM: job exceeded vmem",
+    -27: "JOB_EXEC_KILL_MEM: job exceeded mem",
+    -28: "JOB_EXEC_KILL_CPUT: job exceeded cput",
+    -29: "JOB_EXEC_KILL_WALLTIME: job exceeded walltime",
+    -30: "JOB_EXEC_JOINJOB: join job error",
+}
+_KILL_WALLTIME = -29
+_SUBSTATE_TERMINATED = 91
+_QUEUED = frozenset("QHWT")  # held and waiting jobs still wait for their turn
+_RUNNING = frozenset("REBSU")  # E: exiting after having run; S/U: suspended, not over
+_FINISHED = frozenset("FX")  # X: finished subjob of an array
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _clock_seconds(value: Any) -> int | None:
+    """PBS's "HH:MM:SS" (hours may exceed 24) as seconds, or None."""
+    parts = str(value).split(":") if value is not None else []
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
+
+
+def _finished(job: dict[str, Any]) -> JobState:
+    """Our final state for a job in state F (see the module docstring for the order)."""
+    status = _as_int(job.get("Exit_status"))
+    comment = str(job.get("comment") or "").strip() or None
+    terminated = (_as_int(job.get("substate")) == _SUBSTATE_TERMINATED
+                  or (comment or "").endswith("and terminated"))
+
+    def with_comment(text: str) -> str:
+        return f"{text}; {comment}" if comment else text
+
+    if status == _KILL_WALLTIME:
+        return JobState("timed_out", with_comment(_JOB_EXEC[status]), None)
+    if terminated:
+        return JobState("cancelled", comment or "deleted (qdel)",
+                        status if status is not None and 0 <= status < 256 else None)
+    if status == 0:
+        return JobState("completed", comment, 0)
+    if status is None:
+        return JobState("failed", with_comment("finished without an exit status"), None)
+    if status < 0:
+        text = _JOB_EXEC.get(status, "PBS could not run the job")
+        return JobState("failed", with_comment(f"{text} (Exit_status {status})"), None)
+    if status >= 256:
+        signal = status - 256
+        used = _clock_seconds((job.get("resources_used") or {}).get("walltime"))
+        limit = _clock_seconds((job.get("Resource_List") or {}).get("walltime"))
+        if used is not None and limit is not None and used >= limit:
+            return JobState("timed_out", with_comment(
+                f"killed by signal {signal} after using its walltime (Exit_status {status})"),
+                128 + signal)
+        return JobState("failed", with_comment(
+            f"killed by signal {signal} (Exit_status {status})"), 128 + signal)
+    return JobState("failed", with_comment(f"exit status {status}"), status)
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    """One job of `qstat -f -F json` in our state model."""
+    state = str(job.get("job_state") or "")
+    comment = str(job.get("comment") or "").strip() or None
+    if state in _QUEUED:
+        return JobState("queued", comment)
+    if state in _RUNNING:
+        return JobState("running", None if state == "R" else f"PBS job state {state}")
+    if state in _FINISHED:
+        return _finished(job)
+    if state == "M":
+        return JobState("", "moved to another PBS server; ask that server")
+    return JobState("", f"unknown PBS job state {state!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The scheduler
+
+
+class Pbs(BatchScheduler):
+    """PBS Professional / OpenPBS through qsub, qstat -F json and qdel."""
+
+    name: ClassVar[str] = "pbs"
+    directive: ClassVar[str] = "#PBS"
+
+    # PBS Pro job names: up to 236 printable characters; keep to a set every version accepts.
+    _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
+    _NAME_LENGTH = 236
+    # An output path is written as "-o <path>"; PBS reads "host:path", so no colon either.
+    _UNSAFE_PATH = re.compile(r"[\s'\"\\#:]")
+
+    def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
+        """`-N`, `-o`, `-e` and `-l` lines; a value PBS cannot express raises ValueError."""
+        resources = {k: v for k, v in resources.items() if v is not None}
+        unknown = set(resources) - {"walltime", "cores", "mem", "nodes", "gpus",
+                                    "partition", "account"}
+        if unknown:
+            raise ValueError(f"unknown resource(s) for PBS: {', '.join(sorted(unknown))}")
+        if self._UNSAFE_PATH.search(taskdir):
+            raise ValueError(
+                f"the task directory {taskdir!r} cannot be a PBS output path: it must not "
+                "contain spaces, quotes, '#' or ':'"
+            )
+        job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
+        lines = [f"-N {job_name}", f"-o {taskdir}/job.out", f"-e {taskdir}/job.err"]
+
+        if "walltime" in resources:
+            seconds = walltime_seconds(resources["walltime"])
+            hours, rest = divmod(seconds, 3600)
+            lines.append(f"-l walltime={hours:02d}:{rest // 60:02d}:{rest % 60:02d}")
+
+        nodes = positive_count(resources, "nodes")
+        cores = positive_count(resources, "cores")
+        gpus = positive_count(resources, "gpus")
+        mem = memory_bytes(resources["mem"]) if "mem" in resources else None
+        if nodes or cores or gpus or mem:
+            chunk = [str(nodes or 1)]
+            if cores:
+                chunk.append(f"ncpus={cores}")
+            if mem:
+                chunk.append(f"mem={_pbs_size(mem)}")
+            if gpus:
+                chunk.append(f"ngpus={gpus}")
+            lines.append("-l select=" + ":".join(chunk))
+            if nodes and nodes > 1:
+                lines.append("-l place=scatter")
+
+        queue = directive_word(resources, "partition")
+        if queue:
+            lines.append(f"-q {queue}")
+        account = directive_word(resources, "account")
+        if account:
+            lines.append(f"-A {account}")
+        return lines
+
+    def submit_command(self, script: str) -> list[str]:
+        """qsub reads the `#PBS` lines of the script file itself: no shell needed."""
+        return ["qsub", script]
+
+    def job_id(self, output: str) -> str:
+        """The full id qsub prints ("1234.server"), which qstat and qdel expect back.
+
+        Site submit filters sometimes print notices first, so the last line that looks like a
+        PBS job id wins.
+        """
+        for line in reversed(output.strip().splitlines()):
+            word = line.strip()
+            if re.fullmatch(r"\d+(\[\d*\])?(\.[^\s]+)?", word):
+                return word
+        raise ValueError(f"qsub printed no job id: {output.strip()!r}")
+
+    def status_command(self, job_ids: list[str]) -> list[str]:
+        """One qstat for all jobs; `-x` keeps finished jobs in the answer."""
+        if not job_ids:
+            raise ValueError("no job ids: qstat without ids would list every job on the server")
+        return ["qstat", "-f", "-F", "json", "-x", *job_ids]
+
+    def parse_status(self, output: str) -> dict[str, JobState]:
+        """Jobs by their full id; a job qstat does not know is left out (the queue forgot it)."""
+        document = extract_json(output)
+        if not document:
+            return {}
+        jobs = document.get("Jobs") or {}
+        return {job_id: job_state(job) for job_id, job in jobs.items() if isinstance(job, dict)}
+
+    def outcome_command(self, job_ids: list[str]) -> list[str] | None:
+        """None: `qstat -x` in the status command already reports every job PBS remembers."""
+        return None
+
+    def cancel_command(self, job_ids: list[str]) -> list[str]:
+        if not job_ids:
+            raise ValueError("no job ids to cancel")
+        return ["qdel", *job_ids]
+
+
+def _pbs_size(size: int) -> str:
+    """Bytes in the largest PBS unit that keeps them whole (PBS sizes are integers)."""
+    for unit, power in (("tb", 4), ("gb", 3), ("mb", 2), ("kb", 1)):
+        if size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    return f"{size}b"
