@@ -98,15 +98,21 @@ class BatchOps:
                job: JobState | None) -> dict[str, Any]:
         state = record["state"]
         if state in FINAL_STATES:
-            # The runner wrote its outcome; only a kill from outside needs the scheduler's word.
+            if state == "completed" or record.get("checked"):
+                return record
+            # The runner wrote its outcome. A kill from outside (walltime, cancel, memory)
+            # needs the scheduler's word on why, so such a task is not reported as ended
+            # until the scheduler gives it.
             if job is not None and job.state in ("timed_out", "cancelled") and \
-                    state == "failed" and not paths.cancel.exists():
+                    not paths.cancel.exists():
                 return set_state(paths, job.state, job.reason, checked=True)
-            if job is not None and job.state == "failed" and job.reason and state == "failed":
+            if job is not None and job.state == "failed" and job.reason:
                 return set_state(paths, "failed", f"{job.reason}; {record.get('reason')}",
                                  checked=True)
             if job is None or job.state in FINAL_STATES:
                 return set_state(paths, state, record.get("reason"), checked=True)
+            if (record.get("reason") or "").startswith("killed by signal"):
+                return {**record, "state": "running"}  # the scheduler has not said why yet
             return record
         if job is not None and job.state not in FINAL_STATES and job.state:
             if job.state == "queued" and state in ("submitted", "queued"):

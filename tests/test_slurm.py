@@ -148,3 +148,31 @@ def test_scheduler_on_this_machine_needs_no_ssh(home: Path, slurm: Any) -> None:
         f.write(f"  login:\n    scheduler: slurm\n    workdir: {home / 'login'}\n")
     with RemoteExecutor("login") as pool:
         assert pool.submit(pow, 2, 9).result(timeout=120) == 512
+
+
+def test_without_accounting_the_task_files_decide(home: Path) -> None:
+    """sacct then says "accounting storage is disabled": every outcome still comes back."""
+    info = ensure_slurm(accounting=False)
+    try:
+        assert not info.accounting
+        with open(home / "hosts.yaml", "a") as f:
+            f.write(f"  plain:\n    scheduler: slurm\n    workdir: {home / 'plain'}\n")
+        from remote_magic.core import Client
+        from remote_magic.errors import RemoteTaskError
+
+        client = Client()
+        with RemoteExecutor("plain", client=client) as pool:
+            assert pool.submit(pow, 5, 2).result(timeout=120) == 25
+            with pytest.raises(ZeroDivisionError):
+                pool.submit(lambda: 1 / 0).result(timeout=120)
+            sleeper = pool.submit(time.sleep, 300)
+            record = client.store.get(sleeper.task_id)  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 60
+            while client.status([record.id])[0].state != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            client.kill([record])
+            with pytest.raises(RemoteTaskError, match="cancelled"):
+                sleeper.result(timeout=120)
+    finally:
+        ensure_slurm(accounting=True)
