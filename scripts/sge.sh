@@ -49,7 +49,7 @@ export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 COMMON=$SGE_ROOT/$SGE_CELL/common
 RUN=/run/remote-magic-sge
 QMASTER_PID=/var/spool/gridengine/qmaster/qmaster.pid
-CONFIG_VERSION=2  # bump when the configuration applied below changes
+CONFIG_VERSION=3  # bump when the configuration applied below changes
 
 die() { echo "$PROG: $*" >&2; exit 1; }
 say() { echo "$PROG: $*" >&2; }
@@ -180,11 +180,14 @@ configure() {
   fi
 
   # all.q from the template queue; re-applied so that a changed slot count is taken over.
+  # unix_behavior: a job runs by its script's own #! line, not as a login shell (a login
+  # shell runs ~/.bashrc, which can be slow, and a job killed in it can leave locks behind).
   qconf -sq | sed -E -e 's/^qname[[:space:]].*/qname all.q/' \
     -e 's/^hostlist[[:space:]].*/hostlist @allhosts/' \
     -e "s/^slots[[:space:]].*/slots $SLOTS/" \
     -e 's#^shell[[:space:]].*#shell /bin/bash#' \
     -e 's/^pe_list[[:space:]].*/pe_list smp/' \
+    -e 's/^shell_start_mode[[:space:]].*/shell_start_mode unix_behavior/' \
     -e 's/^load_thresholds[[:space:]].*/load_thresholds NONE/' >"$tmp/queue"
   if qconf -sq all.q >/dev/null 2>&1; then
     qc -Mq "$tmp/queue"

@@ -39,7 +39,13 @@ import re
 from typing import Any, ClassVar
 
 from .base import BatchScheduler, JobState
-from .units import directive_word, extract_json, memory_bytes, positive_count, walltime_seconds
+from .units import (
+    extract_json,
+    memory_bytes,
+    positive_count,
+    queue_lines,
+    walltime_seconds,
+)
 
 # EXIT_REASON keywords (IBM: "Termination reasons displayed by bacct, bhist, and bjobs").
 _KILLED_BY_SOMEONE = frozenset({
@@ -144,13 +150,7 @@ class Lsf(BatchScheduler):
         if gpus:
             lines.append(f'-gpu "num={gpus}"')
 
-        queue = directive_word(resources, "partition")
-        if queue:
-            lines.append(f"-q {queue}")
-        project = directive_word(resources, "account")
-        if project:
-            lines.append(f"-P {project}")
-        return lines
+        return lines + queue_lines(resources, "-q", "-P")
 
     def submit_command(self, script: str) -> list[str]:
         """`bsub < script` without handing the path to a shell parser (see module docstring)."""

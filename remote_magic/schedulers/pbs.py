@@ -36,7 +36,13 @@ import re
 from typing import Any, ClassVar
 
 from .base import BatchScheduler, JobState
-from .units import directive_word, extract_json, memory_bytes, positive_count, walltime_seconds
+from .units import (
+    extract_json,
+    memory_bytes,
+    positive_count,
+    queue_lines,
+    walltime_seconds,
+)
 
 # --------------------------------------------------------------------------------------------
 # Reading qstat's answer
@@ -196,13 +202,7 @@ class Pbs(BatchScheduler):
             if nodes and nodes > 1:
                 lines.append("-l place=scatter")
 
-        queue = directive_word(resources, "partition")
-        if queue:
-            lines.append(f"-q {queue}")
-        account = directive_word(resources, "account")
-        if account:
-            lines.append(f"-A {account}")
-        return lines
+        return lines + queue_lines(resources, "-q", "-A")
 
     def submit_command(self, script: str) -> list[str]:
         """qsub reads the `#PBS` lines of the script file itself: no shell needed."""

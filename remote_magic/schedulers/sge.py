@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any
 
 from .base import BatchScheduler, JobState
-from .units import directive_word, memory_bytes, positive_count, walltime_seconds
+from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
 
 PARALLEL_ENVIRONMENT = "smp"
 
@@ -38,13 +38,7 @@ class Sge(BatchScheduler):
         gpus = positive_count(resources, "gpus")
         if gpus:
             lines.append(f"-l gpu={gpus}")
-        queue = directive_word(resources, "partition")
-        if queue:
-            lines.append(f"-q {queue}")
-        project = directive_word(resources, "account")
-        if project:
-            lines.append(f"-P {project}")
-        return lines
+        return lines + queue_lines(resources, "-q", "-P")
 
     def submit_command(self, script: str) -> list[str]:
         return ["qsub", "-terse", script]

@@ -120,3 +120,13 @@ def extract_json(output: str) -> Any:
         return json.loads(output[start:end + 1], strict=False)
     except ValueError as exc:
         raise ValueError(f"the scheduler's answer is not valid JSON: {exc}") from None
+
+
+def queue_lines(resources: dict[str, Any], queue_flag: str, account_flag: str) -> list[str]:
+    """The queue (our `partition`) and account lines, in one scheduler's flags."""
+    lines = []
+    for key, flag in (("partition", queue_flag), ("account", account_flag)):
+        word = directive_word(resources, key)
+        if word:
+            lines.append(f"{flag} {word}")
+    return lines

@@ -371,8 +371,10 @@ def _await_marker(channel: paramiko.Channel) -> tuple[int | None, str, bytes]:
                 channel.settimeout(None)
                 return None, "", seen.split(MARKER, 1)[1]
     except OSError as exc:
-        raise TransportError(f"the agent did not start within {START_TIMEOUT:.0f} s: {exc}") \
-            from exc
+        raise TransportError(
+            f"the agent did not start within {START_TIMEOUT:.0f} s: the login shell on the "
+            "host (bash -l, with the host's setup lines) did not finish starting. Check what "
+            "~/.bash_profile, ~/.profile or ~/.bashrc run there.") from exc
     err = b""
     while channel.recv_stderr_ready():
         err += channel.recv_stderr(65536)
