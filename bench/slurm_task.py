@@ -31,8 +31,8 @@ from remote_magic.testing.sshd import start_sshd
 
 def sbatch_to_completed() -> float:
     start = time.perf_counter()
-    job = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "true"], capture_output=True,
-                         text=True, check=True).stdout.strip().split(";")[0]
+    job = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     while True:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
                              text=True).stdout
