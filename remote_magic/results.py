@@ -7,7 +7,9 @@ executor hands the same objects to a Future.
 from __future__ import annotations
 
 import importlib
+import linecache
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +94,8 @@ def _error(paths: TaskPaths, result: TaskResult) -> RemoteTaskError:
                                remote_type=result.state, task_id=result.task_id)
     original = _exception_type(info.get("module", ""), info.get("type", ""))
     return error_for(original, f"{info['message']} (raised in {where})",
-                     remote_type=info["type"], remote_traceback=info.get("traceback", ""),
-                     task_id=result.task_id)
+                     remote_type=info["type"], task_id=result.task_id,
+                     remote_traceback=with_local_source(info.get("traceback", "")))
 
 
 def _exception_type(module: str, qualname: str) -> type | None:
@@ -104,3 +106,26 @@ def _exception_type(module: str, qualname: str) -> type | None:
     except Exception:  # noqa: BLE001 - an exception class unknown here: keep the base class
         return None
     return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+
+
+_FRAME = re.compile(r'  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def with_local_source(traceback: str) -> str:
+    """Fill in the source lines the host could not show, from this machine's files.
+
+    A function from the user's own module travels by value, so the host runs it without the
+    file it came from and its traceback frames name a file and line but show no code. The
+    kernel usually has that file (it sent the function), so the user still sees their code.
+    """
+    lines = traceback.splitlines(keepends=True)
+    filled: list[str] = []
+    for i, line in enumerate(lines):
+        filled.append(line)
+        frame = _FRAME.match(line)
+        shown = i + 1 < len(lines) and lines[i + 1].startswith("    ")
+        if frame and not shown:
+            code = linecache.getline(frame["file"], int(frame["line"])).strip()
+            if code:
+                filled.append(f"    {code}\n")
+    return "".join(filled)

@@ -57,6 +57,8 @@ import os
 import pickle
 import struct
 import tempfile
+import types
+from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -119,6 +121,38 @@ def _skip_reason(value: object, exc: BaseException) -> str:
     return f"{type(value).__qualname__}: {message}"
 
 
+_PLACEHOLDER_FILE = "<dynamic-code>"
+_pickler: type | None = None
+
+
+def _pickler_class() -> type:
+    """cloudpickle's Pickler, except that a code object keeps the name of its source file.
+
+    Since 3.1.3 cloudpickle replaces that name with a placeholder (for payloads that do not
+    depend on where a function was defined). Then a traceback through a function sent by value
+    (the executor's `fn`, a helper from the user's own module) names neither file nor line,
+    and the kernel cannot show the user their own code. The name costs a few bytes.
+    """
+    global _pickler
+    if _pickler is None:
+        import cloudpickle  # only the dumping side pays for this import
+
+        base = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+        if base is None:
+            _pickler = cloudpickle.Pickler
+        else:
+            def reduce_code(code: types.CodeType) -> Any:
+                rebuild, args = base(code)
+                return rebuild, tuple(
+                    code.co_filename if isinstance(a, str) and a == _PLACEHOLDER_FILE else a
+                    for a in args)
+
+            _pickler = type("Pickler", (cloudpickle.Pickler,), {
+                "dispatch_table": ChainMap({types.CodeType: reduce_code},
+                                           cloudpickle.Pickler.dispatch_table)})
+    return _pickler
+
+
 def dump_namespace(
     values: Mapping[str, Any], path: str | os.PathLike[str], *, on_error: str = "raise"
 ) -> DumpResult:
@@ -131,8 +165,6 @@ def dump_namespace(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    import cloudpickle  # only the dumping side pays for this import
-
     writer = _FrameWriter()
     buffers: list[memoryview] = []
 
@@ -146,7 +178,7 @@ def dump_namespace(
         buffers.append(view)
         return False
 
-    pickler = cloudpickle.Pickler(writer, protocol=5, buffer_callback=take_buffer)
+    pickler = _pickler_class()(writer, protocol=5, buffer_callback=take_buffer)
     entries: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     memo_cleared = False
