@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,18 +152,23 @@ class Client:
     def follow(self, record: TaskRecord) -> Iterator[Update]:
         """Updates of a task as they come (state, progress, output), until it ends.
 
-        Interrupting the iteration (Ctrl-C) detaches: the task runs on, followed quietly.
+        While nothing changes, the last update comes again every FOLLOW_TICK (without its
+        output), so that a view can show the time going by. Interrupting the iteration (Ctrl-C)
+        detaches: the task runs on, followed quietly.
         """
         monitor = self.monitor(record.host)
         watch = monitor.watch(record.id, live_output=True, state=record.state)
         updates = watch.updates
         assert updates is not None
+        last = Update(record.id, record.state, record.reason, record.progress,
+                      job_id=record.job_id)
         ended = False
         try:
             while not ended:
                 try:
-                    update = updates.get(timeout=FOLLOW_TICK)
+                    last = update = updates.get(timeout=FOLLOW_TICK)
                 except queue.Empty:
+                    yield replace(last, stdout="", stderr="", changed=False)
                     continue
                 ended = update.final
                 yield update

@@ -195,12 +195,11 @@ class RemoteMagics(Magics):
         """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
         args = parse_argstring(self.remote_status, line)
         ids = args.ids or None
-        if args.watch:
-            listed = [r.id for r in self.client.status(ids, host=args.queue,
-                                                       include_done=args.all or bool(ids))]
-            watch_status(lambda: self.client.status(listed))
-            return
         records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
+        if args.watch and records:
+            listed = [r.id for r in records]
+            watch_status(records, lambda: self.client.status(listed))
+            return
         display(status_table(records), raw=True)
 
     @magic_arguments()

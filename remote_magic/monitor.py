@@ -39,6 +39,7 @@ class Update:
     stderr: str = ""
     changed: bool = False  # the state or progress moved
     problem: str | None = None  # the host could not be asked; the task itself may be fine
+    job_id: str | None = None  # the scheduler's, once the task was submitted as a job
 
     @property
     def final(self) -> bool:
@@ -188,7 +189,7 @@ class HostMonitor:
     def _apply(self, watch: Watch, status: dict[str, Any]) -> Update:
         update = Update(watch.task_id, status["state"], status.get("reason"),
                         status.get("progress"), status.get("stdout", ""),
-                        status.get("stderr", ""))
+                        status.get("stderr", ""), job_id=status.get("job_id"))
         for stream in ("stdout", "stderr"):
             if f"{stream}_end" in status:
                 watch.offsets[stream] = status[f"{stream}_end"]
@@ -199,7 +200,7 @@ class HostMonitor:
             times = {"submitted": history.get("submitted"), "started": history.get("running"),
                      "finished": max((history[s] for s in FINAL_STATES if s in history),
                                      default=None)}
-            known = {**times, "job_id": status.get("job_id")}
+            known = {**times, "job_id": update.job_id}
             self.store.update(watch.task_id, state=update.state, reason=update.reason,
                               progress=update.progress,
                               **{k: v for k, v in known.items() if v is not None})

@@ -17,6 +17,7 @@ import ast
 import base64
 import builtins
 import importlib
+import importlib.util
 import linecache
 import os
 import signal
@@ -24,7 +25,7 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any
+from typing import Any, Callable
 
 from .serialization import dump_namespace, load_namespace
 from .taskdir import (
@@ -169,8 +170,7 @@ def run_task(root: str) -> int:
     recorder = DisplayRecorder()
     if "IPython" in source:
         recorder.replace_ipython_display()
-    if "tqdm" in source:
-        _report_tqdm()
+    _when_imported("tqdm.std", _report_tqdm)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
     error: dict[str, Any] | None = None
@@ -211,12 +211,39 @@ def run_task(root: str) -> int:
     return 0
 
 
-def _report_tqdm() -> None:
-    """A tqdm bar in the cell reports progress too, with no change to the user's code."""
-    try:
-        from tqdm import std
-    except ImportError:
+def _when_imported(name: str, hook: Callable[[types.ModuleType], None]) -> None:
+    """Call `hook` with module `name` as soon as it is imported (now, if it already is).
+
+    Whatever imports it counts: the cell, a function sent from an earlier cell, a helper
+    module. Importing it ahead of need instead would cost every task its import time.
+    """
+    if name in sys.modules:
+        hook(sys.modules[name])
         return
+
+    class Finder:
+        @staticmethod
+        def find_spec(fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            sys.meta_path.remove(Finder)
+            spec = importlib.util.find_spec(fullname)
+            loader = getattr(spec, "loader", None)
+            if loader is not None and hasattr(loader, "exec_module"):
+                execute = loader.exec_module
+
+                def exec_then_hook(module: types.ModuleType) -> None:
+                    execute(module)
+                    hook(module)
+
+                loader.exec_module = exec_then_hook
+            return spec
+
+    sys.meta_path.insert(0, Finder)  # type: ignore[arg-type]
+
+
+def _report_tqdm(std: types.ModuleType) -> None:
+    """A tqdm bar reports progress too, with no change to the user's code."""
     from .reporting import progress
 
     update, close = std.tqdm.update, std.tqdm.close

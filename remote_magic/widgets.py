@@ -70,6 +70,7 @@ class TaskView:
         self.record = record
         self.on_cancel = on_cancel
         self.state = record.state
+        self.job_id = record.job_id
         self.reason: str | None = record.reason
         self.progress: dict[str, Any] | None = record.progress
         self.problem: str | None = None
@@ -83,7 +84,10 @@ class TaskView:
         """Take one monitor update (from any thread); redraw when due."""
         with self._lock:
             changed = update.state != self.state
-            self.state, self.reason, self.problem = update.state, update.reason, update.problem
+            if changed or update.reason is not None:  # "waiting for a slot" is ours, not the host's
+                self.reason = update.reason
+            self.state, self.problem = update.state, update.problem
+            self.job_id = update.job_id or self.job_id
             if update.progress is not None:
                 self.progress = update.progress
             if update.stdout or update.stderr:
@@ -118,13 +122,17 @@ class TaskView:
     def summary(self) -> str:
         record = self.record
         label = f"{record.name} ({record.id})" if record.name else record.id
-        job = f", job {record.job_id}" if record.job_id else ""
-        parts = [p for p in (self.elapsed(), format_progress(self.progress),
-                             self.reason if self.state in FINAL_STATES else "",
-                             f"host unreachable: {self.problem}" if self.problem else "",
-                             self.loaded_note) if p]
+        job = f", job {self.job_id}" if self.job_id else ""
+        parts = [p for p in (self.elapsed(), format_progress(self.progress), *self.notes()) if p]
         return f"task {label} on {record.host}{job}: {self.state}" + (
             " · " + " · ".join(parts) if parts else "")
+
+    def notes(self) -> list[str]:
+        """Why the task is where it is: its end, a wait for a slot, an unreachable host."""
+        shown = self.state in FINAL_STATES or self.state == "prepared"
+        return [n for n in (self.reason if shown else "",
+                            f"host unreachable: {self.problem}" if self.problem else "",
+                            self.loaded_note) if n]
 
     def show(self) -> None:
         raise NotImplementedError
@@ -189,13 +197,9 @@ class WidgetView(TaskView):
         record = self.record
         label = html.escape(record.name or record.id)
         bits = [f"on {html.escape(record.host)}"]
-        if record.job_id:
-            bits.append(f"job {html.escape(record.job_id)}")
-        for extra in (self.elapsed(), self.reason if self.state in FINAL_STATES else "",
-                      f"host unreachable: {self.problem}" if self.problem else "",
-                      self.loaded_note):
-            if extra:
-                bits.append(html.escape(extra))
+        if self.job_id:
+            bits.append(f"job {html.escape(self.job_id)}")
+        bits += [html.escape(extra) for extra in (self.elapsed(), *self.notes()) if extra]
         self.header.value = (
             f"<span class='rm-state rm-state-{self.state}' style='background:{colour};"
             f"color:white;padding:1px 6px;border-radius:3px;font-family:monospace'>"
@@ -218,7 +222,10 @@ class WidgetView(TaskView):
 
 
 class TextView(TaskView):
-    """Lines of text: on each change of state, and progress at most every TEXT_INTERVAL."""
+    """Lines of text: on each change of state, and progress at most every TEXT_INTERVAL.
+
+    Time going by alone prints nothing: an hour-long quiet task is one line, not 360.
+    """
 
     interval = TEXT_INTERVAL
 
@@ -226,7 +233,7 @@ class TextView(TaskView):
                  waiting: bool = False) -> None:
         super().__init__(record, on_cancel)
         self.waiting = waiting
-        self._last = ""
+        self._last: tuple[Any, ...] = ()
 
     def show(self) -> None:
         self.draw(True)
@@ -237,10 +244,10 @@ class TextView(TaskView):
     def draw(self, changed: bool) -> None:
         if not self.waiting:  # a background task's notice comes with the next cell
             return
-        line = self.summary()
-        if line != self._last:
-            self._last = line
-            print(line, flush=True)
+        said = (self.state, self.job_id, format_progress(self.progress), *self.notes())
+        if said != self._last:
+            self._last = said
+            print(self.summary(), flush=True)
 
 
 def task_view(record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
@@ -252,14 +259,15 @@ def task_view(record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
     return view
 
 
-def watch_status(fetch: Callable[[], list[TaskRecord]], interval: float = 1.0) -> None:
+def watch_status(records: list[TaskRecord], fetch: Callable[[], list[TaskRecord]],
+                 interval: float = 1.0) -> None:
     """`%remote_status --watch`: a table that stays live until its tasks have all ended.
 
     In a notebook UI a background thread refreshes an HTML widget, so the kernel stays free;
-    elsewhere the table is printed again whenever it changes, until the tasks end or Ctrl-C.
-    Each refresh costs one request per host.
+    elsewhere the table is printed again when a task changes state, or its progress moved
+    TEXT_INTERVAL after the last print, until the tasks end or Ctrl-C. Each refresh costs one
+    request per host.
     """
-    records = fetch()
     if widget_frontend():
         import ipywidgets as w
 
@@ -279,15 +287,21 @@ def watch_status(fetch: Callable[[], list[TaskRecord]], interval: float = 1.0) -
 
         threading.Thread(target=refresh, daemon=True, name="remote-status-watch").start()
         return
-    shown = status_table(records)["text/plain"]
-    print(shown, flush=True)
+    def said(records: list[TaskRecord]) -> tuple[list[str], list[tuple[str, ...]]]:
+        return [r.state for r in records], [(r.job_id, format_progress(r.progress))
+                                            for r in records]
+
+    print(status_table(records)["text/plain"], flush=True)
+    shown, printed_at = said(records), time.monotonic()
     try:
         while any(not r.final for r in records):
             time.sleep(interval)
             records = fetch()
-            text = status_table(records)["text/plain"]
-            if text != shown:
-                shown = text
+            now = said(records)
+            if now[0] != shown[0] or (now != shown
+                                      and time.monotonic() - printed_at >= TEXT_INTERVAL):
+                shown, printed_at = now, time.monotonic()
+                text = status_table(records)["text/plain"]
                 print(f"\n{time.strftime('%H:%M:%S')}\n{text}", flush=True)
     except KeyboardInterrupt:
         print("(stopped watching; the tasks run on)")

@@ -98,7 +98,10 @@ def _free_port() -> int:
 def _lab_environment(tmp: Path) -> dict[str, str]:
     """The server's environment, which its kernels inherit."""
     env = dict(os.environ)
-    for name in ("JPY_SESSION_NAME", "JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH"):
+    # Nothing tells the kernel which front end it serves: it must find out as it would for a
+    # user (JupyterLab's server sets JPY_SESSION_NAME for it).
+    for name in ("JPY_SESSION_NAME", "JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH",
+                 "REMOTE_MAGIC_DISPLAY"):
         env.pop(name, None)
     hosts = tmp / "hosts.yaml"
     hosts.write_text(f"hosts:\n  localhost:\n    workdir: {tmp / 'work'}\n")
@@ -110,7 +113,6 @@ def _lab_environment(tmp: Path) -> dict[str, str]:
         "IPYTHONDIR": str(tmp / "ipython"),
         "REMOTE_MAGIC_HOME": str(tmp / "store"),
         "REMOTE_MAGIC_CONFIG": str(hosts),
-        "REMOTE_MAGIC_DISPLAY": "widget",
         "MPLBACKEND": "Agg",
         "PYTHONUNBUFFERED": "1",
     })

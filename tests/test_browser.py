@@ -6,12 +6,15 @@ in Chromium, and the rendered page must show the task's widget (not its text rep
 with a full progress bar and the task's last output line, and the next cell's output.
 
 Needs Debian's chromium (scripts/system-deps.sh) and the `test` extra (jupyterlab,
-playwright); it skips without either. A screenshot of the notebook, taken whether the test
-passes or not, lands in tests/artifacts/browser-progress.png, next to the server's log.
+playwright); it skips without either, except in CI (CI set), where a missing browser is an
+error. The kernel is not told it has a widget front end: it must find out. A screenshot of
+the notebook, taken whether the test passes or not, lands in
+tests/artifacts/browser-progress.png, next to the server's log.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +33,9 @@ from browser import (
 )
 
 UNAVAILABLE = browser_available()
+if UNAVAILABLE is not None and os.environ.get("CI"):
+    # CI installs the browser (scripts/test.sh): a skip there would hide a broken set-up.
+    raise RuntimeError(f"the browser test cannot run in CI: {UNAVAILABLE}")
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "browser_progress.ipynb"
@@ -49,6 +55,7 @@ READ_PAGE = """() => {
         state_class: state ? state.className : null,
         bar_width: bar ? bar.style.width : null,
         message: find('.rm-message')?.innerText ?? null,
+        header: find('.rm-header')?.innerText ?? null,
         output: find('.rm-output')?.innerText ?? null,
         outputs: outputs.map(o => o.innerText.trim()),
         ran: window.__ran === undefined ? null : window.__ran,
@@ -114,6 +121,8 @@ def test_task_widget_renders_live_in_jupyterlab() -> None:
     assert d["view"], d
     assert d["state"] == "completed" and "rm-state-completed" in d["state_class"], d
     assert d["bar_width"] == "100%", d
+    assert "10/10 (100%)" in d["message"], d
+    assert "loaded answer" in d["header"] and "end to end" in d["header"], d
     # a waiting cell streams the task's output under the view (which then shows no tail)
     assert any("line 1\n" in text and "line 10" in text for text in d["outputs"]), d
     assert not d["output"], d

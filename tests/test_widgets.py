@@ -109,6 +109,42 @@ def test_tqdm_loop_is_progress_without_code_changes(widget_kernel: Kernel) -> No
     assert widget_kernel.value("total") == 190
 
 
+def test_a_waiting_view_shows_the_time_go_by(widget_kernel: Kernel) -> None:
+    out = widget_kernel.run("%%remote\nimport time\ntime.sleep(2)")  # prints nothing
+    models = Models()
+    models.feed(out.messages)
+    header_id, _ = models.with_class("rm-header")
+    running = {h["value"] for h in models.history[header_id]
+               if "rm-state-running" in h.get("value", "")}
+    assert len(running) >= 3  # the elapsed time moved while nothing else did
+
+
+def test_tqdm_inside_a_function_from_an_earlier_cell_is_progress(widget_kernel: Kernel) -> None:
+    widget_kernel.run("import time\nfrom tqdm import tqdm\ndef crunch(n):\n    t = 0\n"
+                      "    for i in tqdm(range(n), desc='inner'):\n        time.sleep(0.05)\n"
+                      "        t += i\n    return t")
+    out = widget_kernel.run("%%remote\nresult = crunch(20)")  # no tqdm in the cell's text
+    models = Models()
+    models.feed(out.messages)
+    _, bar = models.with_class("rm-progress")
+    assert bar["value"] == bar["max"] == 20
+    assert widget_kernel.value("result") == 190
+
+
+def test_kernels_of_a_jupyter_server_get_widgets_others_text(tmp_path: Path) -> None:
+    for session, widgets in (("analysis.ipynb", True), (None, False)):
+        root = tmp_path / str(widgets)
+        root.mkdir()
+        env = {"JPY_SESSION_NAME": session} if session else {}
+        kernel = start_kernel(root, **env)
+        try:
+            out = kernel.run("%%remote\nx = 1")
+            assert bool(out.of_type("comm_open")) is widgets
+            assert ("task " in out.stdout) is not widgets
+        finally:
+            kernel.shutdown()
+
+
 def test_without_widgets_it_prints_a_few_text_lines(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path, REMOTE_MAGIC_DISPLAY="text")
     try:
@@ -151,6 +187,43 @@ def test_views_rate_limit_their_redraws() -> None:
     assert "line 1999" in view.output.value
 
 
+def test_text_lines_follow_state_and_progress_not_the_clock(capsys: Any) -> None:
+    from remote_magic.widgets import TextView
+
+    record = TaskRecord(id="0123456789abcdef", content_hash="x", host="hpc", state="prepared",
+                        reason="waiting for a free slot: hpc runs at most 2 tasks at once")
+    view = TextView(record, waiting=True)
+    view.interval = 0.0  # every update may draw: only what it says decides what is printed
+    view.show()
+    view.update(Update(record.id, "prepared"))  # a poll: the host knows nothing of slots
+    view.update(Update(record.id, "queued", job_id="4242"))
+    for _ in range(50):  # time goes by, nothing else
+        view.update(Update(record.id, "queued"))
+    view.update(Update(record.id, "running", progress={"done": 1, "total": 2}))
+    view.update(Update(record.id, "running", progress={"done": 1, "total": 2}))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines
+    assert "waiting for a free slot" in lines[0]
+    assert "job 4242: queued" in lines[1]
+    assert "job 4242: running" in lines[2] and "1/2 (50%)" in lines[2]
+
+
+def test_a_job_id_given_later_shows_in_the_widget() -> None:
+    from remote_magic.widgets import WidgetView
+
+    record = TaskRecord(id="0123456789abcdef", content_hash="x", host="hpc", state="prepared")
+    view = WidgetView(record)
+    view.update(Update(record.id, "queued", job_id="777"))
+    assert "job 777" in view.header.value and "rm-state-queued" in view.header.value
+    view.update(Update(record.id, "completed"))
+
+
+def test_status_watch_with_no_tasks_says_so(widget_kernel: Kernel) -> None:
+    widget_kernel.run("%remote_kill --all")
+    out = widget_kernel.run("%remote_status --watch -q localhost", timeout=10)
+    assert "No tasks" in out.of_type("display_data")[0]["content"]["data"]["text/plain"]
+
+
 def test_status_watch_stays_live_until_tasks_end(widget_kernel: Kernel) -> None:
     widget_kernel.run("%%remote --nowait --name watched\nimport time\ntime.sleep(1.5)")
     out = widget_kernel.run("%remote_status --watch")
@@ -170,10 +243,12 @@ def test_status_watch_stays_live_until_tasks_end(widget_kernel: Kernel) -> None:
 def test_status_watch_in_text_mode_prints_until_done(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path, REMOTE_MAGIC_DISPLAY="text")
     try:
-        kernel.run("%%remote --nowait --name watched\nimport time\ntime.sleep(1)")
+        kernel.run("%%remote --nowait --name watched\nimport time\ntime.sleep(3)")
         out = kernel.run("%remote_status --watch", timeout=30)
         assert "running" in out.stdout and out.stdout.rstrip().splitlines()[-1].find(
             "completed") > 0
+        tables = [line for line in out.stdout.splitlines() if line.startswith("id ")]
+        assert len(tables) == 2  # running, then completed: not once a second
     finally:
         kernel.shutdown()
 
