@@ -238,6 +238,15 @@ def test_nowait_results_land_at_the_next_cell(kernel: Kernel) -> None:
     assert kernel.value("later") == "arrived"
 
 
+def test_nowait_results_never_land_in_the_middle_of_a_cell(kernel: Kernel) -> None:
+    kernel.run("%%remote --nowait\nimport time\ntime.sleep(1)\nmidway = 'arrived'")
+    during = kernel.run("import time\ntime.sleep(3)  # the task ends meanwhile\n"
+                        "print('inside:', 'midway' in dir())")
+    assert "inside: False" in during.stdout
+    assert "loaded midway" in kernel.run("pass").stdout
+    assert kernel.value("midway") == "arrived"
+
+
 def test_kill_cancels_a_running_task(kernel: Kernel) -> None:
     kernel.run("%%remote --nowait --name sleeper\nimport time\ntime.sleep(60)\nnever = 1")
     task_id = kernel.value("__import__('remote_magic.core').core.get_client().store.list()[0].id")
