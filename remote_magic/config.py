@@ -8,22 +8,22 @@ to write instead. Loading never touches the network: it only reads the one file.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import platformdirs
-import yaml
 
-from .errors import ConfigError, OptionError, UnknownHostError
+from . import config_checks as checks
+from .config_checks import RESOURCE_KEYS, SCHEDULERS, check_resources
+from .config_yaml import KeyPath, load_yaml
+from .errors import ConfigError, UnknownHostError
 
-SCHEDULERS = ("process", "slurm", "pbs", "lsf", "sge")
-RESOURCE_KEYS = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
+__all__ = ["RESOURCE_KEYS", "SCHEDULERS", "Config", "HostConfig", "check_resources",
+           "find_config_file", "load_config", "parse_config", "user_config_file"]
 
 ENV_VAR = "REMOTE_MAGIC_CONFIG"
 LOCAL_FILE_NAME = "remote_magic.yaml"
@@ -37,12 +37,6 @@ HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Settings of the host that exists even without a hosts file; a `localhost` entry in the file
 # is applied on top of these.
 _LOCALHOST_DEFAULTS: dict[str, Any] = {"scheduler": "process"}
-
-# Formats the schedulers share: [days-]hours:minutes:seconds (or fewer fields), and an amount of
-# memory with an optional K/M/G/T/P unit. They are checked, not converted: the scheduler layer
-# writes them out in its own dialect.
-_WALLTIME_RE = re.compile(r"(?:\d+-)?\d+(?::\d{1,2}){0,2}")
-_MEMORY_RE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGTP]i?B?|B)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -179,149 +173,16 @@ def _read_text(path: Path) -> str:
 _DIRECTORY_MESSAGE = "is a directory, not a file; point to the YAML hosts file itself"
 
 
-# --------------------------------------------------------------------------------------------
-# YAML
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps `1:00:00` a string.
-
-    YAML 1.1 reads colon-separated digits as base-60 numbers, so an unquoted `walltime: 1:00:00`
-    would silently become 3600. Such scalars are resolved as strings instead.
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
-for _first in "+-0123456789":
-    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
-        0, ("tag:yaml.org,2002:str", _SEXAGESIMAL)
-    )
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_KeyPath = tuple[str, ...]
-
-
-def _load_yaml(text: str, source: Path | None) -> tuple[Any, dict[_KeyPath, int]]:
-    """Parse one YAML document; also map each key path to its line for later messages."""
-    loader = None
-    try:
-        loader = _Loader(text)
-        node = loader.get_single_node()
-        if node is None:
-            return None, {}
-        _reject_duplicate_keys(node, source)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError(_describe_yaml_error(exc), source) from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise ConfigError(
-            f"invalid YAML at line {line}, column {column}: the character {exc.character!r} "
-            "is not allowed in YAML; remove it",
-            source,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", source) from None
-    except RecursionError:
-        raise ConfigError("invalid YAML: nested too deeply", source) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    lines: dict[_KeyPath, int] = {}
-    _collect_key_lines(node, (), lines, set())
-    return data, lines
-
-
-def _describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = exc.problem or "syntax error"
-    context = ""
-    if exc.context:
-        context = f" ({exc.context}"
-        if exc.context_mark and exc.context_mark is not mark:
-            context += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
-        context += ")"
-    advice = "check the indentation, colons and quotes around there"
-    if "'\\t'" in problem:
-        advice = "indent with spaces: YAML does not allow tabs there"
-    return f"invalid YAML{where}: {problem}{context}; {advice}"
-
-
-def _reject_duplicate_keys(root: yaml.Node, source: Path | None) -> None:
-    """Refuse a key written twice in one mapping, which YAML would resolve by dropping the first.
-
-    Checked on the node graph, before construction merges `<<:` keys, so that overriding a
-    merged key stays legal.
-    """
-    seen_nodes: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict[tuple[str, str], int] = {}
-            for key_node, value_node in node.value:
-                stack.append(value_node)
-                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                ident = (key_node.tag, key_node.value)
-                mark = key_node.start_mark
-                if ident in first_line:
-                    raise ConfigError(
-                        f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: the key "
-                        f"'{key_node.value}' appears twice in the same mapping (first on line "
-                        f"{first_line[ident]}); remove or merge one of them",
-                        source,
-                    )
-                first_line[ident] = mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def _collect_key_lines(
-    node: yaml.Node, prefix: _KeyPath, out: dict[_KeyPath, int], seen: set[int]
-) -> None:
-    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
-        return
-    seen.add(id(node))
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-            path = (*prefix, key_node.value)
-            out[path] = key_node.start_mark.line + 1  # the last one wins, as in the data
-            _collect_key_lines(value_node, path, out, seen)
-
-
-# --------------------------------------------------------------------------------------------
-# Checking
-
-
-class _Invalid(Exception):
-    """A problem found while checking; turned into a ConfigError once the file and line are known.
-    """
-
-    def __init__(self, message: str, where: _KeyPath) -> None:
-        super().__init__(message)
-        self.message = message
-        self.where = where
-
-
 def parse_config(text: str, path: Path | None = None) -> Config:
     """Check the text of a hosts file; separate from reading so tests need no files.
 
     `path` only labels messages and `Config.path`.
     """
     source = Path(path) if path is not None else None
-    data, lines = _load_yaml(text, source)
+    data, lines = load_yaml(text, source)
     try:
         return _build_config(data, source)
-    except _Invalid as exc:
+    except checks.Invalid as exc:
         line = lines.get(exc.where)
         message = exc.message + (f" (line {line})" if line else "")
         raise ConfigError(message, source, ".".join(exc.where) or None) from None
@@ -331,20 +192,20 @@ def _build_config(data: Any, source: Path | None) -> Config:
     if data is None:  # an empty file, or one with only comments
         data = {}
     if not isinstance(data, Mapping):
-        raise _Invalid(
+        raise checks.Invalid(
             f"the file must be a mapping with the keys 'default' and 'hosts', "
-            f"but it holds {_show(data)}",
+            f"but it holds {checks.show(data)}",
             (),
         )
-    _reject_unknown_keys(data, TOP_LEVEL_KEYS, ())
+    checks.reject_unknown_keys(data, TOP_LEVEL_KEYS, ())
 
     raw_hosts = data.get("hosts")
     if raw_hosts is None:
         raw_hosts = {}
     if not isinstance(raw_hosts, Mapping):
-        raise _Invalid(
+        raise checks.Invalid(
             f"must be a mapping from host name to its settings (e.g. 'hpc:' on its own line, "
-            f"then indented 'address: me@login.cluster.edu'), not {_show(raw_hosts)}",
+            f"then indented 'address: me@login.cluster.edu'), not {checks.show(raw_hosts)}",
             ("hosts",),
         )
     hosts: dict[str, HostConfig] = {}
@@ -359,8 +220,8 @@ def _build_config(data: Any, source: Path | None) -> Config:
         default = LOCALHOST
     elif not isinstance(default, str) or default not in hosts:
         names = sorted(hosts)
-        raise _Invalid(
-            f"{default!r} is not a configured host{_did_you_mean(default, names)} "
+        raise checks.Invalid(
+            f"{default!r} is not a configured host{checks.did_you_mean(default, names)} "
             f"Set it to one of: {', '.join(names)}, or add a host of that name under 'hosts'",
             ("default",),
         )
@@ -370,7 +231,7 @@ def _build_config(data: Any, source: Path | None) -> Config:
 def _build_host(name: Any, settings: Any) -> HostConfig:
     where = ("hosts", str(name))
     if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
-        raise _Invalid(
+        raise checks.Invalid(
             f"the host name {name!r} is not allowed: it must start with a letter or digit and "
             "contain only letters, digits, '.', '_' and '-', since it becomes part of file names",
             where,
@@ -378,12 +239,12 @@ def _build_host(name: Any, settings: Any) -> HostConfig:
     if settings is None:
         settings = {}
     if not isinstance(settings, Mapping):
-        raise _Invalid(
+        raise checks.Invalid(
             f"must be a mapping of settings such as 'address' and 'scheduler', not "
-            f"{_show(settings)}; for example '{name}: {{address: me@login.cluster.edu}}'",
+            f"{checks.show(settings)}; for example '{name}: {{address: me@login.cluster.edu}}'",
             where,
         )
-    _reject_unknown_keys(settings, HOST_KEYS, where)
+    checks.reject_unknown_keys(settings, HOST_KEYS, where)
     values = dict(_LOCALHOST_DEFAULTS) if name == LOCALHOST else {}
     for key, raw in settings.items():
         if raw is None:  # `key:` with no value, or `null`: keep the default
@@ -392,195 +253,19 @@ def _build_host(name: Any, settings: Any) -> HostConfig:
     return HostConfig(name=name, **values)
 
 
-def _reject_unknown_keys(data: Mapping[Any, Any], valid: tuple[str, ...], where: _KeyPath) -> None:
-    for key in data:
-        if isinstance(key, str) and key in valid:
-            continue
-        text = str(key)
-        hint = _did_you_mean(text, valid)
-        raise _Invalid(
-            f"unknown key {text!r}{hint} Valid keys here: {', '.join(valid)}", (*where, text)
-        )
-
-
-def _did_you_mean(word: Any, choices: tuple[str, ...] | list[str]) -> str:
-    """A sentence-ending fragment: `; did you mean 'x'?` or `.` when nothing is close."""
-    if isinstance(word, str):
-        close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-        if not close:
-            close = [c for c in choices if c.lower() == word.lower()]
-        if close:
-            return f"; did you mean {close[0]!r}?"
-    return "."
-
-
-def _show(value: Any) -> str:
-    """Name the YAML type of a value: a wrong type is usually a quoting or indentation slip."""
-    if value is None:
-        return "null (nothing)"
-    if isinstance(value, bool):
-        kind = "a boolean"
-    elif isinstance(value, int):
-        kind = "an integer"
-    elif isinstance(value, float):
-        kind = "a number"
-    elif isinstance(value, str):
-        kind = "a string"
-    elif isinstance(value, date):
-        kind = "a date"
-    elif isinstance(value, Mapping):
-        kind = "a mapping"
-    elif isinstance(value, (list, tuple)):
-        kind = "a list"
-    else:
-        kind = f"a {type(value).__name__}"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} ({text})"
-
-
-def _text(value: Any, where: _KeyPath) -> str:
-    """A non-empty string; empty values would only fail later, far from the file."""
-    if not isinstance(value, str):
-        hint = ""
-        if isinstance(value, (bool, int, float, date)):
-            hint = "; put the value in quotes if YAML read it as something else"
-        raise _Invalid(f"must be a string, not {_show(value)}{hint}", where)
-    if not value.strip():
-        raise _Invalid("must not be empty; remove the key to use the default", where)
-    return value
-
-
-def _script(value: Any, where: _KeyPath) -> str:
-    """Shell lines may be empty, but must be text (a YAML block with `|` keeps line breaks)."""
-    if not isinstance(value, str):
-        raise _Invalid(
-            f"must be a string of shell lines, not {_show(value)}; write it as a block: "
-            "'setup: |' followed by indented lines",
-            where,
-        )
-    return value
-
-
-def _whole(value: Any, where: _KeyPath, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= low and (high is None or value <= high):
-            return value
-    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    hint = ""
-    if isinstance(value, str) and value.strip().isdigit():
-        hint = "; write it without quotes"
-    raise _Invalid(f"must be a whole number {span}, not {_show(value)}{hint}", where)
-
-
-def _port(value: Any, where: _KeyPath) -> int:
-    return _whole(value, where, 1, 65535)
-
-
-def _scheduler(value: Any, where: _KeyPath) -> str:
-    name = _text(value, where).strip().lower()
-    if name not in SCHEDULERS:
-        raise _Invalid(
-            f"unknown scheduler {value!r}{_did_you_mean(name, SCHEDULERS)} "
-            f"Use one of: {', '.join(SCHEDULERS)}",
-            where,
-        )
-    return name
-
-
-def _paths(value: Any, where: _KeyPath) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(
-            f"must be a mapping from a local path prefix to the matching remote prefix, e.g. "
-            f"{{/home/me/project: /scratch/me/project}}, not {_show(value)}",
-            where,
-        )
-    result: dict[str, str] = {}
-    for local, remote in value.items():
-        key = (*where, str(local))
-        if not isinstance(local, str) or not local.strip():
-            raise _Invalid(f"a local path prefix must be a non-empty string, not {_show(local)}",
-                           key)
-        result[local] = _text(remote, key)
-    return result
-
-
-def _walltime(value: Any, where: _KeyPath) -> str | int:
-    if isinstance(value, str) and _WALLTIME_RE.fullmatch(value.strip()):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise _Invalid(
-        f"must be a duration such as \"1:00:00\" (hours:minutes:seconds), \"2-00:00:00\" "
-        f"(days-hours:minutes:seconds) or a whole number of minutes, not {_show(value)}",
-        where,
-    )
-
-
-def _memory(value: Any, where: _KeyPath) -> str | int:
-    if isinstance(value, str) and _MEMORY_RE.fullmatch(value.strip()):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise _Invalid(
-        f"must be an amount such as \"4G\", \"500M\" or a whole number of megabytes, "
-        f"not {_show(value)}",
-        where,
-    )
-
-
-_RESOURCE_CHECKS: dict[str, Callable[[Any, _KeyPath], Any]] = {
-    "walltime": _walltime,
-    "cores": _whole,
-    "mem": _memory,
-    "nodes": _whole,
-    "gpus": _whole,
-    "partition": _text,
-    "account": _text,
-}
-assert tuple(_RESOURCE_CHECKS) == RESOURCE_KEYS
-
-
-def _resources(value: Any, where: _KeyPath) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(
-            f"must be a mapping such as {{partition: normal, walltime: \"1:00:00\"}}, "
-            f"not {_show(value)}",
-            where,
-        )
-    _reject_unknown_keys(value, RESOURCE_KEYS, where)
-    return {
-        key: _RESOURCE_CHECKS[key](raw, (*where, key))
-        for key, raw in value.items()
-        if raw is not None
-    }
-
-
-def check_resources(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Resources given on a cell or to an executor, checked by the hosts file's own rules.
-
-    A bad value must be refused before the task is prepared, not by a scheduler later.
-    """
-    try:
-        return _resources(values, ())
-    except _Invalid as exc:
-        raise OptionError(f"resource '{'.'.join(exc.where)}' {exc.message}") from None
-
-
-_HOST_CHECKS: dict[str, Callable[[Any, _KeyPath], Any]] = {
-    "address": _text,
-    "port": _port,
-    "identity_file": _text,
-    "proxy_jump": _text,
-    "known_hosts": _text,
-    "scheduler": _scheduler,
-    "python": _text,
-    "workdir": _text,
-    "setup": _script,
-    "paths": _paths,
-    "resources": _resources,
-    "max_running": _whole,
-    "template": _text,
+_HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
+    "address": checks.text,
+    "port": checks.port,
+    "identity_file": checks.text,
+    "proxy_jump": checks.text,
+    "known_hosts": checks.text,
+    "scheduler": checks.scheduler,
+    "python": checks.text,
+    "workdir": checks.text,
+    "setup": checks.script,
+    "paths": checks.paths,
+    "resources": checks.resources,
+    "max_running": checks.whole,
+    "template": checks.text,
 }
 assert tuple(_HOST_CHECKS) == HOST_KEYS
