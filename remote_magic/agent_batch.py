@@ -19,11 +19,13 @@ from typing import Any, Callable
 
 from . import runner
 from .schedulers import BatchScheduler, JobState, scheduler_for
+from .schedulers.base import last_line, unknown
 from .taskdir import FINAL_STATES, TaskPaths, read_exitcode, read_state, set_state, write_atomic
 
 QUERY_INTERVAL = 1.0  # seconds: the most often the queue is asked, per scheduler
 COMMAND_TIMEOUT = 60.0
 LOST_GRACE = 30.0  # a job may take this long to show up in the queue after submission
+VERDICT_WAIT = 30.0  # how long a task killed by a signal waits for the scheduler to say why
 
 
 class BatchOps:
@@ -76,55 +78,55 @@ class BatchOps:
         return tasks
 
     def _ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
+        """What the scheduler says about these jobs: ONE status command (plus one accounting
+        command for the jobs that left the queue), reused for QUERY_INTERVAL.
+
+        A job left out is one the scheduler no longer knows; a job it could not be asked
+        about (the command failed) is `unknown`, never left out, so that a controller
+        restart does not make every job look gone.
+        """
         cache = self._batch_cache()
         asked_at, asked_for, answers = cache.get(batch.name, (0.0, frozenset(), {}))
         if time.monotonic() - asked_at < QUERY_INTERVAL and asked_for >= set(job_ids):
             return answers
-        answers = {}
-        queued = _run(batch.status_command(job_ids))
-        if queued.returncode == 0:
-            answers = batch.parse_status(queued.stdout)
-        gone = [j for j in job_ids if j not in answers or answers[j].state in FINAL_STATES]
-        outcome = batch.outcome_command(gone) if gone else None
-        if outcome is not None:
-            finished = _run(outcome)
-            if finished.returncode == 0:  # e.g. accounting disabled: the files must say
-                answers.update({k: v for k, v in batch.parse_outcome(finished.stdout).items()
-                                if v.state})
+        command = batch.status_command(job_ids)
+        queued = _run(command)
+        listed = batch.read_status(job_ids, queued.returncode, queued.stdout, queued.stderr)
+        if listed is None:
+            why = unknown(f"{command[0]} failed ({queued.returncode}): "
+                          f"{last_line(queued.stderr or queued.stdout)}")
+            answers = dict.fromkeys(job_ids, why)
+        else:
+            answers = listed
+            gone = [j for j in job_ids if j not in answers or answers[j].state in FINAL_STATES]
+            outcome = batch.outcome_command(gone) if gone else None
+            if outcome is not None:
+                done = _run(outcome)
+                for job_id, job in batch.read_outcome(gone, done.returncode, done.stdout,
+                                                      done.stderr).items():
+                    # accounting adds detail to a final answer, never takes one back (it
+                    # lags: it may still say RUNNING for a job the queue says ended)
+                    if job.state in FINAL_STATES or job_id not in answers:
+                        answers[job_id] = job
         cache[batch.name] = (time.monotonic(), frozenset(job_ids), answers)
         return answers
 
     def _merge(self, paths: TaskPaths, record: dict[str, Any],
                job: JobState | None) -> dict[str, Any]:
-        state = record["state"]
-        if state in FINAL_STATES:
-            if state == "completed" or record.get("checked"):
-                return record
-            # The runner wrote its outcome. A kill from outside (walltime, cancel, memory)
-            # needs the scheduler's word on why, so such a task is not reported as ended
-            # until the scheduler gives it.
-            if job is not None and job.state in ("timed_out", "cancelled") and \
-                    not paths.cancel.exists():
-                return set_state(paths, job.state, job.reason, checked=True)
-            if job is not None and job.state == "failed" and job.reason:
-                return set_state(paths, "failed", f"{job.reason}; {record.get('reason')}",
-                                 checked=True)
-            if job is None or job.state in FINAL_STATES:
-                return set_state(paths, state, record.get("reason"), checked=True)
-            if (record.get("reason") or "").startswith("killed by signal"):
-                return {**record, "state": "running"}  # the scheduler has not said why yet
-            return record
-        if job is not None and job.state not in FINAL_STATES and job.state:
-            if job.state == "queued" and state in ("submitted", "queued"):
-                if state != "queued" or record.get("reason") != job.reason:
+        """The task's state from its files and the scheduler's word (None: it does not know
+        the job; state "": it could not be asked)."""
+        if record["state"] in FINAL_STATES:
+            return _confirm(paths, record, job)
+        code = read_exitcode(paths)
+        if code is not None:  # the job's work is over: the files say how
+            return _confirm(paths, _settle(paths, record, code), job)
+        if job is not None and job.state not in FINAL_STATES:
+            # still in the queue, or the scheduler could not say: ask again later
+            if job.state == "queued" and record["state"] in ("submitted", "queued"):
+                if record["state"] != "queued" or record.get("reason") != job.reason:
                     return set_state(paths, "queued", job.reason)
             return record
-        # The job has left the queue: the files say how it ended, else the scheduler does.
-        code = read_exitcode(paths)
-        if code is not None:
-            record = runner.settle(paths, code)
-            return self._merge(paths, record, job) if record["state"] in FINAL_STATES else record
-        if job is not None and job.state in FINAL_STATES:
+        if job is not None:  # it ended without a word in its files: the scheduler says how
             if paths.cancel.exists() and job.state != "completed":
                 return set_state(paths, "cancelled", "cancelled by the user", checked=True)
             return set_state(paths, job.state, job.reason, checked=True)
@@ -145,8 +147,58 @@ class BatchOps:
         return "cancelling"
 
 
+def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None) -> dict[str, Any]:
+    """A task whose files say it ended, given the scheduler's word on why where it has one.
+
+    A kill from outside (walltime, scancel, memory) reaches the runner as a signal; only the
+    scheduler can say which. Such a task is reported as still running until the scheduler
+    says, for at most VERDICT_WAIT, then as the files have it.
+    """
+    state, reason = record["state"], record.get("reason")
+    if state == "completed" or record.get("checked"):
+        return record
+    if job is not None and job.state in ("timed_out", "cancelled") and \
+            not paths.cancel.exists():
+        return set_state(paths, job.state, job.reason, checked=True)
+    if job is not None and job.state == "failed" and job.reason:
+        return set_state(paths, "failed", f"{job.reason}; {reason}", checked=True)
+    if job is not None and job.state in FINAL_STATES:
+        return _checked(paths, record)
+    # The scheduler no longer knows the job, could not be asked, or still lists it.
+    if (reason or "").startswith("killed by signal"):
+        if time.time() - record.get("history", {}).get(state, 0) < VERDICT_WAIT:
+            return {**record, "state": "running"}
+        return _checked(paths, record)
+    return _checked(paths, record) if job is None else record
+
+
+def _checked(paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
+    """Keep the files' outcome (and when it was recorded); the scheduler has nothing to add."""
+    state = record["state"]
+    return set_state(paths, state, record.get("reason"), when=record.get("history", {}).get(state),
+                     checked=True)
+
+
+def _settle(paths: TaskPaths, record: dict[str, Any], code: int) -> dict[str, Any]:
+    """The outcome of a job whose exit-code file exists but whose runner recorded none."""
+    if code != 0 and "running" not in record.get("history", {}) and not paths.cancel.exists():
+        # The job script wrote the code: Python died before the runner started (a `python`
+        # missing on the compute node, a broken environment). Its own words are in job.err.
+        try:
+            words = last_line((paths.root / "job.err").read_text(errors="replace"))
+        except FileNotFoundError:
+            words = "no job.err"
+        return set_state(paths, "failed", f"the job's Python never started the task (exit "
+                                          f"code {code}): {words}", exitcode=code)
+    return runner.settle(paths, code)
+
+
 def _needs_queue(record: dict[str, Any]) -> bool:
+    """Only the scheduler can add to these: unfinished tasks, and outcomes not yet confirmed
+    (a completed task has nothing to confirm)."""
     if record.get("launcher") in (None, "process") or not record.get("job_id"):
+        return False
+    if record["state"] == "completed":
         return False
     return record["state"] not in FINAL_STATES or not record.get("checked")
 

@@ -35,9 +35,20 @@ exit "$code"
 class JobState:
     """What the scheduler says about one job, in our state model."""
 
-    state: str  # queued, running, completed, failed, cancelled, timed_out (or "" if unknown)
+    state: str  # queued, running, completed, failed, cancelled, timed_out; "" if unknown
     reason: str | None = None  # the scheduler's words, kept (e.g. OUT_OF_MEMORY, a pending reason)
     exit_code: int | None = None
+
+
+def unknown(reason: str) -> JobState:
+    """The scheduler could not say (its command failed): ask again later, conclude nothing."""
+    return JobState("", reason)
+
+
+def last_line(text: str) -> str:
+    """The last line a command printed: where scheduler commands put their error."""
+    lines = text.strip().splitlines()
+    return lines[-1][-300:] if lines else "no output"
 
 
 class BatchScheduler:
@@ -81,12 +92,42 @@ class BatchScheduler:
     def parse_status(self, output: str) -> dict[str, JobState]:
         raise NotImplementedError
 
+    def read_status(self, job_ids: list[str], returncode: int, stdout: str,
+                    stderr: str) -> dict[str, JobState] | None:
+        """The queue's answer: jobs it lists; a job left out has left the queue.
+
+        None when the scheduler could not be asked (a controller restarting, a timeout): a
+        failed query says nothing about any job, so none may be taken for gone. A scheduler
+        whose status command also fails for a definite answer ("no such job") overrides this.
+        """
+        if returncode != 0:
+            return None
+        try:
+            return self.parse_status(stdout)
+        except (ValueError, SyntaxError):  # cut short or garbled (XML errors are SyntaxErrors)
+            return None
+
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         """A command about jobs the queue has forgotten (accounting), or None."""
         return None
 
     def parse_outcome(self, output: str) -> dict[str, JobState]:
         return {}
+
+    def read_outcome(self, job_ids: list[str], returncode: int, stdout: str,
+                     stderr: str) -> dict[str, JobState]:
+        """What accounting says about these jobs; a job it does not know is left out.
+
+        A job it could not be asked about is `unknown(...)`, so that it is asked again later
+        rather than taken for a job nobody knows.
+        """
+        if returncode == 0:
+            try:
+                return self.parse_outcome(stdout)
+            except (ValueError, SyntaxError):
+                pass
+        why = unknown(f"{self.name} accounting did not answer: {last_line(stderr or stdout)}")
+        return dict.fromkeys(job_ids, why)
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         raise NotImplementedError

@@ -181,6 +181,15 @@ class Lsf(BatchScheduler):
             states[str(record["JOBID"])] = job_state(record)
         return states
 
+    def read_status(self, job_ids: list[str], returncode: int, stdout: str,
+                    stderr: str) -> dict[str, JobState] | None:
+        """bjobs may exit non-zero because some id is not found (LSB_BJOBS_CONSISTENT_EXIT_CODE)
+        while its JSON still lists every job, forgotten ones as ERROR records: that is an
+        answer. Without such a document ("LSF is down", a timeout) it could not be asked."""
+        if returncode != 0 and '"RECORDS"' in stdout:
+            returncode = 0
+        return super().read_status(job_ids, returncode, stdout, stderr)
+
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         """None: see the module docstring (bhist text is not parsed)."""
         return None

@@ -234,6 +234,17 @@ class Pbs(BatchScheduler):
         jobs = document.get("Jobs") or {}
         return {job_id: job_state(job) for job_id, job in jobs.items() if isinstance(job, dict)}
 
+    def read_status(self, job_ids: list[str], returncode: int, stdout: str,
+                    stderr: str) -> dict[str, JobState] | None:
+        """qstat exits non-zero when any id is one the server has purged, yet reports the
+        others: when every complaint is such a per-job one, the answer stands (the purged
+        jobs are left out: gone). Any other failure means the server could not be asked."""
+        complaints = [line for line in stderr.splitlines() if line.strip()]
+        if returncode != 0 and complaints and all(
+                "Unknown Job Id" in line or "Job has finished" in line for line in complaints):
+            returncode = 0
+        return super().read_status(job_ids, returncode, stdout, stderr)
+
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         """None: `qstat -x` in the status command already reports every job PBS remembers."""
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
-from .base import BatchScheduler, JobState
+from .base import BatchScheduler, JobState, last_line, unknown
 from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
 
 PARALLEL_ENVIRONMENT = "smp"
@@ -53,10 +53,7 @@ class Sge(BatchScheduler):
         return ["qstat", "-xml"]  # all of this user's jobs; the ones we ask for are picked out
 
     def parse_status(self, output: str) -> dict[str, JobState]:
-        try:
-            root = ElementTree.fromstring(output)
-        except ElementTree.ParseError:
-            return {}
+        root = ElementTree.fromstring(output)
         jobs = {}
         for job in root.iter("job_list"):
             number = (job.findtext("JB_job_number") or "").strip()
@@ -72,8 +69,19 @@ class Sge(BatchScheduler):
         return jobs
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
-        # qacct takes one job at a time: one shell command loops over them.
+        # qacct takes one job at a time: one shell command loops over them. The loop's exit
+        # code is that of the last qacct, so `read_outcome` judges each job by its own output.
         return ["sh", "-c", 'for j in "$@"; do qacct -j "$j"; done', "sh", *job_ids]
+
+    def read_outcome(self, job_ids: list[str], returncode: int, stdout: str,
+                     stderr: str) -> dict[str, JobState]:
+        """Each job on its own: one job missing from accounting ("error: job id N not found",
+        e.g. not yet flushed) must not throw away the records of the others."""
+        jobs = self.parse_outcome(stdout)
+        for job_id in job_ids:
+            if job_id not in jobs and f"job id {job_id} not found" not in stderr:
+                jobs[job_id] = unknown(f"qacct did not answer: {last_line(stderr or stdout)}")
+        return jobs
 
     def parse_outcome(self, output: str) -> dict[str, JobState]:
         jobs = {}

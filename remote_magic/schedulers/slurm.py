@@ -52,7 +52,17 @@ class Slurm(BatchScheduler):
         return job_id
 
     def status_command(self, job_ids: list[str]) -> list[str]:
-        return ["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+        # -t all: a finished job stays listed, with its final state (TIMEOUT, CANCELLED...),
+        # for MinJobAge after it ends, with or without accounting.
+        return ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+
+    def read_status(self, job_ids: list[str], returncode: int, stdout: str,
+                    stderr: str) -> dict[str, JobState] | None:
+        """squeue asked about ONE job the controller has forgotten fails ("Invalid job id
+        specified"); that is an answer (the job left the queue), not a failure to ask."""
+        if returncode != 0 and "Invalid job id specified" in stderr:
+            return {}
+        return super().read_status(job_ids, returncode, stdout, stderr)
 
     def parse_status(self, output: str) -> dict[str, JobState]:
         jobs = {}
@@ -84,6 +94,14 @@ class Slurm(BatchScheduler):
             jobs[job_id] = JobState(STATES.get(word, ""), reason,
                                     int(code) if code.isdigit() else None)
         return jobs
+
+    def read_outcome(self, job_ids: list[str], returncode: int, stdout: str,
+                     stderr: str) -> dict[str, JobState]:
+        """Without accounting, sacct always fails ("accounting storage is disabled"): it will
+        never know any job, so that is an answer; any other failure is asked again later."""
+        if returncode != 0 and "accounting storage is disabled" in stderr.lower():
+            return {}
+        return super().read_outcome(job_ids, returncode, stdout, stderr)
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         return ["scancel", *job_ids]
