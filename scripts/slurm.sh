@@ -3,6 +3,8 @@
 #
 #   scripts/slurm.sh start           install (if needed), configure and start; wait for the node
 #   scripts/slurm.sh stop [--purge]  stop it; --purge also forgets every job (state + database)
+#   scripts/slurm.sh stop DAEMON     stop only slurmctld, slurmd or slurmdbd (a controller or
+#                                    database restart, as tests need it); start brings it back
 #   scripts/slurm.sh status          print the node's state; exit 0 only when it takes jobs
 #
 # The cluster: Debian 12's SLURM 22.05 with munge authentication, one node named after
@@ -382,15 +384,17 @@ cmd_start() {
 
 cmd_stop() {
   [ "$(id -u)" = 0 ] || die "stop must run as root"
-  local purge=no
+  local purge=no only=
   case "${1:-}" in
     --purge) purge=yes ;;
+    slurmctld | slurmd | slurmdbd) only=$1 ;;
     "") ;;
-    *) die "usage: $PROG stop [--purge]" ;;
+    *) die "usage: $PROG stop [--purge | slurmctld | slurmd | slurmdbd]" ;;
   esac
   mkdir -p "$RUN"
   exec 9>"$RUN/lock"
   flock -w 300 9 || die "another slurm.sh holds $RUN/lock"
+  if [ -n "$only" ]; then stop_daemon "$only"; return 0; fi
   stop_daemon slurmd
   stop_daemon slurmctld
   stop_daemon slurmdbd
@@ -425,5 +429,5 @@ case "${1:-}" in
   start) shift; [ $# -eq 0 ] || die "usage: $PROG start"; cmd_start ;;
   stop) shift; cmd_stop "$@" ;;
   status) cmd_status ;;
-  *) die "usage: $PROG start | stop [--purge] | status" ;;
+  *) die "usage: $PROG start | stop [--purge | DAEMON] | status" ;;
 esac

@@ -237,6 +237,23 @@ def test_pbs_broken_json_is_an_error() -> None:
         Pbs().parse_status(truncated + "}")
 
 
+def test_pbs_qstat_that_failed_is_no_answer_but_complaints_about_ids_are() -> None:
+    """qstat exits non-zero both when it cannot reach the server (no answer: every job is
+    asked about again) and when some ids are unknown or finished (the others still count)."""
+    recorded = pbs_data("qstat_polaris_finished_without_x.txt")  # exit code 35 on Polaris
+    stdout, _, complaint = recorded.partition("qstat: ")
+    finished = "5487654." + POLARIS
+    assert Pbs().read_status([finished], 35, stdout, "qstat: " + complaint) == {}
+    edtb = pbs_data("qstat_edtb_finished.json")
+    states = Pbs().read_status(["1.x", "2154.edtb-01.mcp.alcf.anl.gov"], 153, edtb,
+                               "qstat: Unknown Job Id 1.x\n")
+    assert set(states) == {"2154.edtb-01.mcp.alcf.anl.gov"}
+    # Not recorded output: a server that does not answer, and an answer cut short.
+    assert Pbs().read_status(["1.x"], 1, "", "qstat: cannot connect to server pbs01 "
+                                             "(errno=15010)\n") is None
+    assert Pbs().read_status(["1.x"], 0, edtb[:-20] + "}", "") is None
+
+
 def test_pbs_finished_outcomes_synthetic() -> None:
     """SYNTHETIC records derived from qstat_edtb_finished.json (see pbs/SOURCES.md)."""
     states = Pbs().parse_status(pbs_data("synthetic_qstat_finished_outcomes.json"))
@@ -449,6 +466,16 @@ def test_lsf_exit_reasons_synthetic() -> None:
             "failed", "TERM_MEMLIMIT: job killed after reaching LSF memory usage limit", None),
         "22010": JobState("failed", "exit code 3", 3),
     }  # 22011 is an ERROR record: the queue forgot it, so it is left out
+
+
+def test_lsf_bjobs_that_failed_is_no_answer_but_not_found_records_are() -> None:
+    """bjobs may exit 255 for an id it has forgotten (the ERROR record in the SYNTHETIC file)
+    and still answer for the others; without a JSON answer it could not be asked."""
+    asked = [str(n) for n in range(22006, 22012)]
+    states = Lsf().read_status(asked, 255, lsf_data("synthetic_bjobs_exit_reasons.json"), "")
+    assert set(states) == set(asked) - {"22011"}
+    assert Lsf().read_status(["22006"], 255, "", "Cannot connect to LSF. Please wait ...\n") \
+        is None
 
 
 def test_lsf_recorded_answer_with_wait_lines_in_front() -> None:

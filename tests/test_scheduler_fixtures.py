@@ -198,7 +198,11 @@ def test_sge_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch,
     assert reason is not None and "no grid engine here" in reason
     (tmp_path / "sge.sh").write_text("exit 0\n")
     assert schedulers.ensure_sge() is None  # the failure is remembered: no second run
+    monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no grid engine here"):
+        require_sge()
+    monkeypatch.setenv("CI", "true")  # CI can run Grid Engine: not running it is a failure
+    with pytest.raises(pytest.fail.Exception, match="no grid engine here"):
         require_sge()
 
 
