@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from conftest import Kernel, ssh_host, start_kernel
 
 from remote_magic import RemoteExecutor
-from remote_magic.testing.schedulers import ensure_slurm, slurm_job_fields
+from remote_magic.schedulers.slurm import Slurm
+from remote_magic.testing.schedulers import ensure_slurm, slurm_job_fields, wait_job_state
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +21,30 @@ def slurm() -> Any:
     return ensure_slurm(accounting=True)
 
 
+# A host's own job script, kept in a file: the hosts file names the path.
+TEMPLATE = """#!/bin/bash
+{directives}
+#SBATCH --comment=from-the-template-file
+export MADE_BY=template
+{setup}
+cd {workdir}
+{runner}
+code=$?
+[ -s {exitcode} ] || echo "$code" > {exitcode}
+exit "$code"
+"""
+
+
 @pytest.fixture(scope="module")
 def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any) -> Any:
-    """A kernel whose host `hpc` is the sshd in front of the SLURM cluster."""
+    """A kernel whose hosts `hpc` (a default walltime) and `templated` (a job script template
+    file) are the sshd in front of the SLURM cluster."""
     root = tmp_path_factory.mktemp("slurm")
+    (root / "job-template.sh").write_text(TEMPLATE)
     kernel = start_kernel(root, ssh_host(sshd, "hpc", root / "remote", scheduler="slurm",
-                                         resources="{walltime: '0:10:00'}"))
+                                         resources="{walltime: '0:10:00'}")
+                          + ssh_host(sshd, "templated", root / "remote", scheduler="slurm",
+                                     template=root / "job-template.sh"))
     kernel.root = root  # type: ignore[attr-defined]
     yield kernel
     kernel.run("%remote_kill --all -q hpc", allow_error=True)
@@ -45,6 +65,17 @@ def test_completed_job_with_its_job_id(hpc: Kernel) -> None:
     assert f"job {job_id}" in out.stdout
     table = hpc.run("%remote_status --all").of_type("display_data")[0]["content"]["data"]
     assert job_id in table["text/plain"]
+    # The cell gave no --walltime: the host's `resources:` default reached the job.
+    assert slurm_job_fields(job_id)["TimeLimit"] == "00:10:00"
+
+
+def test_a_template_file_of_the_host_makes_the_job_script(hpc: Kernel) -> None:
+    out = hpc.run("%%remote -q templated\nimport os\nmade_by = os.environ.get('MADE_BY')",
+                  timeout=120)
+    assert out.ok and hpc.value("made_by") == "template"
+    _, job_id, state = newest(hpc)
+    assert state == "completed"
+    assert slurm_job_fields(job_id)["Comment"] == "from-the-template-file"
 
 
 def test_failed_job_brings_back_the_traceback(hpc: Kernel) -> None:
@@ -78,12 +109,16 @@ def test_cancelled_while_running(hpc: Kernel) -> None:
             "time.sleep(300)")
     task_id, job_id, _ = newest(hpc)
     deadline = time.monotonic() + 60
-    while newest(hpc)[2] != "running" and time.monotonic() < deadline:
+    while newest(hpc)[2] != "running":
+        assert time.monotonic() < deadline, "the job never started running"
         hpc.run("%remote_status")
         time.sleep(0.5)
+    assert slurm_job_fields(job_id)["JobState"] == "RUNNING"
     assert "cancelling" in hpc.run(f"%remote_kill {task_id}").stdout
     out = hpc.run(f"%remote_fetch {task_id}", allow_error=True, timeout=120)
     assert "cancelled" in out.error["evalue"]
+    assert newest(hpc)[2] == "cancelled"
+    assert wait_job_state(job_id, "CANCELLED", timeout=30)["JobState"] == "CANCELLED"
 
 
 def test_queued_behind_a_job_that_holds_every_cpu(hpc: Kernel, slurm: Any) -> None:
@@ -155,6 +190,10 @@ def test_without_accounting_the_task_files_decide(home: Path) -> None:
     info = ensure_slurm(accounting=False)
     try:
         assert not info.accounting
+        sacct = Slurm().outcome_command(["1"])
+        done = subprocess.run(sacct, capture_output=True, text=True)
+        assert done.returncode != 0  # and yet an answer: accounting will never know a job
+        assert Slurm().read_outcome(["1"], done.returncode, done.stdout, done.stderr) == {}
         with open(home / "hosts.yaml", "a") as f:
             f.write(f"  plain:\n    scheduler: slurm\n    workdir: {home / 'plain'}\n")
         from remote_magic.core import Client
