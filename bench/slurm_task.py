@@ -5,8 +5,9 @@ front of it (as a login node would be), then measures:
   * floor: `sbatch --parsable --wrap true` until `scontrol` says COMPLETED;
   * a trivial `%%remote -q hpc --rerun` cell through a real kernel, submit to results in the
     kernel; the difference is our overhead on top of the scheduler (target < 0.3 s);
-  * 100 tasks submitted at once (RemoteExecutor): total time, and the status round trips the
-    monitor spent polling.
+  * 100 tasks submitted at once (RemoteExecutor): total time, the status round trips the
+    monitor spent polling, and what those polls cost the scheduler (squeue and sacct calls,
+    counted by slurmctld and slurmdbd themselves: sdiag, sacctmgr show stats).
 
     python bench/slurm_task.py [-n 10]
 """
@@ -26,6 +27,7 @@ from jupyter_client.manager import start_new_kernel
 
 from remote_magic import RemoteExecutor
 from remote_magic.core import Client
+from remote_magic.testing.schedulers import slurm_rpc_counts
 from remote_magic.testing.sshd import start_sshd
 
 
@@ -84,13 +86,17 @@ def main() -> None:
             with RemoteExecutor("hpc", rerun=True, client=client) as pool:
                 pool.submit(pow, 1, 1).result()
                 monitor = client.monitor("hpc")
-                polls_before = monitor.polls
+                polls_before, rpcs_before = monitor.polls, slurm_rpc_counts()
                 start = time.perf_counter()
                 futures = [pool.submit(pow, 2, i) for i in range(args.many)]
                 assert [f.result(timeout=600) for f in futures] == [2 ** i for i in
                                                                      range(args.many)]
                 many = time.perf_counter() - start
                 polls = monitor.polls - polls_before
+                rpcs = slurm_rpc_counts()
+                squeues = sum(rpcs.get(k, 0) - rpcs_before.get(k, 0)
+                              for k in ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE"))
+                saccts = rpcs.get("DBD_GET_JOBS_COND", 0) - rpcs_before.get("DBD_GET_JOBS_COND", 0)
             client.close()
         finally:
             server.stop()
@@ -101,7 +107,8 @@ def main() -> None:
     print(f"  %%remote -q hpc, trivial cell -> results {ours_s * 1000:7.0f} ms  "
           f"(overhead {(ours_s - floor_s) * 1000:.0f} ms on top of SLURM; target < 300 ms)")
     print(f"  {args.many} tasks submitted at once: {many:.1f} s in all, "
-          f"{polls} status round trips spent polling")
+          f"{polls} status round trips spent polling, which ran {squeues} squeue and "
+          f"{saccts} sacct")
 
 
 if __name__ == "__main__":

@@ -82,13 +82,16 @@ class BatchOps:
         command for the jobs that left the queue), reused for QUERY_INTERVAL.
 
         A job left out is one the scheduler no longer knows; a job it could not be asked
-        about (the command failed) is `unknown`, never left out, so that a controller
-        restart does not make every job look gone.
+        about (the command failed, or it was submitted after the last query) is `unknown`,
+        never left out, so that a controller restart does not make every job look gone.
         """
         cache = self._batch_cache()
         asked_at, asked_for, answers = cache.get(batch.name, (0.0, frozenset(), {}))
-        if time.monotonic() - asked_at < QUERY_INTERVAL and asked_for >= set(job_ids):
-            return answers
+        if time.monotonic() - asked_at < QUERY_INTERVAL:
+            # Jobs submitted since are asked about next time: while a notebook submits
+            # hundreds of tasks, every poll has new ones, and must not cost a query each.
+            later = unknown("not asked about yet")
+            return {**{j: later for j in job_ids if j not in asked_for}, **answers}
         command = batch.status_command(job_ids)
         queued = _run(command)
         listed = batch.read_status(job_ids, queued.returncode, queued.stdout, queued.stderr)

@@ -78,11 +78,13 @@ def wait_states(agent: Agent, tasks: list[str], states: set[str],
 
 def test_one_squeue_for_all_jobs_at_most_once_a_second(agent: Agent, slurm: Any) -> None:
     tasks = [task_id(n) for n in range(6)]
-    for task in tasks:
-        stage(agent, "import time\ntime.sleep(1)", task)
-        agent.op_submit(task, "slurm", {"cores": 1})
     before = slurm_rpc_counts()
     start, polls, seen = time.monotonic(), 0, set()
+    for count, task in enumerate(tasks, 1):  # each submission wakes the monitor: a poll
+        stage(agent, "import time\ntime.sleep(1)", task)
+        agent.op_submit(task, "slurm", {"cores": 1})
+        agent.op_status(dict.fromkeys(tasks[:count]))
+        polls += 1
     while time.monotonic() - start < 3.0:  # a waiting cell polls 10 times a second: double it
         seen |= {a["state"] for a in agent.op_status(dict.fromkeys(tasks)).values()}
         polls += 1
@@ -90,7 +92,7 @@ def test_one_squeue_for_all_jobs_at_most_once_a_second(agent: Agent, slurm: Any)
     queries, accounting = squeue_and_sacct_since(before)
     elapsed = time.monotonic() - start
     assert polls >= 40 and {"queued", "running"} <= seen  # 2 CPUs: four of six had to wait
-    # One query per QUERY_INTERVAL for all six jobs, not one per job or per poll.
+    # One query per QUERY_INTERVAL for all six jobs, not one per job, per poll or per new job.
     assert 2 <= queries <= elapsed / agent_batch.QUERY_INTERVAL + 1
     assert accounting <= queries  # sacct only for jobs that left the queue, once per query
     wait_states(agent, tasks, {"completed"})
