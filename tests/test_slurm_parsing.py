@@ -58,3 +58,13 @@ def test_sacct_outcomes_keep_the_schedulers_reason() -> None:
     assert jobs["22"].state == "cancelled" and "signal 15" in jobs["22"].reason
     assert jobs["23"].state == "timed_out"
     assert jobs["24"].state == "failed" and "OUT_OF_MEMORY" in jobs["24"].reason
+
+
+def test_a_failed_squeue_is_no_answer_unless_it_names_the_job_unknown() -> None:
+    """What squeue 22.05 printed here: the controller down (no answer: ask again), and one id
+    the controller does not know (an answer: the job left the queue)."""
+    down = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+    assert Slurm().read_status(["7"], 1, "", down) is None
+    assert Slurm().read_status(["7"], 1, "", "slurm_load_jobs error: Invalid job id "
+                                             "specified\n") == {}
+    assert "-t" in Slurm().status_command(["7"])  # finished jobs stay listed (MinJobAge)

@@ -42,6 +42,11 @@ Facts about this cluster (Debian 12, SLURM 22.05) worth knowing when writing tes
   accounting) forever, but it lags ``scontrol`` by a fraction of a second: use
   :func:`sacct_fields` rather than a bare ``sacct`` right after a job ends. ``sacct -j ID``
   without ``-X`` also lists the job's steps (``ID.batch``).
+* ``squeue`` lists only unfinished jobs unless given ``-t all``, which keeps a finished job
+  (COMPLETED, TIMEOUT, CANCELLED...) for MinJobAge too. ``squeue -j ID`` exits 1 with
+  "Invalid job id specified" for a single id it does not know; for several ids it prints the
+  known ones and exits 0. With slurmctld down it fails after ~9 s of retries ("Unable to
+  contact slurm controller"), while sacct (through slurmdbd) still answers.
 * Memory is not a consumable resource (``CR_Core``) and nothing enforces ``--mem``; it is only
   recorded (``MinMemoryNode``). A request above the node's RealMemory is rejected at submission.
 * Grid Engine: ``qsub -b y`` needs ``-N NAME`` unless the command is a plain word; it joins
