@@ -25,6 +25,8 @@ FAST_POLL = 0.1  # seconds between polls while a cell waits and streams output
 VIEW_POLL = 0.5  # while a live view shows a task in the background
 SLOW_POLL = 2.0  # at most this long between polls otherwise
 MAX_BACKOFF = 30.0
+QUEUED_POLL = 5.0  # batch jobs that all wait in the queue: polls slow down to this
+WAITING_STATES = ("prepared", "submitted", "queued")
 
 
 @dataclass
@@ -162,7 +164,13 @@ class HostMonitor:
                 self._wake.wait(backoff)
                 self._wake.clear()
                 continue
-            if any(w.live_output for w in watches.values()):
+            if self.host.scheduler != "process" and all(
+                    w.state in WAITING_STATES for w in watches.values()):
+                # Queue waits last minutes, and every poll makes the agent read each task's
+                # files on the login node: slow down step by step, so that a job which starts
+                # at once (a quiet cluster) is still seen at once.
+                backoff = min(QUEUED_POLL, backoff * 1.5)
+            elif any(w.live_output for w in watches.values()):
                 backoff = FAST_POLL
             elif any(w.listeners for w in watches.values()):
                 backoff = VIEW_POLL
