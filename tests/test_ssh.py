@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from conftest import ssh_host, start_kernel
 from remote_magic import RemoteExecutor
 from remote_magic.core import Client
 from remote_magic.errors import AuthenticationError, HostKeyError
+from remote_magic.testing.sshd import start_sshd
+from remote_magic.transport.connection import Target, connect
 
 
 @pytest.fixture
@@ -61,13 +64,47 @@ def test_ssh_config_alias_is_honoured(home: Path, sshd: Any,
         assert pool.submit(pow, 3, 3).result(timeout=60) == 27
 
 
-def test_proxy_jump_through_a_bastion(home: Path, sshd: Any,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(sshd.home))
+@pytest.fixture(scope="module")
+def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second sshd, to jump through: its own log shows whether a hop really went by it."""
+    server = start_sshd(tmp_path_factory.mktemp("bastion"), alias="bastion")
+    yield server
+    server.stop()
+
+
+def test_proxy_jump_through_one_and_two_bastions(home: Path, sshd: Any, bastion: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    client_home = home / "client"
+    (client_home / ".ssh").mkdir(parents=True)
+    (client_home / ".ssh" / "config").write_text(
+        bastion.ssh_config.read_text() + sshd.ssh_config.read_text())
+    monkeypatch.setenv("HOME", str(client_home))
     with open(home / "hosts.yaml", "a") as f:
-        f.write(ssh_host(sshd, "behind", home / "jump-work", proxy_jump=sshd.alias))
-    with RemoteExecutor("behind") as pool:
-        assert pool.submit(pow, 2, 2).result(timeout=60) == 4
+        f.write(ssh_host(sshd, "behind", home / "jump-work", proxy_jump=bastion.alias))
+        f.write(ssh_host(sshd, "farther", home / "jump-work",
+                         proxy_jump=f"{bastion.alias}, {sshd.alias}"))
+    for name, through_bastion, through_target in (("behind", 1, 1), ("farther", 1, 2)):
+        before = bastion.accepted_logins(), sshd.accepted_logins()
+        with RemoteExecutor(name) as pool:
+            assert pool.submit(pow, 2, 2).result(timeout=60) == 4
+        assert (bastion.accepted_logins() - before[0],
+                sshd.accepted_logins() - before[1]) == (through_bastion, through_target), name
+
+
+def test_each_hop_key_is_checked(home: Path, sshd: Any, bastion: Any,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hop with no ~/.ssh/config entry is checked against the host's known_hosts, which
+    does not know the bastion: refused before anything reaches the bastion or the target."""
+    monkeypatch.setenv("HOME", str(home))  # no ~/.ssh at all
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "badhop", home / "badhop-work",
+                         proxy_jump=f"{bastion.user}@{bastion.host}:{bastion.port}"))
+    before = bastion.accepted_logins(), sshd.accepted_logins()
+    with pytest.raises(HostKeyError, match=rf"\[127.0.0.1\]:{bastion.port} .* is not in "
+                                           f"{sshd.known_hosts}"):
+        RemoteExecutor("badhop").submit(pow, 1, 1)
+    assert (bastion.accepted_logins(), sshd.accepted_logins()) == before
+    assert not (home / "badhop-work").exists()
 
 
 def test_unknown_host_key_is_refused_before_anything_is_sent(home: Path, sshd: Any) -> None:
@@ -96,6 +133,47 @@ def test_changed_host_key_is_refused(home: Path, sshd: Any) -> None:
         f.write(ssh_host(sshd, "changed", home / "changed-work", known_hosts=str(wrong)))
     with pytest.raises(HostKeyError, match="CHANGED.*ssh-keygen -R"):
         RemoteExecutor("changed").submit(pow, 1, 1)
+
+
+def _target(server: Any, known_hosts: Path) -> Target:
+    return Target(name="t", hostname=server.host, port=server.port, user=server.user,
+                  identity_files=(str(server.key_path),), known_hosts=str(known_hosts))
+
+
+@pytest.mark.parametrize("kind, algorithm", [("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+                                             ("ssh-rsa", "rsa-sha2-512")])
+def test_host_known_only_by_a_key_type_paramiko_would_not_pick(
+        tmp_path: Path, sshd: Any, kind: str, algorithm: str) -> None:
+    """The server prefers ed25519, but known_hosts holds only its key of another type."""
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line(kind))
+    conn = connect(_target(sshd, known))
+    try:
+        assert conn.transport.host_key_type == algorithm
+        assert conn.run("echo hi")[1] == "hi\n"
+    finally:
+        conn.close()
+
+
+def test_changed_key_of_another_type_is_reported_as_changed(tmp_path: Path, sshd: Any) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f", str(other)],
+                   check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{sshd.host}]:{sshd.port} {kind} {key}\n")
+    before = sshd.accepted_logins()
+    with pytest.raises(HostKeyError, match=f"CHANGED: it offers {kind} SHA256:"):
+        connect(_target(sshd, known))
+    # A key of a type the server no longer has at all: changed too, not unknown.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
+                    str(tmp_path / "p384")], check=True)
+    kind, key = (tmp_path / "p384.pub").read_text().split()[:2]
+    known.write_text(f"[{sshd.host}]:{sshd.port} {kind} {key}\n")
+    with pytest.raises(HostKeyError, match="CHANGED: .* has only ecdsa-sha2-nistp384 keys "
+                                           "for it, and it offers none"):
+        connect(_target(sshd, known))
+    assert sshd.accepted_logins() == before
 
 
 def test_wrong_key_is_refused_clearly(home: Path, sshd: Any) -> None:
@@ -181,8 +259,6 @@ def test_cell_over_ssh_with_files_and_collect(tmp_path: Path, sshd: Any) -> None
 
 
 def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path) -> None:
-    from remote_magic.testing.sshd import start_sshd
-
     server = start_sshd(tmp_path / "kbd", keyboard_interactive=True)
     try:
         host = (f"  twofactor:\n    address: {server.user}@{server.host}\n"

@@ -92,6 +92,24 @@ def test_host_key_is_checked(sshd_server: SSHServer, tmp_path: Path) -> None:
         connect(sshd_server, known_hosts=empty)
 
 
+def test_host_keys_of_three_types(sshd_server: SSHServer) -> None:
+    """The server offers a key of each type (as real servers do); known_hosts holds one."""
+    assert set(sshd_server.host_keys) == {"ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"}
+    for kind, algorithm in [("ssh-ed25519", "ssh-ed25519"),
+                            ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+                            ("ssh-rsa", "rsa-sha2-512")]:
+        transport = paramiko.Transport((sshd_server.host, sshd_server.port))
+        try:
+            transport.get_security_options().key_types = (algorithm,)
+            transport.start_client(timeout=10)
+            key = transport.get_remote_server_key()
+            assert (key.get_name(), key.get_base64()) == (kind, sshd_server.host_keys[kind])
+        finally:
+            transport.close()
+        assert sshd_server.known_hosts_line(kind).split() == [
+            f"[127.0.0.1]:{sshd_server.port}", kind, sshd_server.host_keys[kind]]
+
+
 def test_many_channels_on_one_connection(client: paramiko.SSHClient) -> None:
     transport = client.get_transport()
     assert transport is not None

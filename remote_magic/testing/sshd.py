@@ -35,7 +35,10 @@ Other things found out the hard way, so that nobody has to again:
 * ``StrictModes no``: key files under a temporary directory are accepted whatever their
   modes. sshd reads ``AuthorizedKeysFile`` as the target user, who must be able to read it.
 * Host keys are checked: ``known_hosts`` holds the line ``[127.0.0.1]:PORT <key>``, the form
-  both OpenSSH and paramiko look up for a port other than 22.
+  both OpenSSH and paramiko look up for a port other than 22. The server has host keys of
+  three types (ed25519, ecdsa-sha2-nistp256, ssh-rsa), as real servers do, but ``known_hosts``
+  holds only the ed25519 one; :meth:`SSHServer.known_hosts_line` gives the line for any type,
+  so a test can trust the server by a type its client would not pick first.
 * Choosing a free port and handing it to sshd is racy, so a start that loses the race is
   retried on another port. The server counts as up once *its own* log says it listens.
 * Remote commands get sshd's default ``PATH`` plus what the login shell's startup files add,
@@ -88,6 +91,8 @@ START_TIMEOUT = 10.0
 _ATTEMPTS = 5
 _STATE_DIR = Path("/run/remote_magic-testing")  # root-only: test user's password, lock
 _ACCEPTED = re.compile(r"\bAccepted [\w/-]+ for ")
+# ssh-keygen -t name -> its extra arguments; one host key of each type (RSA kept small: quick)
+_HOST_KEY_TYPES = {"ed25519": (), "ecdsa": ("-b", "256"), "rsa": ("-b", "2048")}
 
 
 @dataclass
@@ -104,7 +109,7 @@ class SSHServer:
     key_path: Path
     """Client private key (ed25519, no passphrase); accepted for ``user`` by key servers."""
     known_hosts: Path
-    """The server's host key as ``[127.0.0.1]:PORT <type> <key>``."""
+    """The server's ed25519 host key as ``[127.0.0.1]:PORT ssh-ed25519 <key>``."""
     log_path: Path
     """sshd's own log (LogLevel VERBOSE), one ``Accepted ... for`` line per login."""
     home: Path
@@ -115,7 +120,13 @@ class SSHServer:
     """``user``'s password on keyboard-interactive servers, otherwise None."""
     pid: int
     """Pid of the listening sshd; each connection is served by a child of it."""
+    host_keys: dict[str, str] = field(default_factory=dict)
+    """Every host key the server offers: key type -> base64 public key."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def known_hosts_line(self, kind: str) -> str:
+        """The known_hosts line trusting this server's host key of type ``kind``."""
+        return f"[{self.host}]:{self.port} {kind} {self.host_keys[kind]}\n"
 
     @property
     def ssh_config(self) -> Path:
@@ -220,11 +231,13 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
     keygen = _program("ssh-keygen")
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
-    host_key, client_key = d / "ssh_host_ed25519_key", d / "id_ed25519"
-    for key in (host_key, client_key):
+    client_key = d / "id_ed25519"
+    for key, kind in [(client_key, "ed25519"),
+                      *((d / f"ssh_host_{kind}_key", kind) for kind in _HOST_KEY_TYPES)]:
         if not key.exists():
-            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"sshd-test {key.name}",
-                            "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+            subprocess.run([keygen, "-q", "-t", kind, *_HOST_KEY_TYPES.get(kind, ()), "-N", "",
+                            "-C", f"sshd-test {key.name}", "-f", str(key)],
+                           check=True, stdin=subprocess.DEVNULL)
     password = None
     if keyboard_interactive:
         user, password = TEST_USER, _prepare_test_user(TEST_USER)
@@ -251,15 +264,16 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
         raise RuntimeError(f"sshd did not start after {_ATTEMPTS} attempts:\n"
                            + _tail(log_path))
 
-    kind, blob = host_key.with_suffix(".pub").read_text().split()[:2]
+    host_keys = dict(
+        (d / f"ssh_host_{kind}_key.pub").read_text().split()[:2] for kind in _HOST_KEY_TYPES)
     known_hosts = d / "known_hosts"
-    known_hosts.write_text(f"[{HOST}]:{port} {kind} {blob}\n")
+    known_hosts.write_text(f"[{HOST}]:{port} ssh-ed25519 {host_keys['ssh-ed25519']}\n")
     alias = alias or ("sshd-test-kbd" if keyboard_interactive else "sshd-test")
     home = _client_home(d / "home", alias, port, user, client_key, known_hosts,
                         batch=not keyboard_interactive)
     server = SSHServer(host=HOST, port=port, user=user, key_path=client_key,
                        known_hosts=known_hosts, log_path=log_path, home=home, alias=alias,
-                       password=password, pid=proc.pid, _proc=proc)
+                       password=password, pid=proc.pid, host_keys=host_keys, _proc=proc)
     atexit.register(server.stop)
     return server
 
@@ -302,7 +316,7 @@ def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool) ->
     common = [
         f"Port {port}",
         f"ListenAddress {HOST}",
-        f"HostKey {d / 'ssh_host_ed25519_key'}",
+        *(f"HostKey {d / f'ssh_host_{kind}_key'}" for kind in _HOST_KEY_TYPES),
         f"PidFile {d / 'sshd.pid'}",
         f"AllowUsers {user}",
         "LogLevel VERBOSE",

@@ -1,10 +1,14 @@
 """One SSH connection to a host: resolve it, verify its key, authenticate, open channels.
 
-The only module that imports paramiko. The host key is checked against known_hosts right
-after the key exchange, before authentication, so nothing of ours reaches a host whose key is
-unknown or changed. Keys, ssh-agent, and keyboard-interactive or password prompts (asked
-through `prompt`, which in a notebook is the front end's own input box) are tried in the order
-the server allows.
+Everything about making a connection lives here (`ssh.py`, the only other module importing
+paramiko, only uses the channels). The host key is checked against known_hosts right after
+the key exchange, before authentication, so nothing of ours reaches a host whose key is unknown
+or changed; the exchange is restricted to the key types known_hosts holds for the host, so a
+server that also has a key of another type is neither mistaken for an unknown host nor allowed
+to dodge a changed key by offering a type we have no record of. A ProxyJump chain is walked
+hop by hop, each hop's key checked the same way. Keys, ssh-agent, and keyboard-interactive or
+password prompts (asked through `prompt`, which in a notebook is the front end's own input box)
+are tried in the order the server allows.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import queue
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import paramiko
@@ -31,6 +35,15 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
                      "aes256-ctr")
 NO_REKEY = 2 ** 40  # paramiko-initiated rekeys can stall big transfers; OpenSSH still rekeys
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+MAX_HOPS = 10  # a longer ProxyJump chain is taken for a loop in ~/.ssh/config
+# Channels that carry bulk data (the transfer agent, a hop's tunnel) get a wider window and
+# larger packets than paramiko's 2 MiB / 32 KiB: the server may then send more, in bigger
+# packets, before waiting for us, and each packet costs paramiko Python-level work.
+BULK_WINDOW = 32 * 1024 * 1024
+BULK_PACKET = 256 * 1024
+# A known_hosts entry of type `ssh-rsa` is verified through these signature algorithms (plain
+# ssh-rsa, SHA-1, stays off unless paramiko itself offers it).
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 Prompt = Callable[[str, bool], str]  # (prompt text, echo) -> answer
 
@@ -58,9 +71,11 @@ class Target:
 
 def resolve(spec: str, port: int | None = None, identity_file: str | None = None,
             proxy_jump: str | None = None, known_hosts: str | None = None,
-            name: str | None = None) -> Target:
+            name: str | None = None,
+            fallback_known_hosts: str = "~/.ssh/known_hosts") -> Target:
     """Read `user@alias[:port]` through ~/.ssh/config (HostName, User, Port, IdentityFile,
-    ProxyJump, UserKnownHostsFile); explicit arguments win over the file."""
+    ProxyJump, UserKnownHostsFile); explicit arguments win over the file, and
+    `fallback_known_hosts` is used when neither names a known_hosts file."""
     user, _, rest = spec.rpartition("@")
     alias, _, port_text = rest.partition(":")
     config = paramiko.SSHConfig()
@@ -77,7 +92,7 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
         user=user or found.get("user") or getpass.getuser(),
         identity_files=tuple(files),
         proxy_jump=None if jump in (None, "none") else jump,
-        known_hosts=known_hosts or (found.get("userknownhostsfile") or "~/.ssh/known_hosts")
+        known_hosts=known_hosts or (found.get("userknownhostsfile") or fallback_known_hosts)
         .split()[0],
     )
 
@@ -108,9 +123,12 @@ class Connection:
     def alive(self) -> bool:
         return self.transport.is_active()
 
-    def open_exec(self, command: str) -> paramiko.Channel:
+    def open_exec(self, command: str, bulk: bool = False) -> paramiko.Channel:
+        """Start `command` on a channel of its own; `bulk` for one that carries large files."""
         try:
-            channel = self.transport.open_session(timeout=CONNECT_TIMEOUT)
+            channel = self.transport.open_session(
+                timeout=CONNECT_TIMEOUT, window_size=BULK_WINDOW if bulk else None,
+                max_packet_size=BULK_PACKET if bulk else None)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.target}: cannot run a command: {exc}") from exc
@@ -128,7 +146,7 @@ class Connection:
         channel.settimeout(timeout)
         try:
             if stdin:
-                channel.sendall(stdin)
+                channel.sendall(memoryview(stdin))  # paramiko re-slices what it is given
             channel.shutdown_write()
             out, err = _drain(channel)
             return channel.recv_exit_status(), out, err
@@ -166,14 +184,33 @@ def _drain(channel: paramiko.Channel) -> tuple[bytes, bytes]:
 
 
 def connect(target: Target, prompt: Prompt = ask_in_main_thread) -> Connection:
-    """Open, verify and authenticate a connection (through the jump host if there is one)."""
+    """Open, verify and authenticate a connection, through its ProxyJump hops if it has any.
+
+    As OpenSSH does, a chain `a,b` reaches the target through `b`, which is reached through
+    `a`; each hop is a connection of its own whose key is checked (against the hop's
+    UserKnownHostsFile from ~/.ssh/config, else the target's known_hosts file). Only the first
+    hop's own ProxyJump from ~/.ssh/config is followed, since the chain says how to reach the
+    others.
+    """
+    return _connect(target, prompt, [])
+
+
+def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
     jump = None
     if target.proxy_jump:
-        jump = connect(resolve(target.proxy_jump.split(",")[-1]), prompt)
+        if len(chain) >= MAX_HOPS:
+            raise TransportError(f"{target}: more than {MAX_HOPS} ProxyJump hops "
+                                 f"({' -> '.join(chain)}): is there a loop in ~/.ssh/config?")
+        *before, last = [hop.strip() for hop in target.proxy_jump.split(",")]
+        hop = resolve(last, fallback_known_hosts=target.known_hosts)
+        if before:
+            hop = replace(hop, proxy_jump=",".join(before))
+        jump = _connect(hop, prompt, [*chain, last])
         try:
             sock: Any = jump.transport.open_channel(
                 "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
-                timeout=CONNECT_TIMEOUT)
+                timeout=CONNECT_TIMEOUT, window_size=BULK_WINDOW,
+                max_packet_size=BULK_PACKET)
         except (paramiko.SSHException, OSError) as exc:
             jump.close()
             raise TransportError(f"{target}: the jump host {jump.target} cannot reach it: "
@@ -187,13 +224,22 @@ def connect(target: Target, prompt: Prompt = ask_in_main_thread) -> Connection:
             raise TransportError(f"{target}: cannot open a TCP connection ({exc}). Check the "
                                  "address and port, and that the host is up.") from exc
     transport = paramiko.Transport(sock)
+    known = known_keys(target)
     try:
         options = transport.get_security_options()
         available = tuple(c for c in options.ciphers if c not in PREFERRED_CIPHERS)
         options.ciphers = PREFERRED_CIPHERS + available
+        options.key_types = host_key_types(options.key_types, known)
         transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = NO_REKEY
-        transport.start_client(timeout=CONNECT_TIMEOUT)
-        verify_host_key(target, transport.get_remote_server_key())
+        try:
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+        except paramiko.IncompatiblePeer as exc:
+            if known and "host key" in str(exc):
+                raise HostKeyError(_changed(
+                    target, f"{target.known_hosts} has only {', '.join(sorted(known))} keys "
+                    "for it, and it offers none of these types now")) from exc
+            raise
+        verify_host_key(target, transport.get_remote_server_key(), known)
         methods = _authenticate(target, transport, prompt)
         transport.set_keepalive(KEEPALIVE)
     except BaseException as exc:
@@ -211,25 +257,52 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} SHA256:{digest}"
 
 
-def verify_host_key(target: Target, key: paramiko.PKey) -> None:
+def known_keys(target: Target) -> dict[str, paramiko.PKey]:
+    """The keys known_hosts holds for the target, by key type (hashed entries included)."""
     path = os.path.expanduser(target.known_hosts)
     known = paramiko.HostKeys()
     if os.path.exists(path):
         known.load(path)
-    entry = known.lookup(target.key_name) or {}
-    trust = (f"If this is the right host, trust it with: ssh-keyscan -p {target.port} "
-             f"{target.hostname} >> {target.known_hosts} (or connect once with ssh and "
-             "check the fingerprint).")
-    stored = entry.get(key.get_name())
+    entry = known.lookup(target.key_name)
+    return {kind: entry[kind] for kind in entry.keys()} if entry else {}
+
+
+def host_key_types(offered: tuple[str, ...], known: dict[str, paramiko.PKey]) -> tuple[str, ...]:
+    """The host key algorithms to negotiate: paramiko's, in its order of preference, keeping
+    only those that can produce a key known_hosts holds (all of them when it holds none, so
+    that an unknown host is reported as such). Without this, a server with keys of several
+    types may agree on one that known_hosts has no record of, and a known host is refused."""
+    wanted = {algorithm for kind in known for algorithm in _ALGORITHMS.get(kind, (kind,))}
+    chosen = tuple(algorithm for algorithm in offered if algorithm in wanted)
+    return chosen or offered
+
+
+def verify_host_key(target: Target, key: paramiko.PKey,
+                    known: dict[str, paramiko.PKey] | None = None) -> None:
+    """Refuse a key that known_hosts lacks or holds differently (`known`: its keys for the
+    target, read from the file when not given)."""
+    if known is None:
+        known = known_keys(target)
+    stored = known.get(key.get_name())
     if stored is None:
         raise HostKeyError(f"The host key of {target.key_name} ({fingerprint(key)}) is not "
-                           f"in {target.known_hosts}: nothing was sent to it. {trust}")
+                           f"in {target.known_hosts}: nothing was sent to it. {_trust(target)}")
     if stored != key:
-        raise HostKeyError(
-            f"The host key of {target.key_name} CHANGED: it offers {fingerprint(key)} but "
-            f"{target.known_hosts} has {fingerprint(stored)}. This can be an attack, so "
+        raise HostKeyError(_changed(target, f"it offers {fingerprint(key)} but "
+                                            f"{target.known_hosts} has {fingerprint(stored)}"))
+
+
+def _trust(target: Target) -> str:
+    return (f"If this is the right host, trust it with: ssh-keyscan -p {target.port} "
+            f"{target.hostname} >> {target.known_hosts} (or connect once with ssh and "
+            "check the fingerprint).")
+
+
+def _changed(target: Target, how: str) -> str:
+    return (f"The host key of {target.key_name} CHANGED: {how}. This can be an attack, so "
             "nothing was sent. If you know why it changed, remove the old key with "
-            f"ssh-keygen -R '{target.key_name}' -f {target.known_hosts} and trust the new one.")
+            f"ssh-keygen -R '{target.key_name}' -f {target.known_hosts} and trust the new one. "
+            + _trust(target))
 
 
 def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt) -> list[str]:
