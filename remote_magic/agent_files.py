@@ -2,11 +2,15 @@
 
 Every file is written to a temporary name and renamed into place once its size (and, when the
 sender gave one, its hash) is verified, so a dropped connection never leaves a half-written
-input or result behind. Large files travel as a stream of chunks on a channel of their own.
+input or result behind: a short or damaged upload is deleted when it is refused, one still
+open when the agent exits (its connection dropped) is deleted then, and a task whose staged
+files arrive damaged leaves no task directory. Large files travel as a stream of chunks on a
+channel of their own.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import os
@@ -32,7 +36,14 @@ class FileOps:
     def _uploads(self) -> dict[int, _Upload]:
         if not hasattr(self, "_open_uploads"):
             self._open_uploads: dict[int, _Upload] = {}
+            atexit.register(self._abandon_uploads)
         return self._open_uploads
+
+    def _abandon_uploads(self) -> None:
+        """Delete what unfinished uploads wrote: the kernel never confirmed them."""
+        for upload in self._open_uploads.values():
+            upload.abandon()
+        self._open_uploads.clear()
 
     def resolve(self, path: str) -> Path:
         """Relative paths live under the work directory; `~` is this user's home."""
@@ -50,14 +61,19 @@ class FileOps:
         make_task_dir(paths.root)
         view = memoryview(self.payload)
         offset = 0
-        for entry in files:
-            data = view[offset:offset + entry["size"]]
-            offset += entry["size"]
-            if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ValueError(f"{entry['name']} arrived damaged (size or hash differs)")
-            target = _inside(paths.root, entry["name"])
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_new(target, data)
+        try:
+            for entry in files:
+                data = view[offset:offset + entry["size"]]
+                offset += entry["size"]
+                if len(data) != entry["size"] or \
+                        hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise ValueError(f"{entry['name']} arrived damaged (size or hash differs)")
+                target = _inside(paths.root, entry["name"])
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _write_new(target, data)
+        except BaseException:
+            shutil.rmtree(paths.root, ignore_errors=True)  # half a task must not look staged
+            raise
         return str(paths.root)
 
     def op_put_open(self, path: str, size: int, verify: bool = False) -> int:
@@ -151,6 +167,10 @@ class _Upload:
             self.tmp.unlink(missing_ok=True)
             raise
         return self.written
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def _inside(root: Path, name: str) -> Path:
