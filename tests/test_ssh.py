@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ssh_host, start_kernel
+from conftest import Kernel, ssh_host, start_kernel
 
 from remote_magic import RemoteExecutor
+from remote_magic.agent_client import AgentClient
+from remote_magic.config import HostConfig
 from remote_magic.core import Client
-from remote_magic.errors import AuthenticationError, HostKeyError
+from remote_magic.errors import AuthenticationError, HostKeyError, TransportError
+from remote_magic.taskdir import TaskPaths, read_state
 from remote_magic.testing.sshd import start_sshd
 from remote_magic.transport.connection import Target, connect
+from remote_magic.transport.ssh import SSHTransport
 
 
 @pytest.fixture
@@ -56,9 +62,31 @@ def test_remote_exception_keeps_type_and_traceback(hpc: Path) -> None:
 
 def test_ssh_config_alias_is_honoured(home: Path, sshd: Any,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(sshd.home))
+    """Every setting comes from the alias: ignoring HostName, Port, User, IdentityFile or
+    UserKnownHostsFile would fail (no default key, known_hosts or user name would do)."""
+    client_home = home / "client"
+    (client_home / ".ssh").mkdir(parents=True)
+    key = home / "keys" / "lab key"
+    key.parent.mkdir()
+    shutil.copyfile(sshd.key_path, key)
+    key.chmod(0o600)
+    trusted = home / "trust" / "lab_hosts"
+    trusted.parent.mkdir()
+    shutil.copyfile(sshd.known_hosts, trusted)
+    (client_home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+        Host lab
+            HostName {sshd.host}
+            Port {sshd.port}
+            User {sshd.user}
+            IdentityFile "{key}"
+            UserKnownHostsFile {trusted}
+        """))
+    monkeypatch.setenv("HOME", str(client_home))
+    for variable in ("LOGNAME", "USER"):  # what the user name would default to
+        monkeypatch.setenv(variable, "not-the-login-user")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     with open(home / "hosts.yaml", "a") as f:
-        f.write(f"  viaalias:\n    address: {sshd.alias}\n    python: {sys.executable}\n"
+        f.write(f"  viaalias:\n    address: lab\n    python: {sys.executable}\n"
                 f"    workdir: {home / 'alias-work'}\n")
     with RemoteExecutor("viaalias") as pool:
         assert pool.submit(pow, 3, 3).result(timeout=60) == 27
@@ -190,13 +218,30 @@ def test_wrong_key_is_refused_clearly(home: Path, sshd: Any) -> None:
 def test_task_survives_a_killed_connection(hpc: Path, sshd: Any) -> None:
     with RemoteExecutor("hpc") as pool:
         pool.submit(pow, 1, 1).result(timeout=60)  # connected
-        future = pool.submit(_sleep_then, 2.0, "survived")
-        time.sleep(0.7)
+        logins = sshd.accepted_logins()
+        future = pool.submit(_sleep_then, 3.0, "survived")
+        assert _wait_for(lambda: "running" in _states(hpc), 30)
         sessions = sshd.session_pids()
         assert sessions
         for pid in sessions:
             os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        assert "running" in _states(hpc)  # cut off from the kernel, not killed with it
         assert future.result(timeout=90) == "survived"
+    assert sshd.accepted_logins() == logins + 1  # the results came over a second login
+
+
+def _states(workdir: Path) -> list[str]:
+    return [read_state(TaskPaths(task))["state"] for task in (workdir / "tasks").iterdir()]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _sleep_then(seconds: float, value: str) -> str:
@@ -215,47 +260,95 @@ def test_setup_then_test_on_a_fresh_work_directory(hpc: Path) -> None:
     test = cli("test", "hpc")
     assert test.returncode == 0, test.stdout + test.stderr
     for step in ("TCP reachable", "host key known", "authenticated", "login shell works",
-                 "remote Python", "runtime importable", "work directory writable"):
+                 "remote Python", "runtime importable", "agent mode", "work directory writable"):
         assert f"[ok] hpc: {step}" in test.stdout
+    assert "[ok] hpc: agent mode: resident agent (pid " in test.stdout
 
 
-def test_test_explains_a_bad_python(home: Path, sshd: Any) -> None:
+def test_a_host_without_python_is_explained(home: Path, sshd: Any) -> None:
+    """`test` stops at the Python step; a task is refused at once (no pointless fallback to
+    the one-command-per-request mode, which needs the same Python) with what to do."""
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "nopython", home / "np", python="/opt/none/python3"))
     from remote_magic.hostcheck import check_host
 
     checks = check_host(Client(), "nopython")
     assert checks[-1].step == "remote Python" and not checks[-1].ok
-    assert "'python:'" in checks[-1].detail
+    assert "'python:'" in checks[-1].detail and "cannot run" in checks[-1].detail
+    for attempt in ("fresh host", "runtime already shipped"):
+        with pytest.raises(TransportError) as info:
+            RemoteExecutor("nopython").submit(pow, 1, 1)
+        message = str(info.value)
+        assert "no usable Python on nopython: '/opt/none/python3'" in message, attempt
+        assert "set 'python:'" in message and "once per request" not in message, attempt
+        if attempt == "fresh host":  # shipping the runtime found out; now it is there
+            assert list((home / "np" / "runtime").glob("*.zip"))
 
 
-def test_cell_over_ssh_with_files_and_collect(tmp_path: Path, sshd: Any) -> None:
-    project = tmp_path / "project"
+@pytest.fixture(scope="module")
+def ssh_kernel(tmp_path_factory: pytest.TempPathFactory, sshd: Any) -> Iterator[Kernel]:
+    """One kernel for the module's cells over SSH; `kernel.root` holds its files."""
+    root = tmp_path_factory.mktemp("ssh-kernel")
+    kernel = start_kernel(root, ssh_host(sshd, "hpc", root / "remote") +
+                          f"    paths: {{{root / 'project' / 'shared'}: {root / 'scratch'}}}\n")
+    kernel.root = root  # type: ignore[attr-defined]
+    yield kernel
+    kernel.shutdown()
+
+
+def test_cell_over_ssh_with_files_and_collect(ssh_kernel: Kernel) -> None:
+    kernel, root = ssh_kernel, ssh_kernel.root  # type: ignore[attr-defined]
+    project = root / "project"
     (project / "data").mkdir(parents=True)
     (project / "data" / "numbers.txt").write_text("1 2 3\n")
     (project / "shared").mkdir()
     (project / "shared" / "config.txt").write_text("mapped\n")
-    mapped = tmp_path / "scratch"
-    kernel = start_kernel(tmp_path, ssh_host(sshd, "hpc", tmp_path / "remote") +
-                          f"    paths: {{{project / 'shared'}: {mapped}}}\n")
-    try:
-        kernel.run(f"import os\nos.chdir({str(project)!r})\nfactor = 10")
-        out = kernel.run(textwrap.dedent(f"""\
-            %%remote -q hpc --files data {project / 'shared' / 'config.txt'} --collect out/*.csv
-            import os, socket
-            numbers = [int(x) * factor for x in open("data/numbers.txt").read().split()]
-            mapped = open({str(mapped / 'config.txt')!r}).read().strip()
-            os.makedirs("out", exist_ok=True)
-            open("out/result.csv", "w").write(",".join(map(str, numbers)))
-            print("ran in", os.getcwd())
-            sum(numbers)"""))
-        assert "ran in" in out.stdout and str(tmp_path / "remote") in out.stdout
-        assert out.result["text/plain"] == "60"
-        assert kernel.value("(numbers, mapped)") == ([10, 20, 30], "mapped")
-        assert (project / "out" / "result.csv").read_text() == "10,20,30"
-        assert "Collected" in out.stdout
-    finally:
-        kernel.shutdown()
+    mapped = root / "scratch"
+    kernel.run(f"import os\nos.chdir({str(project)!r})\nfactor = 10")
+    out = kernel.run(textwrap.dedent(f"""\
+        %%remote -q hpc --files data {project / 'shared' / 'config.txt'} --collect out/*.csv
+        import os, socket
+        numbers = [int(x) * factor for x in open("data/numbers.txt").read().split()]
+        mapped = open({str(mapped / 'config.txt')!r}).read().strip()
+        os.makedirs("out", exist_ok=True)
+        open("out/result.csv", "w").write(",".join(map(str, numbers)))
+        print("ran in", os.getcwd())
+        sum(numbers)"""))
+    assert "ran in" in out.stdout and str(root / "remote") in out.stdout
+    assert out.result["text/plain"] == "60"
+    assert kernel.value("(numbers, mapped)") == ([10, 20, 30], "mapped")
+    assert (project / "out" / "result.csv").read_text() == "10,20,30"
+    assert "Collected" in out.stdout
+
+
+def test_streams_displays_and_reuse_over_ssh(ssh_kernel: Kernel) -> None:
+    cell = textwrap.dedent("""\
+        %%remote -q hpc{}
+        import os, time
+        from IPython.display import HTML, display
+        import matplotlib.pyplot as plt
+        print("first", flush=True)
+        time.sleep(1.5)
+        display(HTML("<b>bold</b>"))
+        plt.plot([1, 2, 3])
+        print("second")
+        stamp = os.getpid()""")
+    out = ssh_kernel.run(cell.format(""))
+    streams = [m for m in out.of_type("stream") if m["content"]["name"] == "stdout"]
+    first = next(m for m in streams if "first" in m["content"]["text"])
+    second = next(m for m in streams if "second" in m["content"]["text"])
+    assert second["received"] - first["received"] > 1.0  # printed while the task ran
+    data = [m["content"]["data"] for m in out.of_type("display_data")]
+    assert any(d.get("text/html") == "<b>bold</b>" for d in data)
+    assert sum("image/png" in d for d in data) == 1
+    pid = ssh_kernel.value("stamp")
+    again = ssh_kernel.run(cell.format(""))
+    assert "identical task" in again.stdout and "--rerun" in again.stdout
+    assert ssh_kernel.value("stamp") == pid
+    assert any(d.get("text/html") == "<b>bold</b>"
+               for d in (m["content"]["data"] for m in again.of_type("display_data")))
+    ssh_kernel.run(cell.format(" --rerun"))
+    assert ssh_kernel.value("stamp") != pid
 
 
 def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path) -> None:
@@ -286,11 +379,6 @@ def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Pat
 
 def test_transfer_past_one_gib_both_ways(tmp_path: Path, sshd: Any) -> None:
     """paramiko re-keys every 512 MiB by default and big transfers have stalled there."""
-    import hashlib
-
-    from remote_magic.config import HostConfig
-    from remote_magic.transport.ssh import SSHTransport
-
     source = tmp_path / "big"
     digest = hashlib.sha256()
     with open(source, "wb") as f:
@@ -299,10 +387,7 @@ def test_transfer_past_one_gib_both_ways(tmp_path: Path, sshd: Any) -> None:
             chunk = block[:-8] + i.to_bytes(8, "big")
             digest.update(chunk)
             f.write(chunk)
-    host = HostConfig(name="big", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
-                      identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
-                      python=sys.executable, workdir=str(tmp_path / "remote"))
-    transport = SSHTransport(host, lambda event: None)
+    transport = _transport(sshd, tmp_path / "remote")
     try:
         assert transport.upload(source, "big") == source.stat().st_size
         source.unlink()
@@ -337,31 +422,106 @@ def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any) ->
     from remote_magic.hostcheck import check_host
 
     checks = {c.step: c for c in check_host(Client(), "strict")}
-    assert checks["resident agent"].ok is None
-    assert "not allowed" in checks["resident agent"].detail
-    assert "one remote command per request" in checks["resident agent"].detail
+    mode = checks["agent mode"]
+    assert mode.ok is None and mode.detail.startswith("fallback: one remote command per request")
+    assert "SFTP" in mode.detail and "not allowed" in mode.detail
+    assert all(c.ok for step, c in checks.items() if step != "agent mode")
 
 
-def test_magics_manage_tasks_over_ssh(tmp_path: Path, sshd: Any) -> None:
-    kernel = start_kernel(tmp_path, ssh_host(sshd, "hpc", tmp_path / "remote"))
+def test_magics_manage_tasks_over_ssh(ssh_kernel: Kernel) -> None:
+    kernel, root = ssh_kernel, ssh_kernel.root  # type: ignore[attr-defined]
+    kernel.run("%%remote -q hpc --nowait --name napper\nimport time\nprint('dozing')\n"
+               "time.sleep(60)\nnever = 1")
+    kernel.run("%%remote -q hpc --nowait --name quick\nprint('quick one')\nquick = 5")
+    ids = kernel.value("{r.name: r.id for r in __import__('remote_magic.core').core"
+                       ".get_client().store.list()}")
+    napper, quick = ids["napper"], ids["quick"]
+    time.sleep(1.5)
+    notice = kernel.run("pass")
+    assert f"task {quick} completed on hpc" in notice.stdout
+    assert kernel.value("quick") == 5
+    table = kernel.run("%remote_status").of_type("display_data")[0]["content"]["data"]
+    assert napper in table["text/plain"] and "running" in table["text/plain"]
+    assert "dozing" in kernel.run(f"%remote_log {napper}").stdout
+    assert "cancelling" in kernel.run(f"%remote_kill {napper}").stdout
+    fetched = kernel.run(f"%remote_fetch {napper}", allow_error=True, timeout=60)
+    assert "cancelled" in fetched.error["evalue"]
+    assert "removed" in kernel.run(f"%remote_purge {napper} {quick}").stdout
+    assert not (root / "remote" / "tasks" / napper).exists()
+
+
+def _transport(sshd: Any, workdir: Path) -> SSHTransport:
+    host = HostConfig(name="t", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
+                      identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
+                      python=sys.executable, workdir=str(workdir))
+    return SSHTransport(host, lambda event: None)
+
+
+def test_short_or_damaged_uploads_are_refused_and_leave_nothing(tmp_path: Path,
+                                                                 sshd: Any) -> None:
+    remote = tmp_path / "remote"
+    transport = _transport(sshd, remote)
+    data = b"x" * 1000
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        kernel.run("%%remote -q hpc --nowait --name napper\nimport time\nprint('dozing')\n"
-                   "time.sleep(60)\nnever = 1")
-        kernel.run("%%remote -q hpc --nowait --name quick\nprint('quick one')\nquick = 5")
-        ids = kernel.value("[r.id for r in __import__('remote_magic.core').core"
-                           ".get_client().store.list()]")
-        napper, quick = ids[1], ids[0]
-        time.sleep(1.5)
-        notice = kernel.run("pass")
-        assert f"task {quick} completed on hpc" in notice.stdout
-        assert kernel.value("quick") == 5
-        table = kernel.run("%remote_status").of_type("display_data")[0]["content"]["data"]
-        assert napper in table["text/plain"] and "running" in table["text/plain"]
-        assert "dozing" in kernel.run(f"%remote_log {napper}").stdout
-        assert "cancelling" in kernel.run(f"%remote_kill {napper}").stdout
-        fetched = kernel.run(f"%remote_fetch {napper}", allow_error=True, timeout=60)
-        assert "cancelled" in fetched.error["evalue"]
-        assert "removed" in kernel.run(f"%remote_purge {napper} {quick}").stdout
-        assert not (tmp_path / "remote" / "tasks" / napper).exists()
+        agent = transport.data_agent()
+        for sent, claimed, match in ((data[:-1], digest, "received 999 of 1000 bytes"),
+                                     (data[:-1] + b"y", digest, "hash differs"),
+                                     (data + b"x", digest, "received 1001 of 1000 bytes")):
+            handle = agent.request("put_open", path="upload", size=len(data), verify=True)
+            agent.send_oneway("put_chunk", {"handle": handle}, sent)
+            with pytest.raises(TransportError, match=match):
+                agent.request("put_close", handle=handle, sha256=claimed)
+        task = "ab" * 8
+        with pytest.raises(TransportError, match="inputs.rmns arrived damaged"):
+            transport.agent().call("stage", {"task": task, "files": [
+                {"name": "spec.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
+                {"name": "inputs.rmns", "size": 1000, "sha256": digest}]}, b"{}" + data[:-1])
+        assert not (remote / "tasks" / task).exists()
+        # An upload cut off by a dropped connection: its temporary file goes with the agent.
+        handle = agent.request("put_open", path="cut", size=len(data), verify=True)
+        agent.send_oneway("put_chunk", {"handle": handle}, data[:500])
+        assert _wait_for(lambda: any(remote.glob(".cut.*.part")), 10)
     finally:
-        kernel.shutdown()
+        transport.close()
+    assert _wait_for(lambda: not any(remote.glob(".cut.*.part")), 10)
+    assert sorted(p.name for p in remote.iterdir()) == ["agent.log", "runtime", "tasks"]
+    assert not any((remote / "tasks").iterdir())
+
+
+def test_workdir_with_spaces_and_shell_metacharacters(home: Path, sshd: Any) -> None:
+    workdir = home / "work dir $x;'q"
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "odd", workdir))
+    with RemoteExecutor("odd") as pool:
+        big = np.arange(2_000_000, dtype=np.float64)  # 16 MB: through the transfer channel
+        assert pool.submit(np.sum, big).result(timeout=60) == big.sum()
+    assert len(list((workdir / "tasks").iterdir())) == 1
+    assert list((workdir / "runtime").glob("remote_magic-*.zip"))
+    from remote_magic.hostcheck import check_host
+
+    checks = check_host(Client(), "odd")
+    assert all(c.ok for c in checks), checks
+    assert not list(home.glob("work dir*[!q]"))  # nothing created at a mangled path
+
+
+def test_one_status_request_per_poll_however_many_tasks(hpc: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []  # how many tasks each status request covered
+    call = AgentClient.call
+
+    def counting(self: AgentClient, op: str, args: dict[str, Any], *rest: Any,
+                 **options: Any) -> Any:
+        if op == "status":
+            asked.append(len(args["tasks"]))
+        return call(self, op, args, *rest, **options)
+
+    monkeypatch.setattr(AgentClient, "call", counting)
+    client = Client()
+    with RemoteExecutor("hpc", client=client) as pool:
+        futures = [pool.submit(_sleep_then, 1.5, str(i)) for i in range(8)]
+        assert [f.result(timeout=60) for f in futures] == [str(i) for i in range(8)]
+    monitor = client.monitor(client.host("hpc"))
+    assert len(asked) == monitor.polls
+    assert max(asked) == 8  # all eight in one request
+    client.close()

@@ -9,6 +9,7 @@ of the streaming channel. It is slow (a remote shell start per request, and poll
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -59,7 +60,7 @@ def sftp_upload(conn: Connection, local: Path, remote: str) -> int:
         tmp = f"{remote}.{os.getpid()}.part"
         parent = os.path.dirname(remote)
         if parent:
-            conn.run(f"mkdir -p -m 700 {_quote(parent)}")
+            conn.run(f"mkdir -p -m 700 {shlex.quote(parent)}")
         attrs = sftp.put(str(local), tmp, confirm=True)
         sftp.posix_rename(tmp, remote)
     return attrs.st_size or 0
@@ -78,8 +79,3 @@ def sftp_download(conn: Connection, remote: str, local: Path) -> int:
         raise
     return local.stat().st_size
 
-
-def _quote(path: str) -> str:
-    import shlex
-
-    return shlex.quote(path)

@@ -37,6 +37,7 @@ INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
 HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
 CHUNK = 4 * 1024 * 1024
 MISSING_RUNTIME = 97  # exit status of the agent command when the runtime is not there yet
+NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or not executable
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
                 "outputs.rmns", "result.json")
@@ -91,8 +92,6 @@ class SSHTransport:
                                   f"{exc}") from exc
         if self.fallback is None:
             self.fallback = reason
-            self.notes.append(f"the resident agent cannot run ({reason}); each request is one "
-                              "remote command and files move by SFTP, which is much slower")
         return agent
 
     def remote_path(self, path: str) -> str:
@@ -107,22 +106,24 @@ class SSHTransport:
     def data_agent(self) -> AgentClient:
         with self._lock:
             if self._data is None or not self._data.alive:
-                self._data = self._start_agent(lambda event: None, " (transfers)")
+                self._data = self._start_agent(lambda event: None, " (transfers)", bulk=True)
             return self._data
 
     def _start_agent(self, on_event: Callable[[dict[str, Any]], None],
-                     role: str) -> AgentClient:
+                     role: str, bulk: bool = False) -> AgentClient:
         conn = self.connection()
-        channel = conn.open_exec(self._agent_command())
+        channel = conn.open_exec(self._agent_command(), bulk)
         status, text, leftover = _await_marker(channel)
         if status == MISSING_RUNTIME:  # a fresh host: ship the runtime, then try again
             self.setup()
-            channel = conn.open_exec(self._agent_command())
+            channel = conn.open_exec(self._agent_command(), bulk)
             status, text, leftover = _await_marker(channel)
         if status is None:
             return AgentClient(_SSHChannel(channel, leftover), on_event, self.host.name + role)
         log = conn.run(f"tail -n 5 {shell_path(self.host.workdir)}/agent.log")[1]
         said = (text.strip() or log.strip())[-800:] or "no output"
+        if status in NO_COMMAND:  # not worth the fallback: it needs the same Python
+            raise TransportError(self._no_python(said))
         raise AgentStartError(f"The agent on {self.host.name} did not start (exit status "
                               f"{status}): {said}. `remote-magic test {self.host.name}` checks "
                               "the host step by step.")
@@ -164,11 +165,23 @@ class SSHTransport:
                  "import remote_magic.agent, cloudpickle; print(sys.version.split()[0])")
         code, out, err = conn.run(
             self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(check)}"))
+        if code in NO_COMMAND:
+            raise TransportError(self._no_python(err.strip()[-500:]))
         if code != 0:
             raise TransportError(f"The runtime was copied to {self.host.name} but does not "
                                  f"import with {self.python}: {err.strip()[-500:]}")
         self.notes.append(f"shipped the runtime {name} ({len(data) // 1024} KiB)")
         return out.strip()
+
+    def _no_python(self, said: str) -> str:
+        """What to do about a host where the configured Python does not run at all."""
+        ours = "{}.{}".format(*sys.version_info[:2])
+        return (f"There is no usable Python on {self.host.name}: '{self.python}' does not run "
+                f"there ({said}). Tasks are Python, so they cannot run on this host until it "
+                f"has one: set 'python:' for it in the hosts file to the path of a Python "
+                f"{ours} there (such as a conda environment's bin/python), or add the "
+                f"'setup:' lines that provide one (such as module load python/{ours}). "
+                f"`remote-magic test {self.host.name}` checks each step.")
 
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:
         """`remote-magic test`: each step with what it found (ok True, False, or None for a
@@ -207,9 +220,10 @@ class SSHTransport:
             self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(probe)}"))
         ours = "{}.{}".format(*sys.version_info[:2])
         if code != 0:
-            yield "remote Python", False, (f"'{self.python}' does not run there: "
-                                           f"{err.strip()[-300:]}. Set 'python:' to the path "
-                                           f"of a Python {ours}.")
+            yield "remote Python", False, (
+                f"'{self.python}' does not run there: {err.strip()[-300:]}. Tasks cannot run "
+                f"on this host without a Python {ours}: set 'python:' to the path of one, or "
+                f"add the 'setup:' lines that provide it (such as module load python/{ours}).")
             return
         theirs = out.strip().splitlines()[-1]
         same = theirs.rsplit(".", 1)[0] == ours
@@ -230,11 +244,14 @@ class SSHTransport:
             return
         yield "runtime importable", True, f"{name}"
         if self.fallback is None:
-            yield "resident agent", True, f"running, pid {info['pid']}"
+            yield "agent mode", True, (f"resident agent (pid {info['pid']}): every request is "
+                                       "a message on an open channel, files stream over a "
+                                       "second one")
         else:
-            yield "resident agent", None, (f"unavailable ({self.fallback}); falling back to one "
-                                           "remote command per request and SFTP: it works, "
-                                           "slowly")
+            yield "agent mode", None, (
+                "fallback: one remote command per request (a login shell start each, for "
+                "every poll too) and files by SFTP; it works, slowly. The resident agent "
+                f"cannot run because: {self.fallback}")
         try:
             self.agent().request("list")
             probe_file = f"{workdir}/.write-test-{os.getpid()}"
@@ -392,7 +409,9 @@ class _SSHChannel:
 
     def send(self, data: bytes) -> None:
         try:
-            self._channel.sendall(data)
+            # paramiko's sendall re-slices what is left after every 32 KiB packet: a 4 MiB
+            # chunk given as bytes would be copied over and over, as a memoryview it is not.
+            self._channel.sendall(memoryview(data))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise OSError(str(exc)) from exc
 
