@@ -9,6 +9,9 @@ Starts a private sshd (remote_magic.testing.sshd) and measures:
     same bytes up and down, and the transport's raw upload/download of that file.
 
     python bench/ssh_task.py [-n 20] [--mib 1024]
+
+The files go to the temporary directory ($TMPDIR): the transfers write several GiB, so on a
+small VM the disk's writeback shows in the MB/s figures; TMPDIR=/dev/shm leaves it out.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def main() -> None:
     mb = nbytes / 1e6
     exec_ms = ms(exec_true)
     print(f"SSH on loopback, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"cipher {cipher}; medians of {args.n}")
+          f"cipher {cipher}; medians of {args.n}; files in {tempfile.gettempdir()}")
     print(f"  floor: ssh host true (new login)        {ms(ssh_true):7.1f} ms")
     print(f"  floor: paramiko exec 'true' (open conn)  {exec_ms:7.1f} ms")
     print(f"  %%remote -q hpc --rerun, trivial cell    {ms(per_task):7.1f} ms  "
