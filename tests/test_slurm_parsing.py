@@ -60,6 +60,16 @@ def test_sacct_outcomes_keep_the_schedulers_reason() -> None:
     assert jobs["24"].state == "failed" and "OUT_OF_MEMORY" in jobs["24"].reason
 
 
+def test_an_sacct_record_without_its_end_is_asked_again() -> None:
+    """A job that ends before slurmdbd has its start record is first stored with its final
+    State but ExitCode 0:0 and End Unknown (CI read a failing job's sacct record so once)."""
+    jobs = Slurm().parse_outcome("30|FAILED|0:0|None|Unknown\n"
+                                 "31|FAILED|3:0|NonZeroExitCode|2026-12-03T05:34:06\n")
+    assert jobs["30"].state == "" and "not recorded the end" in (jobs["30"].reason or "")
+    assert (jobs["31"].state, jobs["31"].exit_code) == ("failed", 3)
+    assert Slurm().outcome_command(["30"])[-1].endswith(",End")
+
+
 def test_a_failed_squeue_is_no_answer_unless_it_names_the_job_unknown() -> None:
     """What squeue 22.05 printed here: the controller down (no answer: ask again), and one id
     the controller does not know (an answer: the job left the queue)."""

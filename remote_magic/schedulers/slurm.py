@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BatchScheduler, JobState
+from .base import BatchScheduler, JobState, unknown
 from .units import memory_bytes
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
@@ -77,15 +77,21 @@ class Slurm(BatchScheduler):
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         return ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids),
-                "-o", "JobIDRaw,State,ExitCode,Reason"]
+                "-o", "JobIDRaw,State,ExitCode,Reason,End"]
 
     def parse_outcome(self, output: str) -> dict[str, JobState]:
+        """A record whose End is still Unknown is not final: when a job ends before slurmdbd
+        has its start record, the start record is written with the final State but without
+        the exit code (FAILED, 0:0), and the completion record follows; so ask again."""
         jobs = {}
         for line in output.splitlines():
             parts = line.strip().split("|")
             if len(parts) < 3:
                 continue
             job_id, raw_state, exit_code = parts[0], parts[1], parts[2]
+            if len(parts) > 4 and parts[4] == "Unknown":
+                jobs[job_id] = unknown(f"accounting has not recorded the end of job {job_id} yet")
+                continue
             word = raw_state.split()[0] if raw_state.split() else ""
             code, _, signal = exit_code.partition(":")
             reason = raw_state if word not in ("COMPLETED",) else None

@@ -40,7 +40,9 @@ Facts about this cluster (Debian 12, SLURM 22.05) worth knowing when writing tes
   ``sbatch`` to COMPLETED in 0.5-1 s (the controller works on a one-second tick).
 * ``scontrol show job`` knows a finished job for 10 minutes (MinJobAge); ``sacct`` (with
   accounting) forever, but it lags ``scontrol`` by a fraction of a second: use
-  :func:`sacct_fields` rather than a bare ``sacct`` right after a job ends. ``sacct -j ID``
+  :func:`sacct_fields` rather than a bare ``sacct`` right after a job ends (a job that ended
+  before slurmdbd stored its start can show its final State with ExitCode 0:0 and End Unknown
+  for a moment: the End field tells a final record). ``sacct -j ID``
   without ``-X`` also lists the job's steps (``ID.batch``).
 * ``squeue`` lists only unfinished jobs unless given ``-t all``, which keeps a finished job
   (COMPLETED, TIMEOUT, CANCELLED...) for MinJobAge too. ``squeue -j ID`` exits 1 with
@@ -290,13 +292,16 @@ def sacct_fields(job_id: str | int, fields: Iterable[str] = ("JobID", "State", "
     """The job's own ``sacct -X`` record, once accounting has it.
 
     ``sacct`` lags ``scontrol``: right after a job ends it may not list the job yet, or still
-    say RUNNING. This polls until the record exists and, with ``finished``, until its State is
-    no longer PENDING, RUNNING, REQUEUED or SUSPENDED. States read as sacct prints them
+    say RUNNING, and a job that ended before slurmdbd had its start record shows its final State
+    with ExitCode 0:0 and End Unknown until the completion record lands. This polls until the
+    record exists and, with ``finished``, until its State is no longer PENDING, RUNNING,
+    REQUEUED or SUSPENDED and its End is known. States read as sacct prints them
     (``CANCELLED by 0``). Raises TimeoutError, or RuntimeError when sacct itself fails (e.g.
     accounting is disabled).
     """
     names = list(fields)
-    args = ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", ",".join(names)]
+    asked = names if "End" in names else [*names, "End"]
+    args = ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", ",".join(asked)]
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -304,12 +309,14 @@ def sacct_fields(job_id: str | int, fields: Iterable[str] = ("JobID", "State", "
         if proc.returncode != 0:
             raise RuntimeError(f"sacct failed: {(proc.stderr or proc.stdout).strip()}")
         for line in proc.stdout.splitlines():
-            record = dict(zip(names, line.split("|")))
+            record = dict(zip(asked, line.split("|")))
             if "JobID" in record and record["JobID"] != str(job_id):
                 continue
             state = record.get("State", "").split(" ")[0]
-            if not finished or state not in {"PENDING", "RUNNING", "REQUEUED", "SUSPENDED"}:
-                return record
+            ended = state not in {"PENDING", "RUNNING", "REQUEUED", "SUSPENDED"} \
+                and record["End"] != "Unknown"
+            if not finished or ended:
+                return {name: record[name] for name in names}
             last = line
         if time.monotonic() >= deadline:
             raise TimeoutError(f"sacct has no finished record of job {job_id} after "
