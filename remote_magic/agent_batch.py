@@ -53,7 +53,7 @@ class BatchOps:
                    f"{shlex.quote(str(paths.root))}")
         script = batch.render(template, resources, f"rm-{task[:12]}", str(paths.root),
                               setup, command)
-        job_script = paths.root / "job.sh"
+        job_script = paths.job_script
         write_atomic(job_script, script, mode=0o700)
         done = _run(batch.submit_command(str(job_script)), cwd=paths.work)
         if done.returncode != 0:
@@ -188,7 +188,7 @@ def _settle(paths: TaskPaths, record: dict[str, Any], code: int) -> dict[str, An
         # The job script wrote the code: Python died before the runner started (a `python`
         # missing on the compute node, a broken environment). Its own words are in job.err.
         try:
-            words = last_line((paths.root / "job.err").read_text(errors="replace"))
+            words = last_line(paths.job_err.read_text(errors="replace"))
         except FileNotFoundError:
             words = "no job.err"
         return set_state(paths, "failed", f"the job's Python never started the task (exit "

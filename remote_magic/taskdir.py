@@ -54,6 +54,10 @@ class TaskPaths:
     exitcode = property(lambda self: self.root / "exitcode")
     cancel = property(lambda self: self.root / "cancel")
     work = property(lambda self: self.root / "work")
+    # batch hosts only: the job script, and the scheduler's own output files
+    job_script = property(lambda self: self.root / "job.sh")
+    job_out = property(lambda self: self.root / "job.out")
+    job_err = property(lambda self: self.root / "job.err")
 
 
 

@@ -17,6 +17,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..taskdir import TaskPaths
+
 # Placeholders a host's own `template` may use (str.format fields):
 #   {name} job name · {taskdir} task directory · {workdir} the task's working directory
 #   {directives} the resource lines this scheduler renders · {setup} the host's setup lines
@@ -68,10 +70,11 @@ class BatchScheduler:
         """The whole job script, from the host's template or the built-in one."""
         directives = "\n".join(f"{self.directive} {line}" for line in
                                self.resource_lines(resources, name, taskdir))
+        paths = TaskPaths(taskdir)
         fields = {"name": name, "taskdir": shlex.quote(taskdir),
-                  "workdir": shlex.quote(taskdir + "/work"), "directives": directives,
+                  "workdir": shlex.quote(str(paths.work)), "directives": directives,
                   "setup": setup, "runner": runner,
-                  "exitcode": shlex.quote(taskdir + "/exitcode")}
+                  "exitcode": shlex.quote(str(paths.exitcode))}
         if template is not None:
             return template.format(**fields)
         return "#!/bin/bash\n" + directives + "\n" + DEFAULT_BODY.format(**fields)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState
 from .units import (
     extract_json,
@@ -179,7 +180,8 @@ class Pbs(BatchScheduler):
                 "contain spaces, quotes, '#' or ':'"
             )
         job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
-        lines = [f"-N {job_name}", f"-o {taskdir}/job.out", f"-e {taskdir}/job.err"]
+        paths = TaskPaths(taskdir)
+        lines = [f"-N {job_name}", f"-o {paths.job_out}", f"-e {paths.job_err}"]
 
         if "walltime" in resources:
             seconds = walltime_seconds(resources["walltime"])

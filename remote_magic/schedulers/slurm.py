@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState, unknown
 from .units import memory_bytes
 
@@ -26,8 +27,8 @@ class Slurm(BatchScheduler):
     directive = "#SBATCH"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
-        lines = [f"--job-name={name}", f"--output={taskdir}/job.out",
-                 f"--error={taskdir}/job.err"]
+        paths = TaskPaths(taskdir)
+        lines = [f"--job-name={name}", f"--output={paths.job_out}", f"--error={paths.job_err}"]
         if "walltime" in resources:
             lines.append(f"--time={resources['walltime']}")  # minutes, [D-]H:M:S as we check
         if "cores" in resources:
