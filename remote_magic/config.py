@@ -250,6 +250,8 @@ def _build_host(name: Any, settings: Any) -> HostConfig:
         if raw is None:  # `key:` with no value, or `null`: keep the default
             continue
         values[key] = _HOST_CHECKS[key](raw, (*where, key))
+    if values.get("scheduler", "process") != "process" and "workdir" in values:
+        checks.batch_workdir(values["workdir"], (*where, "workdir"))
     return HostConfig(name=name, **values)
 
 

@@ -95,6 +95,26 @@ def text(value: Any, where: KeyPath) -> str:
     return value
 
 
+def word(value: Any, where: KeyPath) -> str:
+    """A partition or account name: it is written into a job script's directive line, where a
+    space would split it and a newline would start a command of its own."""
+    value = text(value, where)
+    if any(c.isspace() or c in "'\"\\#" for c in value):
+        raise Invalid(f"must be one word without spaces, quotes, backslashes or '#', "
+                      f"not {show(value)}", where)
+    return value
+
+
+def batch_workdir(value: str, where: KeyPath) -> str:
+    """A scheduler reads its output paths from directive lines (``#SBATCH --output=...``),
+    split on blanks: a batch host's task directories cannot hold these characters."""
+    if any(c.isspace() or c in "'\"\\#" for c in value):
+        raise Invalid(f"{show(value)} cannot hold a batch host's task directories: the "
+                      f"scheduler's directive lines cannot take spaces, quotes, backslashes or "
+                      f"'#'; choose a directory without them", where)
+    return value
+
+
 def script(value: Any, where: KeyPath) -> str:
     """Shell lines may be empty, but must be text (a YAML block with `|` keeps line breaks)."""
     if not isinstance(value, str):
@@ -179,8 +199,8 @@ _RESOURCE_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "mem": memory,
     "nodes": whole,
     "gpus": whole,
-    "partition": text,
-    "account": text,
+    "partition": word,
+    "account": word,
 }
 assert tuple(_RESOURCE_CHECKS) == RESOURCE_KEYS
 

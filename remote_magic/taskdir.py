@@ -23,12 +23,12 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timed_out", "lost
 # How often a running task's supervisor touches its heartbeat file, in seconds.
 HEARTBEAT_INTERVAL = 2.0
 
-_TASK_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_TASK_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 def valid_task_id(task_id: str) -> str:
     """Task ids end up in paths and remote command lines: accept only lowercase hex."""
-    if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         raise ValueError(f"not a valid task id: {task_id!r}")
     return task_id
 

@@ -135,8 +135,9 @@ def test_vanished_processes_make_a_task_lost(agent: Any) -> None:
 def test_missing_directory_and_bad_ids(agent: Any) -> None:
     status = agent.request("status", tasks={"fedcba9876543210": None})
     assert status["fedcba9876543210"]["state"] == "lost"
-    with pytest.raises(TransportError, match="not a valid task id"):
-        agent.request("status", tasks={"../../etc": None})
+    for bad in ("../../etc", "fedcba9876543210\n", "FEDCBA9876543210", "fedcba9"):
+        with pytest.raises(TransportError, match="not a valid task id"):
+            agent.request("status", tasks={bad: None})
     with pytest.raises(TransportError, match="not staged"):
         agent.request("start", task="aaaaaaaaaaaaaaaa")
 

@@ -498,6 +498,9 @@ def test_paths_map_strings_to_strings(paths: str, key: str, expected: str) -> No
         ("partition: 5", "must be a string"),
         ("account: 0123", "in quotes"),
         ("account: ''", "must not be empty"),
+        ("partition: 'gpu long'", "one word"),
+        ('partition: "gpu\\necho injected"', "one word"),
+        ("account: a#b", "one word"),
     ],
 )
 def test_wrong_resource_values(resource: str, expected: str) -> None:
@@ -506,6 +509,16 @@ def test_wrong_resource_values(resource: str, expected: str) -> None:
     message = assert_names(err, f"hosts.hpc.resources.{name}")
     assert expected in message
     assert "(line 4)" in message
+
+
+def test_a_batch_hosts_workdir_must_fit_in_a_directive_line() -> None:
+    message = assert_names(parse_error("hosts:\n  hpc:\n    scheduler: slurm\n"
+                                       "    workdir: /home/me/my work\n"),
+                           "hosts.hpc.workdir")
+    assert "directive lines" in message and "choose a directory" in message
+    # a process host runs no directives: any directory will do
+    assert parse_config("hosts: {pc: {workdir: /home/me/my work}}").host("pc").workdir \
+        == "/home/me/my work"
 
 
 def test_messages_without_a_file_still_name_the_key() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from remote_magic.schedulers.sge import Sge
 from remote_magic.schedulers.slurm import Slurm, slurm_memory
 
 
@@ -18,6 +19,22 @@ def test_resources_become_sbatch_directives() -> None:
         assert line in script
     assert script.startswith("#!/bin/bash\n")
     assert "exitcode" in script.split("python -m x", 1)[1]  # written even if Python dies
+
+
+@pytest.mark.parametrize("resources", [{"partition": "gpu\necho injected"},
+                                       {"account": "a b"}, {"cores": "4"}, {"gpus": 0}])
+def test_values_that_would_break_a_directive_line_are_refused(resources: dict) -> None:
+    """Config and cell options are checked before this; the script is the last line of
+    defence, since a newline in a value would start a command of its own."""
+    with pytest.raises(ValueError):
+        Slurm().resource_lines(resources, "rm-x", "/w/t")
+
+
+@pytest.mark.parametrize("taskdir", ["/home/a b/t", "/w/it's", "/w/#t", "/w/t\nx"])
+def test_a_task_directory_no_directive_can_hold_is_refused(taskdir: str) -> None:
+    for scheduler in (Slurm(), Sge()):
+        with pytest.raises(ValueError, match="cannot be a .* output path.*choose a host workdir"):
+            scheduler.resource_lines({}, "rm-x", taskdir)
 
 
 def test_a_host_template_gets_the_same_fields() -> None:

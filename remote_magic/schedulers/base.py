@@ -13,6 +13,7 @@ the queue is finished and its task directory says how.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,12 +59,25 @@ class BatchScheduler:
 
     name: ClassVar[str] = ""
     directive: ClassVar[str] = ""  # the comment prefix of resource lines, e.g. "#SBATCH"
+    # What an output path in a directive line cannot hold: the line is split on blanks, and
+    # each scheduler reads a few more characters of its own (PBS "host:path", LSF "%J").
+    unsafe_path: ClassVar[re.Pattern[str]] = re.compile(r"[\s'\"\\#]")
+    unsafe_path_words: ClassVar[str] = "spaces, quotes or '#'"
 
     # ------------------------------------------------------------ job script
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
         """The scheduler's own directives for the name, output files and resources."""
         raise NotImplementedError
+
+    def output_paths(self, taskdir: str) -> TaskPaths:
+        """The task's paths, once its directory is known to fit in a directive line."""
+        if self.unsafe_path.search(taskdir):
+            raise ValueError(
+                f"the task directory {taskdir!r} cannot be a {self.name.upper()} output path: "
+                f"it must not contain {self.unsafe_path_words}; choose a host workdir without them"
+            )
+        return TaskPaths(taskdir)
 
     def render(self, template: str | None, resources: dict[str, Any], name: str,
                taskdir: str, setup: str, runner: str) -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState
 from .units import (
     extract_json,
@@ -106,7 +105,8 @@ class Lsf(BatchScheduler):
     _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
     _NAME_LENGTH = 512
     # "%J"/"%I" in -o/-e are expanded by LSF; spaces and quotes would break the #BSUB line.
-    _UNSAFE_PATH = re.compile(r"[\s'\"\\#%]")
+    unsafe_path: ClassVar[re.Pattern[str]] = re.compile(r"[\s'\"\\#%]")
+    unsafe_path_words: ClassVar[str] = "spaces, quotes, '#' or '%'"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
         """`-J`, `-o`, `-e`, `-W`, `-n`, `-R`, `-gpu`, `-q`, `-P` lines; ValueError if LSF
@@ -116,13 +116,8 @@ class Lsf(BatchScheduler):
                                     "partition", "account"}
         if unknown:
             raise ValueError(f"unknown resource(s) for LSF: {', '.join(sorted(unknown))}")
-        if self._UNSAFE_PATH.search(taskdir):
-            raise ValueError(
-                f"the task directory {taskdir!r} cannot be an LSF output path: it must not "
-                "contain spaces, quotes, '#' or '%'"
-            )
         job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
-        paths = TaskPaths(taskdir)
+        paths = self.output_paths(taskdir)
         lines = [f"-J {job_name}", f"-o {paths.job_out}", f"-e {paths.job_err}"]
 
         if "walltime" in resources:

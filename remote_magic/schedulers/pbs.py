@@ -35,7 +35,6 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState
 from .units import (
     extract_json,
@@ -165,7 +164,8 @@ class Pbs(BatchScheduler):
     _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
     _NAME_LENGTH = 236
     # An output path is written as "-o <path>"; PBS reads "host:path", so no colon either.
-    _UNSAFE_PATH = re.compile(r"[\s'\"\\#:]")
+    unsafe_path: ClassVar[re.Pattern[str]] = re.compile(r"[\s'\"\\#:]")
+    unsafe_path_words: ClassVar[str] = "spaces, quotes, '#' or ':'"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
         """`-N`, `-o`, `-e` and `-l` lines; a value PBS cannot express raises ValueError."""
@@ -174,13 +174,8 @@ class Pbs(BatchScheduler):
                                     "partition", "account"}
         if unknown:
             raise ValueError(f"unknown resource(s) for PBS: {', '.join(sorted(unknown))}")
-        if self._UNSAFE_PATH.search(taskdir):
-            raise ValueError(
-                f"the task directory {taskdir!r} cannot be a PBS output path: it must not "
-                "contain spaces, quotes, '#' or ':'"
-            )
         job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
-        paths = TaskPaths(taskdir)
+        paths = self.output_paths(taskdir)
         lines = [f"-N {job_name}", f"-o {paths.job_out}", f"-e {paths.job_err}"]
 
         if "walltime" in resources:

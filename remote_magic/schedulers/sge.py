@@ -9,7 +9,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
-from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState, last_line, unknown
 from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
 
@@ -21,7 +20,7 @@ class Sge(BatchScheduler):
     directive = "#$"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
-        paths = TaskPaths(taskdir)
+        paths = self.output_paths(taskdir)
         lines = [f"-N {name}", f"-o {paths.job_out}", f"-e {paths.job_err}", "-S /bin/bash"]
         if "walltime" in resources:
             seconds = walltime_seconds(resources["walltime"])

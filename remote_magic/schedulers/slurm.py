@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..taskdir import TaskPaths
 from .base import BatchScheduler, JobState, unknown
-from .units import memory_bytes
+from .units import directive_word, memory_bytes, positive_count
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
 # is cut to its first word before lookup).
@@ -27,18 +26,20 @@ class Slurm(BatchScheduler):
     directive = "#SBATCH"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
-        paths = TaskPaths(taskdir)
+        paths = self.output_paths(taskdir)
         lines = [f"--job-name={name}", f"--output={paths.job_out}", f"--error={paths.job_err}"]
         if "walltime" in resources:
             lines.append(f"--time={resources['walltime']}")  # minutes, [D-]H:M:S as we check
-        if "cores" in resources:
-            lines.append(f"--cpus-per-task={int(resources['cores'])}")
         if "mem" in resources:
             lines.append(f"--mem={slurm_memory(resources['mem'])}")
-        for key, option in (("nodes", "nodes"), ("gpus", "gpus"), ("partition", "partition"),
-                            ("account", "account")):
-            if key in resources:
-                lines.append(f"--{option}={resources[key]}")
+        for key, option in (("cores", "cpus-per-task"), ("nodes", "nodes"), ("gpus", "gpus")):
+            count = positive_count(resources, key)
+            if count:
+                lines.append(f"--{option}={count}")
+        for key in ("partition", "account"):
+            value = directive_word(resources, key)
+            if value:
+                lines.append(f"--{key}={value}")
         return lines
 
     def submit_command(self, script: str) -> list[str]:
