@@ -168,8 +168,7 @@ def run_task(root: str) -> int:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
     recorder = DisplayRecorder()
-    if "IPython" in source:
-        recorder.replace_ipython_display()
+    _when_imported("IPython.core.display_functions", recorder.patch_ipython)
     _when_imported("tqdm.std", _report_tqdm)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
@@ -321,14 +320,14 @@ class DisplayRecorder:
         except Exception:  # noqa: BLE001 - fall back to the object's own representations
             return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
 
-    def replace_ipython_display(self) -> None:
-        """`from IPython.display import display` in the cell must record too, not print."""
-        try:
-            import IPython.core.display_functions as functions
-            import IPython.display as public
-        except ImportError:
-            return
-        functions.display = public.display = self.display
+    def patch_ipython(self, functions: types.ModuleType) -> None:
+        """IPython's own `display` must record too, not print, whoever imports it (the cell,
+        or a function sent from an earlier cell). Patched as soon as its module is loaded,
+        before `IPython.display` copies the name."""
+        functions.display = self.display  # type: ignore[attr-defined]
+        public = sys.modules.get("IPython.display")
+        if public is not None:
+            public.display = self.display  # type: ignore[attr-defined]
 
     def collect_figures(self) -> None:
         """Figures left open by the cell are shown, as the inline backend would show them."""

@@ -163,3 +163,17 @@ def test_agent_death_is_reported_and_it_restarts(agent: Any) -> None:
     fresh = agent.transport.agent()
     assert fresh.request("hello")["pid"] != info["pid"]
     assert fresh.request("hello")["python"].startswith("{}.{}".format(*sys.version_info[:2]))
+
+
+def test_a_task_on_another_node_is_lost_only_when_its_heartbeat_stops(agent: Any) -> None:
+    """A workdir on a shared filesystem: a task started by another node's agent cannot be
+    asked about by pid here, so its heartbeat file decides; a silent one means the node died."""
+    from remote_magic.agent import STALE_HEARTBEAT
+    paths = stage(agent, "pass")
+    set_state(paths, "running", launcher="process", host="some-other-node")
+    paths.heartbeat.touch()
+    assert agent.request("status", tasks={TASK: None})[TASK]["state"] == "running"
+    old = time.time() - STALE_HEARTBEAT - 5
+    os.utime(paths.heartbeat, (old, old))
+    answer = agent.request("status", tasks={TASK: None})[TASK]
+    assert answer["state"] == "lost" and "no heartbeat" in answer["reason"]
