@@ -142,6 +142,57 @@ def test_queued_behind_a_job_that_holds_every_cpu(hpc: Kernel, slurm: Any) -> No
     assert hpc.value("waited") is True
 
 
+def _sleep_and_return(value: int) -> int:
+    time.sleep(0.2)
+    return value
+
+
+def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slurm: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """While every job of a host waits in the queue, polls slow down step by step (to
+    QUEUED_POLL), and each poll is one status request for all of them, however many."""
+    from remote_magic.agent_client import AgentClient
+    from remote_magic.core import Client
+    from remote_magic.monitor import QUEUED_POLL
+
+    asked: list[int] = []
+    call = AgentClient.call
+
+    def counting(self: AgentClient, op: str, args: dict[str, Any], *rest: Any,
+                 **options: Any) -> Any:
+        if op == "status":
+            asked.append(len(args["tasks"]))
+        return call(self, op, args, *rest, **options)
+
+    monkeypatch.setattr(AgentClient, "call", counting)
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "busy", home / "busy", scheduler="slurm"))
+    hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
+                          "-o", "/dev/null", "--wrap", "sleep 60"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    client = Client()
+    try:
+        wait_job_state(hog, "RUNNING", timeout=30)
+        with RemoteExecutor("busy", client=client) as pool:
+            futures = [pool.submit(_sleep_and_return, i) for i in range(6)]
+            time.sleep(2)  # submitted and seen queued
+            monitor = client.monitor(client.host("busy"))
+            before, began = monitor.polls, time.monotonic()
+            time.sleep(12)
+            queued_polls, window = monitor.polls - before, time.monotonic() - began
+            states = {r.state for r in client.status([f.task_id for f in futures])}
+            assert states == {"queued"}, states
+            subprocess.run(["scancel", hog], check=True)
+            assert [f.result(timeout=120) for f in futures] == list(range(6))
+    finally:
+        subprocess.run(["scancel", hog], capture_output=True)
+        client.close()
+    # Polling at the fast 0.1 s pace would be ~120 polls here; backing off toward 5 s, ~6.
+    assert queued_polls <= window / 1.0, queued_polls
+    assert queued_polls >= window / QUEUED_POLL - 1
+    assert max(asked) == 6 and len(asked) == monitor.polls
+
+
 def test_timed_out_by_a_short_walltime(hpc: Kernel) -> None:
     """SLURM rounds --time up to minutes and enforces it 60-90 s late: this takes minutes."""
     out = hpc.run("%%remote -q hpc --walltime 1 --name too-slow\nimport time\ntime.sleep(600)",
