@@ -211,7 +211,7 @@ class SSHServer:
 
 
 def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
-               alias: str | None = None) -> SSHServer:
+               alias: str | None = None, port: int | None = None) -> SSHServer:
     """Start a private sshd on a free 127.0.0.1 port; its files go into ``directory``.
 
     Returns once the server accepts connections. Stop it with :meth:`SSHServer.stop` (or use
@@ -221,6 +221,10 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
     :data:`TEST_USER`, which needs root (to create the account and set its password):
     otherwise :class:`RuntimeError` is raised. ``alias`` names the client config's ``Host``
     entry (default ``sshd-test`` or ``sshd-test-kbd``).
+
+    ``port`` brings a stopped server back where its clients expect it: the same ``directory``
+    keeps its host and client keys, so ``known_hosts`` still matches (the port is tried again
+    for a few seconds, in case a test's own listener on it is just closing).
     """
     root = os.geteuid() == 0
     if keyboard_interactive and not root:
@@ -248,9 +252,13 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
     config, log_path = d / "sshd_config", d / "sshd.log"
-    proc = port = None
+    proc = None
+    wanted = port
     for attempt in range(_ATTEMPTS):
-        port = _free_port()
+        if wanted is None:
+            port = _free_port()
+        elif attempt:
+            time.sleep(0.5)
         config.write_text(_server_config(d, port, user, keyboard_interactive))
         if attempt == 0:  # a config error would make every attempt fail: report it at once
             check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True,
