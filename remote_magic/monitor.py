@@ -160,7 +160,10 @@ class HostMonitor:
             except TransportError as exc:
                 for watch in watches.values():
                     self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                # When the transport is backing off its reconnects, poll again just when the
+                # next attempt is due: one schedule, not the product of two back-offs.
+                due = self.transport.retry_delay()
+                backoff = due + 0.01 if due > 0 else min(MAX_BACKOFF, backoff * 2)
                 self._wake.wait(backoff)
                 self._wake.clear()
                 continue

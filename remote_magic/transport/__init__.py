@@ -34,6 +34,9 @@ class Transport(Protocol):
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:
         """Steps of `remote-magic test`: (step, ok, detail); ok None is a warning."""
 
+    def retry_delay(self) -> float:
+        """Seconds until the host may be tried again after failures to reach it (0: now)."""
+
     def close(self) -> None: ...
 
 

@@ -90,6 +90,10 @@ class LocalTransport:
         """On this machine there is no SSH to check: the agent's own start tells everything."""
         return iter(())
 
+    def retry_delay(self) -> float:
+        """No connection to reopen here: the monitor keeps its own back-off."""
+        return 0.0
+
     def setup(self) -> str:
         return f"{self.host.name} runs tasks on this machine with {self.python}: nothing to ship"
 

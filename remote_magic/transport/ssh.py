@@ -4,7 +4,9 @@ Every request goes to an agent started once per connection in a login shell (aft
 host's `setup` lines), so a poll costs a message on an open channel, not a remote shell.
 Large files go through a second agent on a channel of their own, streamed in chunks, so a
 1 GiB upload never holds up the status of other tasks. When the connection drops it is opened
-again on the next request; tasks run on, detached, on the host meanwhile.
+again on the next request; tasks run on, detached, on the host meanwhile. While the host stays
+unreachable, attempts to reconnect back off (see `Reconnect`), so that a down host is not
+hammered by every poll, view and callback of the kernel.
 """
 
 from __future__ import annotations
@@ -39,8 +41,52 @@ CHUNK = 4 * 1024 * 1024
 MISSING_RUNTIME = 97  # exit status of the agent command when the runtime is not there yet
 NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or not executable
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
+RECONNECT_FIRST = 0.5  # seconds to wait after the first failed attempt to connect
+RECONNECT_MAX = 30.0  # the wait doubles after each further failure, up to this
 RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
                 "outputs.rmns", "result.json")
+
+
+class Reconnect:
+    """When the next attempt to connect to a host may be made.
+
+    Every failure doubles the wait (RECONNECT_FIRST, then twice that, up to RECONNECT_MAX);
+    a success forgets them all, so a connection that drops later is reopened at once. Only
+    the kernel's background threads (monitor polls, live views, result callbacks) are held to
+    the schedule; between attempts they fail at once, saying when the next one is. A request
+    from the main thread is something the user just ran (a cell, a magic, the command line):
+    it tries at once, since the user may have just fixed the network and is there to see the
+    answer; its failure counts like any other.
+    """
+
+    def __init__(self, first: float = RECONNECT_FIRST, cap: float = RECONNECT_MAX) -> None:
+        self.first, self.cap = first, cap
+        self.failures = 0
+        self.error = ""
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """Seconds until the next attempt is due (0: now)."""
+        return max(0.0, self._next - time.monotonic()) if self.failures else 0.0
+
+    def check(self, name: str) -> None:
+        """Raise TransportError if a background thread asks before the next attempt is due."""
+        wait = self.delay()
+        if wait <= 0 or threading.current_thread() is threading.main_thread():
+            return
+        attempts = "attempt" if self.failures == 1 else f"{self.failures} attempts in a row"
+        raise TransportError(
+            f"{name} is unreachable ({self.error}); the last {attempts} to connect failed, "
+            f"the next one is in {wait:.1f} s. Tasks on the host run on meanwhile; any "
+            "%remote command tries at once.")
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.error = str(exc)
+        self._next = time.monotonic() + min(self.cap, self.first * 2 ** (self.failures - 1))
+
+    def succeeded(self) -> None:
+        self.failures, self.error, self._next = 0, "", 0.0
 
 
 class SSHTransport:
@@ -56,16 +102,32 @@ class SSHTransport:
         self._data: AgentClient | None = None
         self._lock = threading.RLock()
         self.notes: list[str] = []  # what happened that `remote-magic test` should say
+        self.reconnect = Reconnect()
 
     # ------------------------------------------------------------ connection and agents
 
     def connection(self) -> Connection:
+        """The open connection, opened (again) if needed, as `Reconnect` allows."""
         with self._lock:
-            if self._conn is None or not self._conn.alive:
-                if self._conn is not None:
-                    self._conn.close()
+            if self._conn is not None and self._conn.alive:
+                return self._conn
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.reconnect.check(self.host.name)
+            try:
                 self._conn = connect(self.target)
+            except TransportError as exc:
+                self.reconnect.failed(exc)
+                raise
+            self.reconnect.succeeded()
             return self._conn
+
+    def retry_delay(self) -> float:
+        """Seconds until the next attempt to connect is due: the monitor waits that long
+        after a failed poll, so that its polls and the reconnect schedule are one back-off.
+        Not under the lock: that is held for as long as another thread is connecting."""
+        return self.reconnect.delay()
 
     def agent(self) -> AgentClient | OneShotAgent:
         """The resident agent, started on first use and again after a dropped connection;
