@@ -334,8 +334,10 @@ def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt)
             return [method]
     raise AuthenticationError(
         f"Could not log in to {target} (the server accepts: {', '.join(allowed)}; tried: "
-        f"{', '.join(tried) or 'nothing usable'}). Check 'identity_file' in the hosts file, "
-        "load the key into ssh-agent, or check the user name.")
+        f"{', '.join(tried) or 'nothing usable'}). Point 'identity_file' in the hosts file "
+        "(or IdentityFile in ~/.ssh/config) at a key whose public half is in "
+        "~/.ssh/authorized_keys on the host, or load that key into ssh-agent (ssh-add), and "
+        f"check the user name ('{target.user}').")
 
 
 def _attempt(method: Callable[..., Any], user: str, key: paramiko.PKey) -> list[str] | None:

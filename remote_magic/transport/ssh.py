@@ -253,8 +253,11 @@ class SSHTransport:
             try:
                 socket.create_connection((target.hostname, target.port), 10).close()
             except OSError as exc:
-                yield "TCP reachable", False, (f"{target.hostname}:{target.port}: {exc}. Check "
-                                               "the address, the port, VPN or firewall.")
+                yield "TCP reachable", False, (
+                    f"{target.hostname}:{target.port}: {exc}. Check 'address:' and 'port:' "
+                    f"of {self.host.name} in the hosts file (or its entry in ~/.ssh/config), "
+                    "that the host is up and runs sshd, and that a VPN or firewall lets you "
+                    "through.")
                 return
             yield "TCP reachable", True, f"{target.hostname}:{target.port}"
         try:
@@ -271,40 +274,72 @@ class SSHTransport:
             return
         yield "host key known", True, f"{target.key_name} in {target.known_hosts}"
         yield "authenticated", True, f"as {target.user} by {', '.join(conn.methods)}"
+        yield from self._shell_checks(conn)
+
+    def _shell_checks(self, conn: Connection) -> Iterator[tuple[str, bool | None, str]]:
+        """The steps after login, each of which needs the one before."""
+        name = self.host.name
         code, out, err = conn.run(self.login_shell("echo ok"))
+        said = err.strip()[-300:]
         if code != 0 or not out.strip().endswith("ok"):
-            yield "login shell works", False, (f"bash -l with the host's setup lines exited "
-                                               f"{code}: {err.strip()[-300:]}")
+            yield "login shell works", False, (
+                f"bash -l with the host's 'setup:' lines exited {code}"
+                + (f": {said}" if said else " without saying why")
+                + ". Every command runs in that shell, so nothing can run until it works: fix "
+                "the 'setup:' lines of this host (a line that exits or fails), or what "
+                "~/.bash_profile, ~/.profile or ~/.bashrc run on the host; `ssh HOST bash -l "
+                "-c 'echo ok'` shows the same.")
             return
-        yield "login shell works", True, "bash -l and the setup lines run"
+        if said:  # it ran to the end, but a setup line or a startup file complained
+            yield "login shell works", None, (
+                f"bash -l and the 'setup:' lines run, but print errors: {said}. A setup "
+                "line that fails (a module that does not load, an environment that does not "
+                "activate) leaves the tasks without what it should provide: check those "
+                "lines on the host.")
+        else:
+            yield "login shell works", True, "bash -l and the setup lines run"
         probe = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
         code, out, err = conn.run(
             self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(probe)}"))
         ours = "{}.{}".format(*sys.version_info[:2])
-        if code != 0:
+        provide = (f"set 'python:' for {name} in the hosts file to the path of a Python {ours} "
+                   f"on the host (such as a conda environment's bin/python), or add the "
+                   f"'setup:' lines that provide one (such as module load python/{ours})")
+        theirs = out.strip().splitlines()[-1] if out.strip() else ""
+        if code != 0 or theirs.count(".") != 2:
             yield "remote Python", False, (
-                f"'{self.python}' does not run there: {err.strip()[-300:]}. Tasks cannot run "
-                f"on this host without a Python {ours}: set 'python:' to the path of one, or "
-                f"add the 'setup:' lines that provide it (such as module load python/{ours}).")
+                f"'{self.python}' does not run there (exit status {code}: "
+                f"{err.strip()[-300:] or out.strip()[-300:] or 'no output'}). Tasks cannot run "
+                f"on this host without a Python {ours}: {provide}.")
             return
-        theirs = out.strip().splitlines()[-1]
         same = theirs.rsplit(".", 1)[0] == ours
         yield "remote Python", same, f"{self.python} is {theirs}, the kernel {ours}" + (
-            "" if same else f": set 'python:' to a Python {ours} (pickles do not cross "
-                            "versions reliably)")
+            "" if same else f"; pickled data does not cross Python versions reliably, so "
+                            f"{provide}")
         if not same:
             return
-        name, _ = runtime_zip()
         workdir = shell_path(self.host.workdir)
-        code, out, err = conn.run(f"test -f {workdir}/runtime/{name} && echo present")
+        probe_file = f"{workdir}/.write-test-{os.getpid()}"
+        code, out, err = conn.run(self.login_shell(
+            f"mkdir -p {workdir} && chmod 700 {workdir} && touch {probe_file} && "
+            f"rm {probe_file}"))
+        if code != 0:
+            yield "work directory writable", False, (
+                f"{self.host.workdir}: {err.strip()[-300:] or f'exit status {code}'}. Task "
+                f"directories go there: set 'workdir:' for {name} to a directory you can "
+                "create and write on the host (the default is ~/.remote_magic).")
+            return
+        yield "work directory writable", True, f"{self.host.workdir}"
+        runtime, _ = runtime_zip()
+        code, out, err = conn.run(f"test -f {workdir}/runtime/{runtime} && echo present")
         if "present" not in out:
-            self.notes.append(f"the runtime was not on the host yet ({name})")
+            self.notes.append(f"the runtime was not on the host yet ({runtime})")
         try:  # starting the agent ships a missing runtime
             info = self.agent().request("hello")
         except TransportError as exc:
             yield "runtime importable", False, str(exc)
             return
-        yield "runtime importable", True, f"{name}"
+        yield "runtime importable", True, f"{runtime}"
         if self.fallback is None:
             yield "agent mode", True, (f"resident agent (pid {info['pid']}): every request is "
                                        "a message on an open channel, files stream over a "
@@ -314,16 +349,6 @@ class SSHTransport:
                 "fallback: one remote command per request (a login shell start each, for "
                 "every poll too) and files by SFTP; it works, slowly. The resident agent "
                 f"cannot run because: {self.fallback}")
-        try:
-            self.agent().request("list")
-            probe_file = f"{workdir}/.write-test-{os.getpid()}"
-            code, _, err = conn.run(f"touch {probe_file} && rm {probe_file}")
-            ok, detail = code == 0, err.strip()
-        except TransportError as exc:
-            ok, detail = False, str(exc)
-        yield "work directory writable", ok, (f"{self.host.workdir}" if ok else
-                                              f"{self.host.workdir}: {detail}; set 'workdir:'"
-                                              " to a writable place")
 
     # ------------------------------------------------------------ files
 
