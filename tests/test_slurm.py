@@ -91,11 +91,17 @@ def test_python_dying_in_a_job_is_failed_with_its_exit_code(hpc: Kernel) -> None
     assert "failed" in out.error["evalue"] and "7" in out.error["evalue"]
 
 
-def test_resources_reach_the_scheduler(hpc: Kernel, slurm: Any) -> None:
+def test_resources_reach_the_scheduler(hpc: Kernel, slurm: Any, sshd: Any) -> None:
+    # SLURM puts a job under the user's default account unless accounting knows the one asked
+    # for and lets the user charge it: make the account and the association (idempotent).
+    for args in (["add", "account", "proj"], ["add", "user", sshd.user, "account=proj"]):
+        done = subprocess.run(["sacctmgr", "-i", *args], capture_output=True, text=True)
+        assert done.returncode == 0 or "Nothing new added" in done.stdout, done
     hpc.run("%%remote -q hpc --nowait --walltime 0:05:00 --cores 2 --mem 100M "
-            "--partition debug --name sized\nimport time\ntime.sleep(30)")
+            "--partition debug --account proj --name sized\nimport time\ntime.sleep(30)")
     task_id, job_id, _ = newest(hpc)
     fields = slurm_job_fields(job_id)
+    assert fields["Account"] == "proj"
     assert fields["TimeLimit"] == "00:05:00"
     assert fields["NumCPUs"] == "2" or fields.get("CPUs/Task") == "2"
     assert fields["Partition"] == "debug" and fields["JobName"].startswith("rm-")
