@@ -5,7 +5,8 @@ in place: state badge, host and job id, elapsed time, a progress bar with its me
 lines of output, and a Cancel button. Front ends that cannot render widgets (terminal IPython,
 nbconvert, `jupyter execute`) get the same information as text lines, rate-limited so that a
 long task does not flood the output. Updates may come from the monitor's thread; every view
-rate-limits itself, so hundreds of running tasks do not flood the front end either.
+rate-limits itself, and all widget views share one budget of comm messages, so hundreds of
+running tasks do not flood the front end either.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .taskdir import FINAL_STATES
 from .views import STATE_COLOURS, format_duration, format_progress, status_table
 
 WIDGET_INTERVAL = 0.25  # seconds between two redraws of a widget, unless the state changed
-REDRAWS_PER_SECOND = 20  # for all live widgets together: many tasks redraw each less often
+MESSAGES_PER_SECOND = 60  # comm messages all live widgets may send for routine redraws
+MESSAGE_BURST = 20  # how many of those may go at once after a quiet spell
 TEXT_INTERVAL = 10.0  # seconds between two progress lines in text mode
 TAIL_LINES = 6
 
@@ -63,6 +65,73 @@ class _Tail:
         return "\n".join([*self.lines, last] if last else self.lines)
 
 
+class _MessageBudget:
+    """A token bucket of comm messages shared by every widget view.
+
+    Redraws that must not wait (a new state, the end, results loaded) go at once and may run
+    the bucket into debt, at most one second's worth, which the routine redraws after them
+    pay back. Routine redraws (time going by, progress, output) wait for tokens.
+    """
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, cost: int, force: bool) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+            self._at = now
+            if min(cost, self.burst) > self.tokens and not force:
+                return False
+            self.tokens = max(-self.rate, self.tokens - cost)
+            return True
+
+
+class _Pacer:
+    """Routine redraws of all widget views, one after another in the order they came due, as
+    fast as the message budget allows.
+
+    The monitor hands all of a host's tasks their updates in one go, so 200 views come due
+    at the same moment: drawn there and then, they would send a burst, and left to wait for
+    their next update, the first views in the monitor's order would take the whole budget.
+    Queued here, each waits its turn: with N views each is redrawn every N x (messages per
+    redraw) / MESSAGES_PER_SECOND seconds, and one view alone every WIDGET_INTERVAL.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[WidgetView] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, view: WidgetView) -> None:
+        with self._cond:
+            self._queue.append(view)
+            self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="remote-magic-redraws")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                view = self._queue[0]
+            try:
+                drawn = view.paced()
+            except Exception:  # noqa: BLE001 - a broken view (closed comm) must not stop others
+                view._queued, drawn = False, True
+            if drawn:
+                with self._cond:
+                    self._queue.popleft()
+            else:
+                time.sleep(1 / MESSAGES_PER_SECOND)
+
+
 class TaskView:
     """What every view does with updates; subclasses draw."""
 
@@ -95,9 +164,16 @@ class TaskView:
             if update.state == "running" and self.started is None:
                 self.started = time.time()
             now = time.monotonic()
-            if changed or update.final or now - self._drawn_at >= self.interval:
+            if changed or update.final:
+                self.draw(True)
                 self._drawn_at = now
-                self.draw(changed)
+            elif now - self._drawn_at >= self.interval:
+                self.due()
+
+    def due(self) -> None:
+        """Time for a routine redraw (called with the lock held)."""
+        self.draw(False)
+        self._drawn_at = time.monotonic()
 
     def loaded(self, names: list[str], collected: list[str]) -> None:
         """The results are in the namespace: say so, and how long it all took."""
@@ -137,17 +213,22 @@ class TaskView:
     def show(self) -> None:
         raise NotImplementedError
 
-    def draw(self, changed: bool) -> None:
+    def draw(self, changed: bool) -> bool:
+        """Show the current state; `changed`: it must be shown now. Returns whether it was
+        (a routine redraw may be put off to a later update)."""
         raise NotImplementedError
 
 
 class WidgetView(TaskView):
     live: weakref.WeakSet[WidgetView] = weakref.WeakSet()  # views of unfinished tasks
+    budget = _MessageBudget(MESSAGES_PER_SECOND, MESSAGE_BURST)
+    pacer = _Pacer()
 
     def __init__(self, record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
                  waiting: bool = False) -> None:
         super().__init__(record, on_cancel)
         WidgetView.live.add(self)
+        self._queued = False  # waits in the pacer's queue
         import ipywidgets as w
 
         self.header = w.HTML().add_class("rm-header")
@@ -166,33 +247,45 @@ class WidgetView(TaskView):
         self.root.add_class("remote-magic-task")
         self.draw(True)
 
-    @property
-    def interval(self) -> float:  # type: ignore[override]
-        """Redraws of all live views share one budget, so 200 tasks don't flood the page."""
-        return max(WIDGET_INTERVAL, len(WidgetView.live) / REDRAWS_PER_SECOND)
+    def due(self) -> None:
+        if not self._queued:
+            self._queued = True
+            WidgetView.pacer.add(self)
+
+    def paced(self) -> bool:
+        """The pacer's turn for this view: False while the budget has too few messages."""
+        with self._lock:
+            if not self.draw(False):
+                return False
+            self._queued = False
+            self._drawn_at = time.monotonic()
+            return True
 
     def _set_waiting(self, waiting: bool) -> None:
         # A waiting cell keeps the kernel busy: a click would only arrive once the task ended.
-        # And it streams the whole output right below: the view need not repeat its tail.
         self.waiting = waiting
-        self.cancel.disabled = waiting
-        self.cancel.tooltip = ("Interrupt the kernel to detach from the task; Cancel then "
-                               "works" if waiting else "Cancel the task on its host")
+        with self.cancel.hold_sync():
+            self.cancel.disabled = waiting
+            self.cancel.tooltip = ("Interrupt the kernel to detach from the task; Cancel then "
+                                   "works" if waiting else "Cancel the task on its host")
 
     def detached(self) -> None:
-        self._set_waiting(False)
-        self.draw(True)
+        with self._lock:
+            self._set_waiting(False)
+            self.draw(True)
 
     def _clicked(self, button: Any) -> None:
-        button.disabled = True
-        button.description = "Cancelling"
+        with button.hold_sync():
+            button.disabled = True
+            button.description = "Cancelling"
         if self.on_cancel is not None:
             self.on_cancel()
 
     def show(self) -> None:
         display(self.root)
 
-    def draw(self, changed: bool) -> None:
+    def render(self) -> list[tuple[Any, dict[str, Any]]]:
+        """What each widget of the view should show now: (widget, {trait: value}) pairs."""
         colour = STATE_COLOURS.get(self.state, "#777")
         record = self.record
         label = html.escape(record.name or record.id)
@@ -200,25 +293,50 @@ class WidgetView(TaskView):
         if self.job_id:
             bits.append(f"job {html.escape(self.job_id)}")
         bits += [html.escape(extra) for extra in (self.elapsed(), *self.notes()) if extra]
-        self.header.value = (
+        header = (
             f"<span class='rm-state rm-state-{self.state}' style='background:{colour};"
             f"color:white;padding:1px 6px;border-radius:3px;font-family:monospace'>"
             f"{self.state}</span> <b title='{record.id}'>{label}</b> " + " · ".join(bits))
+        wanted: list[tuple[Any, dict[str, Any]]] = [(self.header, {"value": header})]
         if self.progress:
             done = float(self.progress.get("done") or 0)
             total = float(self.progress.get("total") or 0) or max(done, 1.0)
-            self.bar.max, self.bar.value = total, min(done, total)
-            self.bar.layout.display = ""
-            self.message.value = html.escape(format_progress(self.progress))
-            self.message.layout.display = ""
-        text = "" if self.waiting else self.tail.text()
+            wanted += [(self.bar, {"max": total, "value": min(done, total)}),
+                       (self.bar.layout, {"display": ""}),
+                       (self.message, {"value": html.escape(format_progress(self.progress))}),
+                       (self.message.layout, {"display": ""})]
+        final = self.state in FINAL_STATES
+        # A waiting cell streams the whole output right below the view: once the task has
+        # ended that copy is complete, and the view's tail would only repeat its last lines.
+        text = "" if self.waiting and final else self.tail.text()
         if text:
-            self.output.value = (f"<pre style='margin:2px 0;font-size:90%;max-height:9em;"
-                                 f"overflow:auto'>{html.escape(text)}</pre>")
-            self.output.layout.display = ""
+            wanted += [(self.output, {"value": f"<pre style='margin:2px 0;font-size:90%;"
+                                               f"max-height:9em;overflow:auto'>"
+                                               f"{html.escape(text)}</pre>"}),
+                       (self.output.layout, {"display": ""})]
+        elif self.output.value:
+            wanted += [(self.output, {"value": ""}), (self.output.layout, {"display": "none"})]
+        if final:
+            wanted.append((self.cancel.layout, {"display": "none"}))
+        return wanted
+
+    def draw(self, changed: bool) -> bool:
+        """Send what changed, one comm message per widget whose traits changed (hold_sync
+        batches them), if the shared budget allows; the end of the task always goes."""
+        changes = []
+        for widget, traits in self.render():
+            differ = {k: v for k, v in traits.items() if getattr(widget, k) != v}
+            if differ:
+                changes.append((widget, differ))
+        if changes and not WidgetView.budget.take(len(changes), changed):
+            return False
+        for widget, differ in changes:
+            with widget.hold_sync():
+                for name, value in differ.items():
+                    setattr(widget, name, value)
         if self.state in FINAL_STATES:
-            self.cancel.layout.display = "none"
             WidgetView.live.discard(self)
+        return True
 
 
 class TextView(TaskView):
@@ -241,13 +359,14 @@ class TextView(TaskView):
     def detached(self) -> None:
         self.waiting = False  # printing from the monitor thread would land in other cells
 
-    def draw(self, changed: bool) -> None:
+    def draw(self, changed: bool) -> bool:
         if not self.waiting:  # a background task's notice comes with the next cell
-            return
+            return True
         said = (self.state, self.job_id, format_progress(self.progress), *self.notes())
         if said != self._last:
             self._last = said
             print(self.summary(), flush=True)
+        return True
 
 
 def task_view(record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
