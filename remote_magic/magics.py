@@ -12,7 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from .core import Client, get_client, parse_age
-from .errors import RemoteMagicError, RemoteTaskError
+from .errors import RemoteMagicError, RemoteTaskError, TaskFailedError
 from .results import Shown, TaskResult
 from .store import TaskRecord
 from .task import TaskOptions, prepare_cell
@@ -178,10 +178,12 @@ class RemoteMagics(Magics):
             if result.error is None:
                 print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
                       f"(%remote_log {task_id} shows what it printed).")
-            else:
-                print(f"remote_magic: task {task_id} {record.state} on {record.host} "
-                      f"(loaded {names}):\n{result.error.remote_traceback or result.error}",
-                      file=sys.stderr)
+            else:  # one line: this cell is about something else; the traceback is one call away
+                see = f"%remote_log {task_id} --stderr shows its error output"
+                if not isinstance(result.error, TaskFailedError):  # a Python exception
+                    see = f"%remote_fetch {task_id} shows the traceback, {see}"
+                print(f"remote_magic: task {task_id} {record.state} on {record.host}: "
+                      f"{_one_line(result.error)} (loaded {names}; {see}).", file=sys.stderr)
 
     # ------------------------------------------------------------ line magics
 
@@ -277,6 +279,19 @@ class RemoteMagics(Magics):
             for name in config.hosts:
                 for check in check_host(self.client, name):
                     print(check)
+
+
+def _one_line(error: RemoteTaskError) -> str:
+    """The exception type and the first line of its message, for a notice."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    where = f" (raised in task {error.task_id} on "
+    if where in message:  # the notice names the task and host already
+        message = message[:message.index(where)]
+    if len(message) > 200:
+        message = message[:199] + "…"
+    if isinstance(error, TaskFailedError):  # "Task ID on HOST failed: why": the why is news
+        return message.split(": ", 1)[-1]
+    return f"{error.remote_type}: {message}" if message else error.remote_type
 
 
 def _show_error(shell: Any, etype: type, value: BaseException, tb: Any,

@@ -235,7 +235,30 @@ def test_nowait_results_land_at_the_next_cell(kernel: Kernel) -> None:
     time.sleep(2.5)
     notice = kernel.run("pass")
     assert "loaded later" in notice.stdout
+    assert len(notice.stdout.splitlines()) == 1, notice.stdout  # a notice, not a report
+    assert not notice.stderr
     assert kernel.value("later") == "arrived"
+
+
+def test_a_failed_nowait_task_is_one_line_at_the_next_cell(kernel: Kernel) -> None:
+    import time
+
+    kernel.run("%%remote --nowait --name doomed\nhalf = 'done'\nimport time\n"
+               "time.sleep(0.5)\nratio = 1 / 0")
+    task_id = kernel.value("__import__('remote_magic.core').core.get_client().store.list()[0].id")
+    time.sleep(2.5)
+    notice = kernel.run("pass")  # the cell itself runs fine: the notice is beside it
+    assert notice.ok and not notice.stdout
+    lines = notice.stderr.splitlines()
+    assert len(lines) == 1, notice.stderr  # no traceback dumped into an unrelated cell
+    assert task_id in lines[0] and "failed" in lines[0]
+    assert "ZeroDivisionError: division by zero" in lines[0]
+    assert f"%remote_fetch {task_id}" in lines[0] and f"%remote_log {task_id}" in lines[0]
+    assert "Traceback" not in notice.stderr
+    # and what it points at does show the traceback
+    fetched = kernel.run(f"%remote_fetch {task_id}", allow_error=True)
+    assert fetched.error["ename"] == "ZeroDivisionError"
+    assert "ratio = 1 / 0" in "\n".join(fetched.error["traceback"])
 
 
 def test_nowait_results_never_land_in_the_middle_of_a_cell(kernel: Kernel) -> None:
@@ -298,8 +321,10 @@ def test_interrupt_detaches_and_results_can_be_fetched(kernel: Kernel) -> None:
     time.sleep(1.5)
     kernel.manager.interrupt_kernel()
     detached = kernel.collect(msg_id, timeout=30)
-    assert "Detached from task" in detached.stdout and "%remote_fetch" in detached.stdout
     task_id = kernel.value("__import__('remote_magic.core').core.get_client().store.list()[0].id")
+    assert f"Detached from task {task_id}" in detached.stdout
+    assert f"%remote_fetch {task_id}" in detached.stdout
+    assert f"%remote_kill {task_id}" in detached.stdout
     assert kernel.value("'slow' in dir()") is False
     out = kernel.run(f"%remote_fetch {task_id}", timeout=30)
     assert out.ok
