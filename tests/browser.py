@@ -281,11 +281,20 @@ def notebook_text(page: Any) -> str:
         return f"(cannot read the page: {error})"
 
 
-def screenshot(page: Any, path: Path) -> Path:
-    """Save what the browser shows as a PNG (best effort: never hides the real failure)."""
+def screenshot(page: Any, path: Path) -> str | None:
+    """Save what the browser shows as a PNG at `path`; return why that failed, or None.
+
+    It does not raise: it is taken in a `finally`, where raising would hide the failure that
+    got there. The caller asserts on the answer once the real checks had their say.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a file left by an earlier run must not pass for this one
     try:
         page.screenshot(path=str(path), timeout=15_000)
     except Exception as error:
-        print(f"screenshot {path} failed: {error}", file=sys.stderr)
-    return path
+        return f"screenshot {path} failed: {error}"
+    if not path.is_file() or path.stat().st_size == 0:
+        return f"screenshot {path} is missing or empty"
+    if not path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"):
+        return f"screenshot {path} is not a PNG"
+    return None
