@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,48 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second sshd, to jump through: its own log shows whether a hop really went by it."""
+    from remote_magic.testing.sshd import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("bastion"), alias="bastion")
+    yield server
+    server.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def sleep_then(seconds: float, value: str) -> str:
+    """A task that takes a while (module-level, so that a pool can ship it)."""
+    time.sleep(seconds)
+    return value
+
+
+def count_status_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many tasks each agent `status` request covers, from now on in this test."""
+    from remote_magic.agent_client import AgentClient
+
+    asked: list[int] = []
+    call = AgentClient.call
+
+    def counting(self: AgentClient, op: str, args: dict[str, Any], *rest: Any,
+                 **options: Any) -> Any:
+        if op == "status":
+            asked.append(len(args["tasks"]))
+        return call(self, op, args, *rest, **options)
+
+    monkeypatch.setattr(AgentClient, "call", counting)
+    return asked
 
 
 def ssh_host(server: Any, name: str, workdir: Path, **extra: str) -> str:

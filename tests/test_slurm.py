@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Kernel, ssh_host, start_kernel
+from conftest import Kernel, count_status_requests, ssh_host, start_kernel
 
 from remote_magic import RemoteExecutor
 from remote_magic.schedulers.slurm import Slurm
@@ -157,20 +157,10 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """While every job of a host waits in the queue, polls slow down step by step (to
     QUEUED_POLL), and each poll is one status request for all of them, however many."""
-    from remote_magic.agent_client import AgentClient
     from remote_magic.core import Client
     from remote_magic.monitor import QUEUED_POLL
 
-    asked: list[int] = []
-    call = AgentClient.call
-
-    def counting(self: AgentClient, op: str, args: dict[str, Any], *rest: Any,
-                 **options: Any) -> Any:
-        if op == "status":
-            asked.append(len(args["tasks"]))
-        return call(self, op, args, *rest, **options)
-
-    monkeypatch.setattr(AgentClient, "call", counting)
+    asked = count_status_requests(monkeypatch)
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "busy", home / "busy", scheduler="slurm"))
     hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",

@@ -10,16 +10,22 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Kernel, ssh_host, start_kernel
+from conftest import (
+    Kernel,
+    count_status_requests,
+    sleep_then,
+    ssh_host,
+    start_kernel,
+    wait_for,
+)
 
 from remote_magic import RemoteExecutor
-from remote_magic.agent_client import AgentClient
 from remote_magic.config import HostConfig
 from remote_magic.core import Client
 from remote_magic.errors import AuthenticationError, HostKeyError, TransportError
@@ -90,14 +96,6 @@ def test_ssh_config_alias_is_honoured(home: Path, sshd: Any,
                 f"    workdir: {home / 'alias-work'}\n")
     with RemoteExecutor("viaalias") as pool:
         assert pool.submit(pow, 3, 3).result(timeout=60) == 27
-
-
-@pytest.fixture(scope="module")
-def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A second sshd, to jump through: its own log shows whether a hop really went by it."""
-    server = start_sshd(tmp_path_factory.mktemp("bastion"), alias="bastion")
-    yield server
-    server.stop()
 
 
 def test_proxy_jump_through_one_and_two_bastions(home: Path, sshd: Any, bastion: Any,
@@ -219,8 +217,8 @@ def test_task_survives_a_killed_connection(hpc: Path, sshd: Any) -> None:
     with RemoteExecutor("hpc") as pool:
         pool.submit(pow, 1, 1).result(timeout=60)  # connected
         logins = sshd.accepted_logins()
-        future = pool.submit(_sleep_then, 3.0, "survived")
-        assert _wait_for(lambda: "running" in _states(hpc), 30)
+        future = pool.submit(sleep_then, 3.0, "survived")
+        assert wait_for(lambda: "running" in _states(hpc), 30)
         sessions = sshd.session_pids()
         assert sessions
         for pid in sessions:
@@ -233,20 +231,6 @@ def test_task_survives_a_killed_connection(hpc: Path, sshd: Any) -> None:
 
 def _states(workdir: Path) -> list[str]:
     return [read_state(TaskPaths(task))["state"] for task in (workdir / "tasks").iterdir()]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _sleep_then(seconds: float, value: str) -> str:
-    time.sleep(seconds)
-    return value
 
 
 def test_setup_then_test_on_a_fresh_work_directory(hpc: Path) -> None:
@@ -481,10 +465,10 @@ def test_short_or_damaged_uploads_are_refused_and_leave_nothing(tmp_path: Path,
         # An upload cut off by a dropped connection: its temporary file goes with the agent.
         handle = agent.request("put_open", path="cut", size=len(data), verify=True)
         agent.send_oneway("put_chunk", {"handle": handle}, data[:500])
-        assert _wait_for(lambda: any(remote.glob(".cut.*.part")), 10)
+        assert wait_for(lambda: any(remote.glob(".cut.*.part")), 10)
     finally:
         transport.close()
-    assert _wait_for(lambda: not any(remote.glob(".cut.*.part")), 10)
+    assert wait_for(lambda: not any(remote.glob(".cut.*.part")), 10)
     assert sorted(p.name for p in remote.iterdir()) == ["agent.log", "runtime", "tasks"]
     assert not any((remote / "tasks").iterdir())
 
@@ -507,19 +491,10 @@ def test_workdir_with_spaces_and_shell_metacharacters(home: Path, sshd: Any) -> 
 
 def test_one_status_request_per_poll_however_many_tasks(hpc: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[int] = []  # how many tasks each status request covered
-    call = AgentClient.call
-
-    def counting(self: AgentClient, op: str, args: dict[str, Any], *rest: Any,
-                 **options: Any) -> Any:
-        if op == "status":
-            asked.append(len(args["tasks"]))
-        return call(self, op, args, *rest, **options)
-
-    monkeypatch.setattr(AgentClient, "call", counting)
+    asked = count_status_requests(monkeypatch)
     client = Client()
     with RemoteExecutor("hpc", client=client) as pool:
-        futures = [pool.submit(_sleep_then, 1.5, str(i)) for i in range(8)]
+        futures = [pool.submit(sleep_then, 1.5, str(i)) for i in range(8)]
         assert [f.result(timeout=60) for f in futures] == [str(i) for i in range(8)]
     monitor = client.monitor(client.host("hpc"))
     assert len(asked) == monitor.polls

@@ -11,12 +11,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Kernel, ssh_host, start_kernel
+from conftest import Kernel, sleep_then, ssh_host, start_kernel, wait_for
 
 from remote_magic import RemoteExecutor
 from remote_magic.config import HostConfig
@@ -27,20 +27,6 @@ from remote_magic.taskdir import TaskPaths, read_state
 from remote_magic.testing.sshd import start_sshd
 from remote_magic.transport.connection import connect, target_for
 from remote_magic.transport.ssh import RECONNECT_FIRST, SSHTransport
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _sleep_then(seconds: float, value: str) -> str:
-    time.sleep(seconds)
-    return value
 
 
 def _environment(name: str) -> str | None:
@@ -70,7 +56,7 @@ def ssh_agent(tmp_path: Path) -> Iterator[Path]:
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        assert _wait_for(sock.exists, 10), "ssh-agent did not create its socket"
+        assert wait_for(sock.exists, 10), "ssh-agent did not create its socket"
         yield sock
     finally:
         agent.terminate()
@@ -153,9 +139,9 @@ def test_reconnects_back_off_while_the_host_is_down(home: Path, tmp_path: Path) 
     client = Client()
     try:
         with RemoteExecutor("flaky", client=client) as pool:
-            future = pool.submit(_sleep_then, 2, "survived")
+            future = pool.submit(sleep_then, 2, "survived")
             tasks = home / "flaky-work" / "tasks"
-            assert _wait_for(lambda: tasks.exists() and any(
+            assert wait_for(lambda: tasks.exists() and any(
                 read_state(TaskPaths(t))["state"] == "running" for t in tasks.iterdir()), 30)
             transport = client.monitor(client.host("flaky")).transport
             assert isinstance(transport, SSHTransport)
@@ -214,7 +200,7 @@ def test_a_command_of_the_user_tries_at_once(tmp_path: Path) -> None:
             with pytest.raises(TransportError) as info:
                 transport.connection()
             assert "next one is in" not in str(info.value)
-            assert _wait_for(lambda n=attempt: len(listener.times) == n, 5), attempt
+            assert wait_for(lambda n=attempt: len(listener.times) == n, 5), attempt
         assert transport.retry_delay() > RECONNECT_FIRST * 2  # three failures: 2 s
         refused: list[BaseException] = []
 
@@ -343,13 +329,6 @@ def test_remote_hosts_test_in_a_kernel(tmp_path: Path, sshd: Any) -> None:
 
 
 # ------------------------------------------------------------------ ~/.ssh/config, setup
-
-
-@pytest.fixture(scope="module")
-def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = start_sshd(tmp_path_factory.mktemp("bastion-more"), alias="bastion")
-    yield server
-    server.stop()
 
 
 def test_proxy_jump_written_in_ssh_config(home: Path, sshd: Any, bastion: Any,
