@@ -95,11 +95,17 @@ def text(value: Any, where: KeyPath) -> str:
     return value
 
 
+def _breaks_directive(value: str) -> bool:
+    """Whether a value would not survive a job script's directive line, which the scheduler
+    splits on blanks and which ends at a newline."""
+    return any(c.isspace() or c in "'\"\\#" for c in value)
+
+
 def word(value: Any, where: KeyPath) -> str:
     """A partition or account name: it is written into a job script's directive line, where a
     space would split it and a newline would start a command of its own."""
     value = text(value, where)
-    if any(c.isspace() or c in "'\"\\#" for c in value):
+    if _breaks_directive(value):
         raise Invalid(f"must be one word without spaces, quotes, backslashes or '#', "
                       f"not {show(value)}", where)
     return value
@@ -108,7 +114,7 @@ def word(value: Any, where: KeyPath) -> str:
 def batch_workdir(value: str, where: KeyPath) -> str:
     """A scheduler reads its output paths from directive lines (``#SBATCH --output=...``),
     split on blanks: a batch host's task directories cannot hold these characters."""
-    if any(c.isspace() or c in "'\"\\#" for c in value):
+    if _breaks_directive(value):
         raise Invalid(f"{show(value)} cannot hold a batch host's task directories: the "
                       f"scheduler's directive lines cannot take spaces, quotes, backslashes or "
                       f"'#'; choose a directory without them", where)

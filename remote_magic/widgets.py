@@ -15,7 +15,6 @@ import html
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -220,14 +219,12 @@ class TaskView:
 
 
 class WidgetView(TaskView):
-    live: weakref.WeakSet[WidgetView] = weakref.WeakSet()  # views of unfinished tasks
     budget = _MessageBudget(MESSAGES_PER_SECOND, MESSAGE_BURST)
     pacer = _Pacer()
 
     def __init__(self, record: TaskRecord, on_cancel: Callable[[], Any] | None = None,
                  waiting: bool = False) -> None:
         super().__init__(record, on_cancel)
-        WidgetView.live.add(self)
         self._queued = False  # waits in the pacer's queue
         import ipywidgets as w
 
@@ -334,8 +331,6 @@ class WidgetView(TaskView):
             with widget.hold_sync():
                 for name, value in differ.items():
                     setattr(widget, name, value)
-        if self.state in FINAL_STATES:
-            WidgetView.live.discard(self)
         return True
 
 
