@@ -12,7 +12,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .monitor import HostMonitor, Update, Watch
 from .results import TaskResult, load_result
 from .store import TaskRecord, TaskStore
 from .task import PreparedTask, TaskOptions, commit
-from .taskdir import read_json
+from .taskdir import TaskPaths, read_json
 
 FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
 
@@ -176,9 +176,18 @@ class Client:
             if not ended:
                 monitor.unwatch_output(record.id)
 
-    def result(self, record: TaskRecord, collect_into: Path | None = None) -> TaskResult:
-        """Load the results of a task that has ended; copy its `--collect` files back."""
-        result = load_result(self._results(record), record.id, record.host)
+    def result(self, record: TaskRecord, collect_into: Path | None = None, *,
+               namespace: dict[str, Any] | None = None,
+               originals: Mapping[str, Any] | None = None) -> TaskResult:
+        """Load the results of a task that has ended; copy its `--collect` files back.
+
+        `namespace` and `originals` are the notebook's and the objects sent from it, for a
+        cell's results to land as the cell would have left them (see `load_result`).
+        """
+        local = Path(record.local_dir or ".")
+        result = load_result(self._results(record), record.id, record.host,
+                             namespace=namespace, originals=originals,
+                             inputs=TaskPaths(local).inputs)
         patterns = read_json(Path(record.local_dir or ".") / "spec.json", {}).get("collect")
         if patterns:
             result.collected = self.monitor(record.host).transport.collect(

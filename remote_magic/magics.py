@@ -44,7 +44,8 @@ class RemoteMagics(Magics):
     def __init__(self, shell: Any, client: Client | None = None) -> None:
         super().__init__(shell)
         self.client = client or get_client()
-        self.pending: dict[str, TaskRecord] = {}  # --nowait tasks whose results are due here
+        # --nowait tasks whose results are due here, with the objects they were sent
+        self.pending: dict[str, tuple[TaskRecord, dict[str, Any]]] = {}
         self.views: dict[str, TaskView] = {}  # live views of tasks followed in the background
 
     # ------------------------------------------------------------ %%remote
@@ -93,21 +94,23 @@ class RemoteMagics(Magics):
                                 hidden=self.shell.user_ns_hidden)
         submission = self.client.submit(prepared, options)
         record = submission.record
+        originals = prepared.values
         if submission.reused:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.finished or 0))
-            print(f"An identical task ({record.id}) completed on {record.host} at {when}: "
-                  "loaded its stored results. Use --rerun to run it again.")
-            return self._finish(record)
+            view = task_view(record, waiting=True)
+            return self._finish(record, view, originals, notes=[
+                f"reused the results of the identical task {record.id} (completed {when}; "
+                "--rerun runs it again)"])
         if submission.attached:
             print(f"An identical task ({record.id}) is already {record.state} on "
                   f"{record.host}: waiting for it instead of starting another.")
         if options.nowait:
-            self.pending[record.id] = record
+            self.pending[record.id] = (record, originals)
             self._watch_in_background(record, task_view(record, self._canceller(record)))
             print(f"Task {record.id} runs on {record.host} in the background; its results load "
                   "at the start of the first cell run after it ends.")
             return None
-        return self._follow(record)
+        return self._follow(record, originals)
 
     def _canceller(self, record: TaskRecord) -> Any:
         return lambda: self.client.kill([self.client.store.get(record.id)])
@@ -117,7 +120,7 @@ class RemoteMagics(Magics):
         self.client.monitor(record.host).watch(record.id, state=record.state,
                                                listener=view.update)
 
-    def _follow(self, record: TaskRecord) -> Any:
+    def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
         view = task_view(record, self._canceller(record), waiting=True)
         try:
             for update in self.client.follow(record):
@@ -135,32 +138,33 @@ class RemoteMagics(Magics):
                   f"Load its results later with %remote_fetch {record.id}, or cancel it with "
                   f"%remote_kill {record.id} (or the Cancel button).")
             return None
-        return self._finish(self.client.store.get(record.id), view)
+        return self._finish(self.client.store.get(record.id), view, originals)
 
-    def _finish(self, record: TaskRecord, view: TaskView | None = None) -> Any:
+    def _finish(self, record: TaskRecord, view: TaskView | None,
+                originals: dict[str, Any] | None, notes: list[str] | None = None) -> Any:
         """Load results into the namespace and show displays; raise if the task failed."""
-        result = self.client.result(record)
-        self._apply(result)
+        result = self._load(record, originals)
         if view is not None:
-            view.loaded(sorted(result.values), result.collected)
+            view.loaded(result.changed, [*(notes or []), *_notes(result)])
         if result.error is not None:
             raise result.error
         if result.value is not None:
             return result.value.obj if result.value.bundle is None else _Value(result.value)
         return None
 
-    def _apply(self, result: TaskResult) -> None:
+    def _load(self, record: TaskRecord, originals: dict[str, Any] | None) -> TaskResult:
+        """The task's results, applied to the notebook's namespace, displays shown."""
+        result = self.client.result(record, namespace=self.shell.user_ns, originals=originals)
         result.apply(self.shell.user_ns)
         for shown in result.displays:
             if shown.bundle is not None:
                 display(shown.bundle, raw=True, metadata=shown.metadata or None)
             else:
                 display(shown.obj)
-        if result.collected:
-            print(f"Collected into {os.getcwd()}: {', '.join(result.collected)}")
         for name, reason in sorted(result.skipped.items()):
             print(f"remote_magic: '{name}' could not be brought back ({reason}).",
                   file=sys.stderr)
+        return result
 
     def load_finished(self, *_: Any) -> None:
         """pre_run_cell hook: load --nowait results that arrived since the last cell."""
@@ -168,13 +172,12 @@ class RemoteMagics(Magics):
             record = self.client.store.get(task_id)
             if not record.final:
                 continue
-            del self.pending[task_id]
-            result = self.client.result(record)
-            self._apply(result)
+            _, originals = self.pending.pop(task_id)
+            result = self._load(record, originals)
             view = self.views.pop(task_id, None)
             if view is not None:
-                view.loaded(sorted(result.values), result.collected)
-            names = ", ".join(sorted(result.values)) or "no variables"
+                view.loaded(result.changed, _notes(result))
+            names = ", ".join(result.changed) or "no variables"
             if result.error is None:
                 print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
                       f"(%remote_log {task_id} shows what it printed).")
@@ -211,10 +214,10 @@ class RemoteMagics(Magics):
         """Load a task's results into the namespace (waiting for it if it still runs)."""
         args = parse_argstring(self.remote_fetch, line)
         record = self.client.status([args.id])[0]
-        self.pending.pop(record.id, None)
+        _, originals = self.pending.pop(record.id, (None, None))
         if not record.final:
-            return self._follow(record)
-        return self._finish(record, self.views.pop(record.id, None))
+            return self._follow(record, originals)
+        return self._finish(record, self.views.pop(record.id, None), originals)
 
     @magic_arguments()
     @argument("id", help="task id (or a unique prefix)")
@@ -279,6 +282,17 @@ class RemoteMagics(Magics):
             for name in config.hosts:
                 for check in check_host(self.client, name):
                     print(check)
+
+
+def _notes(result: TaskResult) -> list[str]:
+    """What the user should know about how the results landed."""
+    notes = []
+    if result.collected:
+        notes.append(f"collected into {os.getcwd()}: {', '.join(result.collected)}")
+    for name, why in sorted(result.rebound.items()):
+        notes.append(f"{name} was changed by the task and rebound here, not updated in place "
+                     f"({why})")
+    return notes
 
 
 def _one_line(error: RemoteTaskError) -> str:

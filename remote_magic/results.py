@@ -10,11 +10,14 @@ import importlib
 import linecache
 import pickle
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import RemoteTaskError, TaskFailedError, error_for
-from .serialization import load_namespace
+from .inplace import update_in_place
+from .serialization import IN_PLACE, load_namespace
 from .taskdir import TaskPaths, read_json, read_state
 
 
@@ -40,23 +43,54 @@ class TaskResult:
     value: Shown | None = None
     error: RemoteTaskError | None = None
     collected: list[str] = field(default_factory=list)  # --collect files copied back
+    # the new content of inputs the task changed in place, and the objects that were sent
+    mutated: dict[str, Any] = field(default_factory=dict)
+    originals: Mapping[str, Any] | None = None
+    rebound: dict[str, str] = field(default_factory=dict)  # changed, but not in place: why
 
     def apply(self, namespace: dict[str, Any]) -> list[str]:
-        """Bind the task's outputs in `namespace` as if the cell had run there."""
+        """Leave `namespace` as the cell would have: the objects it changed are changed here
+        (in place when the type allows it, so other names for them see it too), the names it
+        bound are bound, the ones it deleted are gone."""
+        for name, new in self.mutated.items():
+            old = self.originals.get(name) if self.originals is not None else None
+            if old is not None and update_in_place(old, new):
+                continue
+            if name not in self.values:
+                namespace[name] = new
+                self.rebound[name] = (f"a {type(new).__name__} cannot be updated in place"
+                                      if old is not None else "the object sent is not here")
         namespace.update(self.values)
         for name in self.deleted:
             namespace.pop(name, None)
         return sorted(self.values)
 
+    @property
+    def changed(self) -> list[str]:
+        """Every name whose value the cell set or changed."""
+        return sorted(set(self.values) | set(self.mutated))
 
-def load_result(paths: TaskPaths, task_id: str, host: str) -> TaskResult:
-    """Everything the task left: outputs, displays, and the error if it failed."""
+
+def load_result(paths: TaskPaths, task_id: str, host: str, *,
+                namespace: dict[str, Any] | None = None,
+                originals: Mapping[str, Any] | None = None,
+                inputs: Path | None = None) -> TaskResult:
+    """Everything the task left: outputs, displays, and the error if it failed.
+
+    Functions the cell defined get `namespace` as their globals. The task refers to objects
+    the notebook sent by name: they resolve in `originals` (the objects sent, when this kernel
+    still holds them), else in a fresh load of the `inputs` file it was sent.
+    """
     record = read_state(paths)
     result = TaskResult(task_id=task_id, host=host, state=record["state"],
-                        reason=record.get("reason"))
+                        reason=record.get("reason"), originals=originals)
     meta = read_json(paths.result)
     if meta is not None:
-        values = load_namespace(paths.outputs) if paths.outputs.exists() else {}
+        values = load_namespace(paths.outputs, namespace=namespace,
+                                refs=_Sent(originals, inputs)) \
+            if paths.outputs.exists() else {}
+        result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
+                          if n.startswith(IN_PLACE)}
         for name, module in meta.get("imports", {}).items():
             try:
                 values[name] = importlib.import_module(module)
@@ -73,6 +107,31 @@ def load_result(paths: TaskPaths, task_id: str, host: str) -> TaskResult:
     if result.state != "completed":
         result.error = _error(paths, result)
     return result
+
+
+class _Sent(Mapping[str, Any]):
+    """The objects the notebook sent, by name; loaded again from the inputs file only when
+    this kernel no longer holds them (it restarted since)."""
+
+    def __init__(self, originals: Mapping[str, Any] | None, inputs: Path | None) -> None:
+        self.originals = originals or {}
+        self.inputs = inputs
+        self.loaded: dict[str, Any] | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.originals:
+            return self.originals[name]
+        if self.loaded is None:
+            self.loaded = {}
+            if self.inputs is not None and self.inputs.exists():
+                self.loaded = load_namespace(self.inputs)
+        return self.loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.originals)
+
+    def __len__(self) -> int:
+        return len(self.originals)
 
 
 def _shown(entry: dict[str, Any]) -> Shown:

@@ -27,7 +27,8 @@ import traceback
 import types
 from typing import Any, Callable
 
-from .serialization import dump_namespace, load_namespace
+from .changes import InputWatch, immutable
+from .serialization import IN_PLACE, dump_namespace, load_namespace
 from .taskdir import (
     FINAL_STATES,
     HEARTBEAT_INTERVAL,
@@ -173,11 +174,19 @@ def run_task(root: str) -> int:
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
     error: dict[str, Any] | None = None
+    sent: dict[str, Any] = {}
+    watch: InputWatch | None = None
     try:
         for name, module in spec.get("imports", {}).items():
             ns[name] = importlib.import_module(module)
+        own = dict(ns)
         if spec.get("inputs"):
-            ns.update(load_namespace(paths.inputs))
+            ns.update(load_namespace(paths.inputs, namespace=ns))
+        # Everything the notebook sent: the inputs, other names for the same objects, and the
+        # globals of functions it sent.
+        sent = {n: v for n, v in ns.items() if n not in own or own[n] is not v}
+        if spec.get("track_changes"):
+            watch = InputWatch(sent, str(paths.inputs), ns)
         body, last = _compile(source, filename, spec.get("last_expression", False))
         exec(body, ns)
         if last is not None:
@@ -187,20 +196,9 @@ def run_task(root: str) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything the cell raises is reported
         error = _describe_error(exc)
     recorder.collect_figures()
-
-    names = [n for n in spec.get("outputs", []) if n in ns and ns[n] is not recorder.display]
-    imports = {n: ns[n].__name__ for n in names if isinstance(ns[n], types.ModuleType)}
-    values = {n: ns[n] for n in names if n not in imports}
-    dumped = dump_namespace(values, paths.outputs, on_error="skip")
+    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display)
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
                    on_error="skip")
-    deleted = [n for n in spec.get("deletes", []) if n not in ns]
-    write_json(paths.result, {
-        "outputs": [n for n in values if n not in dumped.skipped],
-        "imports": imports,
-        "skipped": dumped.skipped,
-        "deleted": deleted,
-    })
     _flush_std()
     if error is not None:
         write_json(paths.error, error)
@@ -208,6 +206,33 @@ def run_task(root: str) -> int:
         return 1
     set_state(paths, "completed")
     return 0
+
+
+def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
+                   sent: dict[str, Any], watch: InputWatch | None, ours: Any) -> None:
+    """What goes back: names the cell bound to new objects, and inputs changed in place.
+
+    A name still bound to the object the notebook sent needs no new binding; if that object
+    changed, its new content goes back under IN_PLACE + name, and the kernel updates its own
+    object with it. Objects the notebook sent travel back as references to its own objects.
+    """
+    bound = [n for n in spec.get("outputs", []) if n in ns and ns[n] is not ours
+             and (n not in sent or ns[n] is not sent[n])]
+    imports = {n: ns[n].__name__ for n in bound if isinstance(ns[n], types.ModuleType)}
+    values = {n: ns[n] for n in bound if n not in imports}
+    mutated = watch.changed(sent) if watch is not None else []
+    values.update({IN_PLACE + n: sent[n] for n in mutated})
+    refs = {id(v): n for n, v in sent.items() if not immutable(v)}
+    dumped = dump_namespace(values, paths.outputs, on_error="skip", namespace=ns,
+                            send_globals=False, refs=refs)
+    deleted = [n for n in spec.get("deletes", []) if n not in ns]
+    write_json(paths.result, {
+        "outputs": [n for n in values if n not in dumped.skipped and not n.startswith(IN_PLACE)],
+        "mutated": [n for n in mutated if IN_PLACE + n not in dumped.skipped],
+        "imports": imports,
+        "skipped": {n.replace(IN_PLACE, "", 1): why for n, why in dumped.skipped.items()},
+        "deleted": deleted,
+    })
 
 
 def _when_imported(name: str, hook: Callable[[types.ModuleType], None]) -> None:

@@ -57,17 +57,19 @@ import os
 import pickle
 import struct
 import tempfile
-import types
-from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .errors import SerializationError
+from .pickling import Unpickler, make_pickler, receiving_into
 
 __all__ = ["DumpResult", "dump_namespace", "load_namespace", "read_names"]
 
 MAGIC = b"\x93RMNS\r\n\x1a"
+# Entry names that are not identifiers say what an entry is for. IN_PLACE + name: the new
+# content of the object the notebook sent as `name`, to be applied to that object in place.
+IN_PLACE = "<in-place>:"
 FORMAT_VERSION = 1
 ALIGNMENT = 64
 
@@ -83,6 +85,7 @@ class DumpResult:
     sha256: str
     size: int
     skipped: dict[str, str] = field(default_factory=dict)
+    aliased: tuple[str, ...] = ()  # names from `aliases` that were stored
 
 
 def _align(offset: int) -> int:
@@ -121,42 +124,17 @@ def _skip_reason(value: object, exc: BaseException) -> str:
     return f"{type(value).__qualname__}: {message}"
 
 
-_PLACEHOLDER_FILE = "<dynamic-code>"
-_pickler: type | None = None
-
-
-def _pickler_class() -> type:
-    """cloudpickle's Pickler, except that a code object keeps the name of its source file.
-
-    Since 3.1.3 cloudpickle replaces that name with a placeholder (for payloads that do not
-    depend on where a function was defined). Then a traceback through a function sent by value
-    (the executor's `fn`, a helper from the user's own module) names neither file nor line,
-    and the kernel cannot show the user their own code. The name costs a few bytes.
-    """
-    global _pickler
-    if _pickler is None:
-        import cloudpickle  # only the dumping side pays for this import
-
-        base = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
-        if base is None:
-            _pickler = cloudpickle.Pickler
-        else:
-            def reduce_code(code: types.CodeType) -> Any:
-                rebuild, args = base(code)
-                return rebuild, tuple(
-                    code.co_filename if isinstance(a, str) and a == _PLACEHOLDER_FILE else a
-                    for a in args)
-
-            _pickler = type("Pickler", (cloudpickle.Pickler,), {
-                "dispatch_table": ChainMap({types.CodeType: reduce_code},
-                                           cloudpickle.Pickler.dispatch_table)})
-    return _pickler
-
-
 def dump_namespace(
-    values: Mapping[str, Any], path: str | os.PathLike[str], *, on_error: str = "raise"
+    values: Mapping[str, Any], path: str | os.PathLike[str], *, on_error: str = "raise",
+    namespace: dict[str, Any] | None = None, send_globals: bool = True,
+    refs: Mapping[int, str] | None = None, aliases: Mapping[str, Any] | None = None,
 ) -> DumpResult:
     """Write `values` to `path` atomically.
+
+    `namespace`, `send_globals` and `refs` are the pickler's (see `pickling.make_pickler`).
+    `aliases` are further names offered for free: each whose object was pickled anyway, as
+    part of some value, is stored too (a memo reference of a few bytes). The receiver then
+    holds every name by which the sender could reach those objects.
 
     With ``on_error="raise"`` the first value that cannot be pickled aborts the dump with a
     `SerializationError` naming it, before any file is created. With ``on_error="skip"`` such
@@ -178,7 +156,8 @@ def dump_namespace(
         buffers.append(view)
         return False
 
-    pickler = _pickler_class()(writer, protocol=5, buffer_callback=take_buffer)
+    pickler = make_pickler(writer, take_buffer, namespace=namespace, send_globals=send_globals,
+                           refs=refs)
     entries: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     memo_cleared = False
@@ -188,6 +167,7 @@ def dump_namespace(
                 raise TypeError(f"variable names must be str, not {type(name).__name__}")
             mark = writer.mark()
             first_buffer = len(buffers)
+            pickler.top = value
             try:
                 pickler.dump(value)
             except Exception as exc:
@@ -210,11 +190,34 @@ def dump_namespace(
                 "new_memo": memo_cleared,
             })
             memo_cleared = False
+        aliased = _dump_aliases(pickler, writer, entries, values, aliases or {}, memo_cleared)
         del pickler  # its memo keeps every pickled object alive
-        return _write_file(os.fspath(path), entries, writer, buffers, skipped)
+        result = _write_file(os.fspath(path), entries, writer, buffers, skipped)
+        return DumpResult(result.sha256, result.size, result.skipped, aliased)
     finally:
         for view in buffers:
             view.release()
+
+
+def _dump_aliases(pickler: Any, writer: _FrameWriter, entries: list[dict[str, Any]],
+                  values: Mapping[str, Any], aliases: Mapping[str, Any],
+                  new_memo: bool) -> tuple[str, ...]:
+    candidates = {n: v for n, v in aliases.items() if n not in values}
+    if not candidates:
+        return ()
+    memo = pickler.memo.copy()
+    stored = []
+    for name, value in candidates.items():
+        if id(value) not in memo:
+            continue
+        mark = writer.mark()
+        pickler.top = value
+        pickler.dump(value)  # a memo hit: a few bytes
+        entries.append({"name": name, "offset": mark[1], "length": writer.size - mark[1],
+                        "buffers": 0, "new_memo": new_memo})
+        new_memo = False
+        stored.append(name)
+    return tuple(stored)
 
 
 class _HashingWriter:
@@ -399,8 +402,12 @@ class _BufferFeed:
         return self.views[self.used - 1]
 
 
-def load_namespace(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_namespace(path: str | os.PathLike[str], *, namespace: dict[str, Any] | None = None,
+                   refs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read back what `dump_namespace` wrote.
+
+    Functions that were bound to the sender's namespace get `namespace` as their globals (a
+    fresh dict if None); references by name resolve in `refs`.
 
     The file is mapped privately (copy-on-write): arrays come back writable, their pages are
     read only when touched, and writing to them never changes the file. The map stays open as
@@ -417,7 +424,8 @@ def load_namespace(path: str | os.PathLike[str]) -> dict[str, Any]:
             region = bytearray(file.read())
     view = memoryview(region)
     try:
-        return _load_values(path, header, data_start, view)
+        with receiving_into(namespace):
+            return _load_values(path, header, data_start, view, refs)
     finally:
         view.release()
         if isinstance(region, mmap.mmap):
@@ -428,7 +436,8 @@ def load_namespace(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _load_values(
-    path: str, header: dict[str, Any], data_start: int, view: memoryview
+    path: str, header: dict[str, Any], data_start: int, view: memoryview,
+    refs: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     feed = _BufferFeed([view[data_start + offset:data_start + offset + length]
                         for offset, length in header["buffers"]])
@@ -439,7 +448,7 @@ def _load_values(
     for entry in header["values"]:
         name = entry["name"]
         if unpickler is None or entry["new_memo"]:
-            unpickler = pickle.Unpickler(reader, buffers=feed)
+            unpickler = Unpickler(reader, buffers=feed, refs=refs)
         reader.position = data_start + entry["offset"]
         used = feed.used
         try:

@@ -55,6 +55,8 @@ class PreparedTask:
     spec: dict[str, Any]
     files: list[str]
     extra: list[tuple[Path, str]] = field(default_factory=list)  # (--files path, destination)
+    # the objects sent, by every notebook name they were sent under: the results refer to them
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def discard(self) -> None:
         shutil.rmtree(self.local_dir, ignore_errors=True)
@@ -79,8 +81,11 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
     outputs = options.outputs
     if outputs is None:
         outputs = [n for n in names.binds if not n.startswith("_")]
+    others = {n: v for n, v in namespace.items()
+              if n not in values and n not in hidden and not n.startswith("_")
+              and not isinstance(v, types.ModuleType)}
     return _write_task(code, values, outputs, sorted(names.deletes), names.last_expression,
-                       host, options)
+                       host, options, namespace=namespace, aliases=others)
 
 
 def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -171,7 +176,11 @@ def _check_collect(patterns: list[str]) -> list[str]:
 
 
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
-                last_expression: bool, host: HostConfig, options: TaskOptions) -> PreparedTask:
+                last_expression: bool, host: HostConfig, options: TaskOptions,
+                namespace: Mapping[str, Any] | None = None,
+                aliases: Mapping[str, Any] | None = None) -> PreparedTask:
+    """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
+    would: its functions see the task's globals, and the inputs it changes come back."""
     options.resources = check_resources(options.resources)
     extra = plan_files(options.files, host, Path.cwd())
     collect = _check_collect(options.collect)
@@ -182,7 +191,10 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))
     try:
-        dumped = dump_namespace(values, TaskPaths(staging).inputs)
+        dumped = dump_namespace(
+            values, TaskPaths(staging).inputs,
+            namespace=namespace if isinstance(namespace, dict) else None, aliases=aliases)
+        values = {**values, **{n: aliases[n] for n in dumped.aliased}} if aliases else values
         python = "{}.{}".format(*sys.version_info[:2])
         staged = [(str(p), d, p.stat().st_size, p.stat().st_mtime_ns) for p, d in extra]
         content = {"code": code, "imports": imports, "inputs": dumped.sha256,
@@ -200,7 +212,7 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
             "inputs": sorted(values), "imports": imports, "outputs": outputs,
             "deletes": deletes, "resources": options.resources, "name": options.name,
             "python": python, "created": time.time(), "collect": collect,
-            "files": [d for _, d in extra],
+            "files": [d for _, d in extra], "track_changes": namespace is not None,
         }
         write_json(TaskPaths(staging).spec, spec)
     except BaseException:
@@ -208,7 +220,7 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         raise
     return PreparedTask(id=task_id, content_hash=content_hash, host=host.name,
                         name=options.name, local_dir=staging, spec=spec,
-                        files=["spec.json", "inputs.rmns"], extra=extra)
+                        files=["spec.json", "inputs.rmns"], extra=extra, values=values)
 
 
 def commit(prepared: PreparedTask) -> None:

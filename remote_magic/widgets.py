@@ -174,12 +174,11 @@ class TaskView:
         self.draw(False)
         self._drawn_at = time.monotonic()
 
-    def loaded(self, names: list[str], collected: list[str]) -> None:
-        """The results are in the namespace: say so, and how long it all took."""
+    def loaded(self, names: list[str], notes: list[str]) -> None:
+        """The results are in the namespace: say so, what else the user should know, and how
+        long it all took."""
         took = format_duration(time.time() - (self.record.submitted or self.record.created))
-        parts = [f"loaded {', '.join(names)}" if names else "nothing to load"]
-        if collected:
-            parts.append(f"collected {len(collected)} file(s)")
+        parts = [f"loaded {', '.join(names)}" if names else "nothing to load", *notes]
         self.loaded_note = f"{'; '.join(parts)} · {took} end to end"
         with self._lock:
             self.draw(True)

@@ -1,0 +1,152 @@
+"""The pickler and unpickler that keep a cell's objects tied to the namespace they live in.
+
+Plain cloudpickle copies everything, which breaks two things a notebook user relies on:
+
+* A function keeps looking up globals in the namespace where it lives. cloudpickle gives a
+  function rebuilt elsewhere a private globals dict holding copies of what it referenced, so a
+  function defined by a remote cell would, back in the kernel, never see a global the notebook
+  rebinds later. Here a function whose globals are *the* namespace being sent (the notebook's
+  on the way out, the task's on the way back) is rebuilt with the receiving namespace as its
+  globals: the task's namespace on the host, the notebook's own in the kernel.
+* Identity. An object the task received from the notebook and hands back inside a result (an
+  estimator kept by a pipeline, a list put in a dict) must come back as the kernel's own
+  object, not a copy of it. The runner's pickler writes such an object as a reference by name
+  (pickle's persistent id), and the kernel's unpickler resolves the name to the object it sent.
+
+Imported on both sides; cloudpickle is imported only by whoever pickles.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import types
+from collections import ChainMap
+from collections.abc import Mapping
+from typing import Any
+
+_PLACEHOLDER_FILE = "<dynamic-code>"
+_classes: dict[bool, type] = {}
+_receiving = threading.local()
+
+
+class _NamespaceRef:
+    """Stands for "the namespace of whoever loads this" in a pickled function."""
+
+    def __reduce__(self) -> Any:
+        return receiving_namespace, ()
+
+
+NAMESPACE = _NamespaceRef()
+
+
+def receiving_namespace() -> dict[str, Any]:
+    """Called while unpickling: the globals a namespace-bound function is rebuilt with."""
+    namespace = getattr(_receiving, "namespace", None)
+    if namespace is None:  # nobody said where: one fresh dict for everything in this load
+        namespace = _receiving.namespace = {}
+    return namespace
+
+
+def pickler_class(with_refs: bool = False) -> type:
+    """cloudpickle's Pickler with three changes (the class is built once, on first use).
+
+    - A code object keeps the name of its source file. Since 3.1.3 cloudpickle replaces it with
+      a placeholder; a traceback through a function sent by value (the executor's `fn`, a
+      helper from the user's own module) would then name neither file nor line.
+    - Functions whose globals are `self.namespace` are rebuilt in the receiving namespace;
+      with `self.send_globals` false the values they reference are left out, since the
+      receiver holds the right ones already.
+    - With `with_refs`, objects listed in `self.refs` (id -> name) are written as references
+      to the receiver's object of that name, except the value being dumped at top level.
+    """
+    cls = _classes.get(with_refs)
+    if cls is not None:
+        return cls
+    import cloudpickle
+
+    base = cloudpickle.Pickler
+    table: Any = base.dispatch_table
+    reduce_code_base = base.dispatch_table.get(types.CodeType)
+    if reduce_code_base is not None:
+        def reduce_code(code: types.CodeType) -> Any:
+            rebuild, args = reduce_code_base(code)
+            return rebuild, tuple(
+                code.co_filename if isinstance(a, str) and a == _PLACEHOLDER_FILE else a
+                for a in args)
+
+        table = ChainMap({types.CodeType: reduce_code}, base.dispatch_table)
+
+    def _dynamic_function_reduce(self: Any, func: types.FunctionType) -> Any:
+        reduced = base._dynamic_function_reduce(self, func)
+        if self.namespace is None or func.__globals__ is not self.namespace:
+            return reduced
+        make, (code, _, name, argdefs, closure), (state, slots), *rest = reduced
+        if not self.send_globals:
+            slots = {**slots, "__globals__": {}}
+        return (make, (code, NAMESPACE, name, argdefs, closure), (state, slots), *rest)
+
+    attributes: dict[str, Any] = {
+        "dispatch_table": table, "_dynamic_function_reduce": _dynamic_function_reduce,
+        "namespace": None, "send_globals": True, "refs": {}, "top": None,
+    }
+    if with_refs:
+        def persistent_id(self: Any, obj: Any) -> Any:
+            if obj is self.top:
+                return None
+            return self.refs.get(id(obj))
+
+        attributes["persistent_id"] = persistent_id
+    cls = _classes[with_refs] = type("Pickler", (base,), attributes)
+    return cls
+
+
+def make_pickler(file: Any, buffer_callback: Any, *, namespace: dict[str, Any] | None = None,
+                 send_globals: bool = True, refs: Mapping[int, str] | None = None) -> Any:
+    pickler = pickler_class(with_refs=bool(refs))(file, protocol=5,
+                                                  buffer_callback=buffer_callback)
+    pickler.namespace, pickler.send_globals = namespace, send_globals
+    if refs:
+        pickler.refs = refs
+    return pickler
+
+
+class Unpickler(pickle.Unpickler):
+    """Resolves the runner's references by name to the objects the kernel sent."""
+
+    def __init__(self, file: Any, *, buffers: Any, refs: Mapping[str, Any] | None) -> None:
+        super().__init__(file, buffers=buffers)
+        self.refs = refs or {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self.refs[pid]
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(
+                f"the data refers to the notebook's variable {pid!r} as it was sent to the "
+                "task, and that object is not known here") from None
+
+
+class receiving_into:
+    """While loading: namespace-bound functions get `namespace` as their globals.
+
+    cloudpickle also sets '__builtins__' in a rebuilt function's globals (to its own module's
+    builtins dict); the namespace keeps the one it had.
+    """
+
+    def __init__(self, namespace: dict[str, Any] | None) -> None:
+        self.namespace = namespace
+        self.builtins: Any = None
+
+    def __enter__(self) -> None:
+        _receiving.namespace = self.namespace
+        if self.namespace is not None:
+            self.builtins = self.namespace.get("__builtins__", _receiving)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.namespace is not None:
+            if self.builtins is _receiving:
+                self.namespace.pop("__builtins__", None)
+            else:
+                self.namespace["__builtins__"] = self.builtins
+        _receiving.namespace = None
