@@ -7,6 +7,8 @@ cell itself failed on the host, and its remote traceback is what the user needs.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RemoteMagicError(Exception):
     """A problem the user can fix; its message says what to do."""
@@ -110,18 +112,79 @@ class TaskFailedError(RemoteTaskError):
 _error_classes: dict[type, type] = {}
 
 
+def _remote_class(original: type) -> type:
+    """A subclass of both RemoteTaskError and `original`, named as `original`, which prints
+    as `original` does: the notebook shows the same type and message as a local run."""
+    cls = _error_classes.get(original)
+    if cls is None:
+        try:
+            cls = type(original.__name__, (RemoteTaskError, original), {
+                "__module__": original.__module__, "__qualname__": original.__qualname__,
+                "__init__": RemoteTaskError.__init__, "__str__": original.__str__,
+                "__repr__": original.__repr__})
+        except TypeError:  # incompatible layouts: keep the base class
+            cls = RemoteTaskError
+        _error_classes[original] = cls
+    return cls
+
+
 def error_for(original: type | None, message: str, **info: str) -> RemoteTaskError:
     """A RemoteTaskError that is also an instance of `original` when Python allows it."""
-    cls: type = RemoteTaskError
-    if original is not None and issubclass(original, Exception):
-        cls = _error_classes.get(original)  # type: ignore[assignment]
-        if cls is None:
-            try:
-                cls = type(original.__name__, (RemoteTaskError, original),
-                           {"__module__": original.__module__,
-                            "__init__": RemoteTaskError.__init__,
-                            "__str__": RemoteTaskError.__str__})
-            except TypeError:  # incompatible layouts: keep the base class
-                cls = RemoteTaskError
-            _error_classes[original] = cls
-    return cls(message, **info)
+    if original is None or not issubclass(original, BaseException):
+        return RemoteTaskError(message, **info)
+    cls = _remote_class(original)
+    error = BaseException.__new__(cls) if cls is not RemoteTaskError else None
+    if error is None or not _settable(error, (message,)):
+        return RemoteTaskError(message, **info)
+    RemoteTaskError.__init__(error, message, **info)
+    return error
+
+
+def rebuild_error(original: type, args: tuple[Any, ...], attributes: dict[str, Any],
+                  **info: str) -> RemoteTaskError:
+    """The remote exception itself, as raised: its type, args and attributes, built without
+    calling its __init__ (which may take other arguments than its args, or reword them)."""
+    cls = _remote_class(original) if issubclass(original, BaseException) else RemoteTaskError
+    if cls is RemoteTaskError:
+        return RemoteTaskError(str(args[0]) if args else original.__name__, **info)
+    try:
+        error = cls.__new__(cls, *args)
+    except Exception:  # noqa: BLE001 - a __new__ that wants other arguments
+        error = cls.__new__(cls)
+    if not _settable(error, args):
+        return error_for(original, str(args[0]) if args else "", **info)
+    for name, value in attributes.items():
+        if value is None:  # unset C slots read as None; setting None would print "-> None"
+            continue
+        try:
+            setattr(error, name, value)
+        except (AttributeError, TypeError):  # read-only or computed: the args gave it
+            pass
+    for name, value in info.items():
+        setattr(error, name, value)
+    return error
+
+
+def _settable(error: BaseException, args: tuple[Any, ...]) -> bool:
+    try:
+        error.args = args
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def syntax_error(exc: SyntaxError, message: str) -> CaptureError:
+    """The cell does not compile: the same SyntaxError (or IndentationError) a local run
+    raises, pointing at the cell's line, that is also a CaptureError (nothing was sent)."""
+    kind = type(exc) if issubclass(type(exc), SyntaxError) else SyntaxError
+    cls = _syntax_classes.get(kind)
+    if cls is None:
+        cls = _syntax_classes[kind] = type(kind.__name__, (CaptureError, kind), {
+            "__module__": kind.__module__, "__qualname__": kind.__qualname__,
+            "__str__": kind.__str__})
+    details = (exc.filename, exc.lineno, exc.offset, exc.text, exc.end_lineno,
+               exc.end_offset)
+    return cls(message, details)
+
+
+_syntax_classes: dict[type, type] = {}

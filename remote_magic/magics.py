@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
+import traceback
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -315,10 +317,30 @@ def _show_error(shell: Any, etype: type, value: BaseException, tb: Any,
         stb = [value.remote_traceback.rstrip("\n"),
                f"(raised on the host by task {value.task_id}; "
                f"%remote_log {value.task_id} --stderr shows its error output)"]
+        hint = _missing_name_hint(value, shell.user_ns)
+        if hint:
+            stb.append(hint)
+    elif isinstance(value, SyntaxError):  # as IPython shows a cell that does not compile
+        stb = [line.rstrip("\n") for line in traceback.format_exception_only(etype, value)]
     else:
         stb = [f"{etype.__name__}: {value}"]
     shell._showtraceback(etype, value, stb)
     return stb
+
+
+_UNDEFINED = re.compile(r"(?:name|variable) '(\w+)' is not defined")
+
+
+def _missing_name_hint(error: BaseException, namespace: dict[str, Any]) -> str:
+    """A name the task missed but the notebook has was used in a way the cell's code does not
+    show (a string evaluated at run time, `globals()`): say how to send it."""
+    if not isinstance(error, NameError):
+        return ""
+    name = getattr(error, "name", None) or next(iter(_UNDEFINED.findall(str(error))), None)
+    if not name or name not in namespace:
+        return ""
+    return (f"'{name}' is a variable of this notebook that the cell does not name in its code, "
+            f"so it was not sent: add -i {name} to the %%remote line.")
 
 
 _loaded: dict[int, RemoteMagics] = {}

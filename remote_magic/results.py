@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RemoteTaskError, TaskFailedError, error_for
+from .errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from .inplace import update_in_place
-from .serialization import IN_PLACE, load_namespace
+from .serialization import EXCEPTION, IN_PLACE, load_namespace
 from .taskdir import TaskPaths, read_json, read_state
 
 
@@ -84,6 +84,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
     record = read_state(paths)
     result = TaskResult(task_id=task_id, host=host, state=record["state"],
                         reason=record.get("reason"), originals=originals)
+    raised = None
     meta = read_json(paths.result)
     if meta is not None:
         values = load_namespace(paths.outputs, namespace=namespace,
@@ -91,6 +92,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
             if paths.outputs.exists() else {}
         result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
                           if n.startswith(IN_PLACE)}
+        raised = values.pop(EXCEPTION, None)
         for name, module in meta.get("imports", {}).items():
             try:
                 values[name] = importlib.import_module(module)
@@ -105,7 +107,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
             if shown.get("result") is not None:
                 result.value = _shown(shown["result"])
     if result.state != "completed":
-        result.error = _error(paths, result)
+        result.error = _error(paths, result, raised)
     return result
 
 
@@ -144,17 +146,19 @@ def _shown(entry: dict[str, Any]) -> Shown:
                                            f"{type(exc).__name__}: {exc}>"})
 
 
-def _error(paths: TaskPaths, result: TaskResult) -> RemoteTaskError:
+def _error(paths: TaskPaths, result: TaskResult, raised: Any) -> RemoteTaskError:
     where = f"task {result.task_id} on {result.host}"
     info = read_json(paths.error)
     if info is None:
         return TaskFailedError(f"Task {result.task_id} on {result.host} {result.state}: "
                                f"{result.reason or 'no reason recorded'}",
                                remote_type=result.state, task_id=result.task_id)
+    details = {"remote_type": info["type"], "task_id": result.task_id,
+               "remote_traceback": with_local_source(info.get("traceback", ""))}
+    if isinstance(raised, tuple) and len(raised) == 3 and isinstance(raised[0], type):
+        return rebuild_error(*raised, **details)
     original = _exception_type(info.get("module", ""), info.get("type", ""))
-    return error_for(original, f"{info['message']} (raised in {where})",
-                     remote_type=info["type"], task_id=result.task_id,
-                     remote_traceback=with_local_source(info.get("traceback", "")))
+    return error_for(original, f"{info['message']} (raised in {where})", **details)
 
 
 def _exception_type(module: str, qualname: str) -> type | None:

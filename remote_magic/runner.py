@@ -28,7 +28,7 @@ import types
 from typing import Any, Callable
 
 from .changes import InputWatch, immutable
-from .serialization import IN_PLACE, dump_namespace, load_namespace
+from .serialization import EXCEPTION, IN_PLACE, dump_namespace, load_namespace
 from .taskdir import (
     FINAL_STATES,
     HEARTBEAT_INTERVAL,
@@ -176,6 +176,7 @@ def run_task(root: str) -> int:
     error: dict[str, Any] | None = None
     sent: dict[str, Any] = {}
     watch: InputWatch | None = None
+    raised: BaseException | None = None
     try:
         for name, module in spec.get("imports", {}).items():
             ns[name] = importlib.import_module(module)
@@ -195,8 +196,9 @@ def run_task(root: str) -> int:
                 recorder.result = recorder.entry(value)
     except BaseException as exc:  # noqa: BLE001 - everything the cell raises is reported
         error = _describe_error(exc)
+        raised = exc
     recorder.collect_figures()
-    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display)
+    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display, raised=raised)
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
                    on_error="skip")
     _flush_std()
@@ -209,7 +211,8 @@ def run_task(root: str) -> int:
 
 
 def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
-                   sent: dict[str, Any], watch: InputWatch | None, ours: Any) -> None:
+                   sent: dict[str, Any], watch: InputWatch | None, ours: Any,
+                   raised: BaseException | None) -> None:
     """What goes back: names the cell bound to new objects, and inputs changed in place.
 
     A name still bound to the object the notebook sent needs no new binding; if that object
@@ -222,12 +225,14 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
     values = {n: ns[n] for n in bound if n not in imports}
     mutated = watch.changed(sent) if watch is not None else []
     values.update({IN_PLACE + n: sent[n] for n in mutated})
+    if raised is not None:
+        values[EXCEPTION] = _exception_state(raised)
     refs = {id(v): n for n, v in sent.items() if not immutable(v)}
     dumped = dump_namespace(values, paths.outputs, on_error="skip", namespace=ns,
                             send_globals=False, refs=refs)
     deleted = [n for n in spec.get("deletes", []) if n not in ns]
     write_json(paths.result, {
-        "outputs": [n for n in values if n not in dumped.skipped and not n.startswith(IN_PLACE)],
+        "outputs": [n for n in values if n not in dumped.skipped and n.isidentifier()],
         "mutated": [n for n in mutated if IN_PLACE + n not in dumped.skipped],
         "imports": imports,
         "skipped": {n.replace(IN_PLACE, "", 1): why for n, why in dumped.skipped.items()},
@@ -292,6 +297,24 @@ def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, An
     if last_expression and tree.body and isinstance(tree.body[-1], ast.Expr):
         last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
     return compile(tree, filename, "exec"), last
+
+
+_ERROR_ATTRIBUTES = ("errno", "strerror", "filename", "filename2", "name", "path", "msg",
+                     "lineno", "offset", "text", "end_lineno", "end_offset", "code", "value",
+                     "encoding", "object", "start", "end", "reason")
+
+
+def _exception_state(exc: BaseException) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
+    """What the kernel needs to raise the same exception: its type, args, and attributes,
+    including those that live in C slots (errno, filename, name...), which pickling loses."""
+    attributes: dict[str, Any] = {}
+    for name in _ERROR_ATTRIBUTES:
+        try:
+            attributes[name] = getattr(exc, name)
+        except Exception:  # noqa: BLE001 - absent, or a property that fails
+            continue
+    attributes.update(getattr(exc, "__dict__", {}))
+    return type(exc), exc.args, attributes
 
 
 def _describe_error(exc: BaseException) -> dict[str, Any]:

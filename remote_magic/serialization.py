@@ -70,6 +70,7 @@ MAGIC = b"\x93RMNS\r\n\x1a"
 # Entry names that are not identifiers say what an entry is for. IN_PLACE + name: the new
 # content of the object the notebook sent as `name`, to be applied to that object in place.
 IN_PLACE = "<in-place>:"
+EXCEPTION = "<exception>"  # what the cell raised: (type, args, attributes)
 FORMAT_VERSION = 1
 ALIGNMENT = 64
 

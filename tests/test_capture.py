@@ -744,27 +744,50 @@ def test_star_import_in_a_branch_is_refused() -> None:
         cell("if c:\n    from m import *\n")
 
 
-def test_syntax_error_names_the_line() -> None:
-    with pytest.raises(CaptureError) as info:
+def test_syntax_error_is_the_syntax_error_a_local_run_raises() -> None:
+    with pytest.raises(SyntaxError) as info:
         cell("a = 1\nb = 2\nc = = 3\n")
-    assert str(info.value).startswith("Syntax error in the cell, line 3: c = = 3")
+    local = _compile_error("a = 1\nb = 2\nc = = 3\n")
+    assert isinstance(info.value, CaptureError) and type(info.value).__name__ == "SyntaxError"
+    assert (info.value.msg, info.value.lineno, info.value.text) == \
+        (local.msg, 3, "c = = 3\n")
+    assert str(info.value) == str(local)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def _compile_error(source: str) -> SyntaxError:
+    try:
+        compile(source, "<cell>", "exec")
+    except SyntaxError as exc:
+        return exc
+    raise AssertionError("compiled")
+
+
+def test_indentation_error_keeps_its_type() -> None:
+    with pytest.raises(IndentationError) as info:
+        cell("if x:\npass\n")
+    assert type(info.value).__name__ == "IndentationError" and info.value.lineno == 2
 
 
 def test_syntax_error_with_windows_line_endings() -> None:
-    with pytest.raises(CaptureError, match="line 2: b = = 2"):
+    with pytest.raises(SyntaxError) as info:
         analyse_cell("a = 1\r\nb = = 2\r\n")
+    assert info.value.lineno == 2 and info.value.text.strip() == "b = = 2"
 
 
 def test_unclosed_bracket() -> None:
-    with pytest.raises(CaptureError, match=r"Syntax error in the cell, line \d"):
+    with pytest.raises(SyntaxError, match="never closed") as info:
         cell("x = (1,\ny = 2\n")
+    assert info.value.lineno == 1
 
 
 def test_scope_errors_are_reported_before_shipping() -> None:
-    with pytest.raises(CaptureError, match="line 2: nonlocal q"):
+    with pytest.raises(SyntaxError, match="nonlocal") as info:
         cell("def f():\n    nonlocal q\n")
-    with pytest.raises(CaptureError, match="line 1: return 1"):
+    assert info.value.lineno == 2 and info.value.text.strip() == "nonlocal q"
+    with pytest.raises(SyntaxError, match="outside function") as info:
         cell("return 1")
+    assert info.value.lineno == 1
 
 
 def test_ipython_syntax_gets_a_hint() -> None:

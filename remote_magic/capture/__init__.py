@@ -34,7 +34,7 @@ import io
 import tokenize
 from dataclasses import dataclass
 
-from ..errors import CaptureError
+from ..errors import CaptureError, syntax_error
 from .flow import CellWalker
 
 __all__ = ["CellNames", "analyse_cell"]
@@ -97,7 +97,7 @@ def _parse(source: str) -> ast.Module:
         tree = ast.parse(source, "<cell>", "exec")
         compile(tree, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     except SyntaxError as exc:
-        raise CaptureError(_syntax_message(exc, source)) from exc
+        raise _syntax_error(exc, source) from None
     except ValueError as exc:  # null bytes, before 3.12
         raise CaptureError(f"The cell cannot be parsed: {exc}.") from exc
     except RecursionError:
@@ -107,23 +107,19 @@ def _parse(source: str) -> ast.Module:
     return tree
 
 
-def _syntax_message(exc: SyntaxError, source: str) -> str:
-    """Point at the line itself: the traceback of a parse error is useless to the user."""
+def _syntax_error(exc: SyntaxError, source: str) -> CaptureError:
+    """The SyntaxError a local run would raise, on the cell's own line, plus a hint when the
+    line is IPython syntax, which a local cell accepts and a remote one cannot run."""
     lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    lineno = exc.lineno
-    reason = exc.msg or "invalid syntax"
-    if not lineno or lineno < 1:
-        return f"Syntax error in the cell: {reason}."
-    text = lines[lineno - 1] if lineno <= len(lines) else (exc.text or "")
-    text = text.strip()
-    if not text:  # e.g. an unclosed bracket reported at the end of the cell
-        return f"Syntax error in the cell, line {lineno}: {reason}"
-    shown = text if len(text) <= 120 else text[:117] + "..."
-    message = f"Syntax error in the cell, line {lineno}: {shown} ({reason})"
+    lineno = exc.lineno or 0
+    if exc.text is None and 1 <= lineno <= len(lines):
+        exc.text = lines[lineno - 1]
+    message = exc.msg or "invalid syntax"
+    text = (exc.text or "").strip()
     if text.startswith(("%", "!")) or text.endswith("?"):
-        message += (". IPython syntax (%magics, !shell commands, ?help) cannot run in a "
+        message += (": IPython syntax (%magics, !shell commands, ?help) cannot run in a "
                     "remote cell; write it as plain Python")
-    return message
+    return syntax_error(exc, message)
 
 
 def _ends_with_semicolon(source: str) -> bool:
