@@ -914,3 +914,28 @@ def test_nested_scopes_agree_with_symtable(source: str) -> None:
     source = textwrap.dedent(source)
     defined = {node.name for node in ast.parse(source).body}  # each sample only has defs
     assert analyse_cell(source).reads == frozenset(_symtable_globals(source) - defined)
+
+
+@pytest.mark.parametrize("code, names", [
+    ('df.query("a > @limit")', {"limit"}),
+    ('df.eval("c = a * @scale")', {"scale"}),
+    ('pd.eval("df1 + df2")', {"df1", "df2"}),
+    ('numexpr.evaluate("a * b", local_dict=None)', {"a", "b"}),
+    ('evaluate(expr="x ** 2")', {"x"}),
+    ('eval("y + 1")', {"y"}),
+    ('exec("w = v * 2")', {"v"}),
+])
+def test_names_inside_strings_evaluated_at_run_time_are_read(code: str,
+                                                              names: set[str]) -> None:
+    assert names <= cell(code).reads
+
+
+def test_names_in_evaluated_strings_follow_the_scope_rules() -> None:
+    # bound before the call, or a parameter of the function: not read from the notebook
+    assert "x" not in cell('x = 1\ndf.query("a > @x")').reads
+    assert "q" not in cell('def f(q):\n    return df.query("a > @q")\n').reads
+    # quoted strings and backticked column names inside the expression are not names
+    assert cell("""df.query("name == 'bob' and `a b` > lim")""").reads >= {"lim", "df"}
+    assert not {"bob"} & cell("""df.query("name == 'bob'")""").reads
+    # a string that is not a literal cannot be read
+    assert cell("df.query(expression)").reads == {"df", "expression"}

@@ -18,6 +18,7 @@ from .scopes import (
     parameters,
     scan_scope,
 )
+from .strings import names_in_evaluated_string
 
 # ---------------------------------------------------------------------------------------------
 # The walker
@@ -510,6 +511,12 @@ class CellWalker:
             self._store(node.id)
         else:
             self._delete(node.id)
+
+    def _expr_Call(self, node: ast.Call) -> None:
+        for child in ast.iter_child_nodes(node):
+            self._expr(child)
+        for name in names_in_evaluated_string(node):
+            self._load(name)
 
     def _expr_NamedExpr(self, node: ast.NamedExpr) -> None:
         self._expr(node.value)
