@@ -291,6 +291,9 @@ def _notes(result: TaskResult) -> list[str]:
     notes = []
     if result.collected:
         notes.append(f"collected into {os.getcwd()}: {', '.join(result.collected)}")
+    if result.unsettled:
+        notes.append("the task changed settings that could not be applied here: "
+                     + ", ".join(k.split(":")[0] for k in result.unsettled))
     for name, why in sorted(result.rebound.items()):
         notes.append(f"{name} was changed by the task and rebound here, not updated in place "
                      f"({why})")

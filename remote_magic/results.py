@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ambient
 from .errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from .inplace import update_in_place
-from .serialization import EXCEPTION, IN_PLACE, load_namespace
+from .serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
 from .taskdir import TaskPaths, read_json, read_state
 
 
@@ -47,6 +48,8 @@ class TaskResult:
     mutated: dict[str, Any] = field(default_factory=dict)
     originals: Mapping[str, Any] | None = None
     rebound: dict[str, str] = field(default_factory=dict)  # changed, but not in place: why
+    settings: dict[str, Any] = field(default_factory=dict)  # module settings it changed
+    unsettled: list[str] = field(default_factory=list)  # of those, what could not be applied
 
     def apply(self, namespace: dict[str, Any]) -> list[str]:
         """Leave `namespace` as the cell would have: the objects it changed are changed here
@@ -63,6 +66,7 @@ class TaskResult:
         namespace.update(self.values)
         for name in self.deleted:
             namespace.pop(name, None)
+        self.unsettled = ambient.restore(self.settings)
         return sorted(self.values)
 
     @property
@@ -93,6 +97,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
         result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
                           if n.startswith(IN_PLACE)}
         raised = values.pop(EXCEPTION, None)
+        result.settings = values.pop(AMBIENT, {})
         for name, module in meta.get("imports", {}).items():
             try:
                 values[name] = importlib.import_module(module)

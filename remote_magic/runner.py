@@ -25,10 +25,12 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable
+from typing import Any
 
+from . import ambient
 from .changes import InputWatch, immutable
-from .serialization import EXCEPTION, IN_PLACE, dump_namespace, load_namespace
+from .importhooks import when_imported
+from .serialization import AMBIENT, EXCEPTION, IN_PLACE, dump_namespace, load_namespace
 from .taskdir import (
     FINAL_STATES,
     HEARTBEAT_INTERVAL,
@@ -169,20 +171,23 @@ def run_task(root: str) -> int:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
     recorder = DisplayRecorder()
-    _when_imported("IPython.core.display_functions", recorder.patch_ipython)
-    _when_imported("tqdm.std", _report_tqdm)
+    when_imported("IPython.core.display_functions", recorder.patch_ipython)
+    when_imported("tqdm.std", _report_tqdm)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
                           "display": recorder.display}
     error: dict[str, Any] | None = None
     sent: dict[str, Any] = {}
     watch: InputWatch | None = None
+    settings: ambient.Tracker | None = None
     raised: BaseException | None = None
     try:
         for name, module in spec.get("imports", {}).items():
             ns[name] = importlib.import_module(module)
         own = dict(ns)
-        if spec.get("inputs"):
-            ns.update(load_namespace(paths.inputs, namespace=ns))
+        loaded = load_namespace(paths.inputs, namespace=ns) if spec.get("inputs") else {}
+        if spec.get("track_changes"):
+            settings = ambient.Tracker(loaded.pop(AMBIENT, {}), when_imported)
+        ns.update(loaded)
         # Everything the notebook sent: the inputs, other names for the same objects, and the
         # globals of functions it sent.
         sent = {n: v for n, v in ns.items() if n not in own or own[n] is not v}
@@ -198,7 +203,8 @@ def run_task(root: str) -> int:
         error = _describe_error(exc)
         raised = exc
     recorder.collect_figures()
-    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display, raised=raised)
+    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display, raised=raised,
+                   settings=settings)
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
                    on_error="skip")
     _flush_std()
@@ -212,7 +218,7 @@ def run_task(root: str) -> int:
 
 def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
                    sent: dict[str, Any], watch: InputWatch | None, ours: Any,
-                   raised: BaseException | None) -> None:
+                   raised: BaseException | None, settings: ambient.Tracker | None) -> None:
     """What goes back: names the cell bound to new objects, and inputs changed in place.
 
     A name still bound to the object the notebook sent needs no new binding; if that object
@@ -227,6 +233,9 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
     values.update({IN_PLACE + n: sent[n] for n in mutated})
     if raised is not None:
         values[EXCEPTION] = _exception_state(raised)
+    changed_settings = settings.changed() if settings is not None else {}
+    if changed_settings:
+        values[AMBIENT] = changed_settings
     refs = {id(v): n for n, v in sent.items() if not immutable(v)}
     dumped = dump_namespace(values, paths.outputs, on_error="skip", namespace=ns,
                             send_globals=False, refs=refs)
@@ -238,37 +247,6 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
         "skipped": {n.replace(IN_PLACE, "", 1): why for n, why in dumped.skipped.items()},
         "deleted": deleted,
     })
-
-
-def _when_imported(name: str, hook: Callable[[types.ModuleType], None]) -> None:
-    """Call `hook` with module `name` as soon as it is imported (now, if it already is).
-
-    Whatever imports it counts: the cell, a function sent from an earlier cell, a helper
-    module. Importing it ahead of need instead would cost every task its import time.
-    """
-    if name in sys.modules:
-        hook(sys.modules[name])
-        return
-
-    class Finder:
-        @staticmethod
-        def find_spec(fullname: str, path: Any, target: Any = None) -> Any:
-            if fullname != name:
-                return None
-            sys.meta_path.remove(Finder)
-            spec = importlib.util.find_spec(fullname)
-            loader = getattr(spec, "loader", None)
-            if loader is not None and hasattr(loader, "exec_module"):
-                execute = loader.exec_module
-
-                def exec_then_hook(module: types.ModuleType) -> None:
-                    execute(module)
-                    hook(module)
-
-                loader.exec_module = exec_then_hook
-            return spec
-
-    sys.meta_path.insert(0, Finder)  # type: ignore[arg-type]
 
 
 def _report_tqdm(std: types.ModuleType) -> None:

@@ -71,6 +71,7 @@ MAGIC = b"\x93RMNS\r\n\x1a"
 # content of the object the notebook sent as `name`, to be applied to that object in place.
 IN_PLACE = "<in-place>:"
 EXCEPTION = "<exception>"  # what the cell raised: (type, args, attributes)
+AMBIENT = "<ambient>"  # module settings (random state, styles, options): see `ambient`
 FORMAT_VERSION = 1
 ALIGNMENT = 64
 

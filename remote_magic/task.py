@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import ambient
 from .capture import analyse_cell
 from .config import HostConfig, check_resources
 from .errors import CaptureError, OptionError, RemoteMagicError
 from .paths import data_dir
-from .serialization import dump_namespace
+from .serialization import AMBIENT, dump_namespace
 from .taskdir import TaskPaths, write_json
 
 SPEC_VERSION = 1
@@ -84,6 +85,7 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
     others = {n: v for n, v in namespace.items()
               if n not in values and n not in hidden and not n.startswith("_")
               and not isinstance(v, types.ModuleType)}
+    values[AMBIENT] = ambient.capture()
     return _write_task(code, values, outputs, sorted(names.deletes), names.last_expression,
                        host, options, namespace=namespace, aliases=others)
 
