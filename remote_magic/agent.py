@@ -12,6 +12,7 @@ Single-threaded on purpose: it forks, and forking a threaded process is unsafe.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import shutil
@@ -39,6 +40,7 @@ from .taskdir import (
 )
 
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
+MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
 STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL  # a running task silent this long has lost its node
 START_GRACE = 30.0  # a submitted process task with no supervisor after this long is lost
 
@@ -149,10 +151,17 @@ class Agent(FileOps, BatchOps):
             "exitcode": read_exitcode(paths), "job_id": record.get("job_id"),
         }
         if offsets is not None:
+            out["output_more"] = False
             for stream in ("stdout", "stderr"):
-                text, end = read_chunk(getattr(paths, stream), offsets.get(stream, 0))
+                path = getattr(paths, stream)
+                text, end = read_chunk(path, offsets.get(stream, 0))
                 out[stream] = text
                 out[f"{stream}_end"] = end
+                out["output_more"] |= bool(text) and end < _file_size(path)
+            # Read after the streams: a display stamped before the end of the output read
+            # above was written before that output, so it is in the file by now.
+            out["events"], out["events_end"], out["events_more"] = read_events(
+                paths.events, offsets.get("events", 0))
         return out
 
     def _check_alive(self, paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
@@ -282,6 +291,27 @@ def read_chunk(path: Path, offset: int, limit: int = MAX_CHUNK) -> tuple[str, in
     return data[:keep].decode("utf-8", errors="replace"), offset + keep
 
 
+def read_events(path: Path, offset: int, limit: int = MAX_EVENTS
+                ) -> tuple[list[dict[str, Any]], int, bool]:
+    """Whole lines of the events file from `offset` (at least one, however long): the events,
+    the next offset, and whether more lines follow."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(limit)
+            while data and not data.endswith(b"\n") and b"\n" not in data:
+                more = f.read(limit)
+                if not more:
+                    break
+                data += more
+            more_follow = bool(f.read(1))
+    except FileNotFoundError:
+        return [], offset, False
+    complete = data[:data.rfind(b"\n") + 1]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return events, offset + len(complete), more_follow or len(complete) < len(data)
+
+
 def _utf8_complete(data: bytes) -> int:
     """Length of `data` without a multi-byte character cut off at its end."""
     for back in range(1, min(4, len(data)) + 1):
@@ -290,6 +320,13 @@ def _utf8_complete(data: bytes) -> int:
             need = 1 if byte < 0x80 else 2 if byte >> 5 == 6 else 3 if byte >> 4 == 14 else 4
             return len(data) if need <= back else len(data) - back
     return len(data)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _alive(pid: int) -> bool:

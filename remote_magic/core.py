@@ -168,7 +168,7 @@ class Client:
                 try:
                     last = update = updates.get(timeout=FOLLOW_TICK)
                 except queue.Empty:
-                    yield replace(last, stdout="", stderr="", changed=False)
+                    yield replace(last, stdout="", stderr="", events=[], changed=False)
                     continue
                 ended = update.final
                 yield update
@@ -194,6 +194,26 @@ class Client:
                 record.id, patterns, collect_into or Path.cwd())
         self.store.update(record.id, outputs=sorted(result.values))
         return result
+
+    def output(self, record: TaskRecord, offsets: dict[str, int] | None = None
+               ) -> Iterator[Update]:
+        """The task's printed output and displays from `offsets` on (from the start if
+        None), in as many requests as it takes: for output that was not streamed live."""
+        monitor = self.monitor(record.host)
+        offsets = dict(offsets or {"stdout": 0, "stderr": 0, "events": 0})
+        while True:
+            status = monitor.request("status", tasks={record.id: offsets})[record.id]
+            update = Update(record.id, status["state"], stdout=status.get("stdout", ""),
+                            stderr=status.get("stderr", ""), stdout_at=offsets["stdout"],
+                            stderr_at=offsets["stderr"], events=status.get("events", []),
+                            events_more=status.get("events_more", False),
+                            events_end=status.get("events_end"),
+                            output_more=status.get("output_more", False))
+            for stream in ("stdout", "stderr", "events"):
+                offsets[stream] = status.get(f"{stream}_end", offsets[stream])
+            yield update
+            if not (update.stdout or update.stderr or update.events):
+                return
 
     def _results(self, record: TaskRecord) -> Any:
         monitor = self.monitor(record.host)

@@ -15,6 +15,8 @@ from IPython.display import display
 
 from .core import Client, get_client, parse_age
 from .errors import RemoteMagicError, RemoteTaskError, TaskFailedError
+from .output import OutputStream
+from .render import cell_stream, displays_only
 from .results import Shown, TaskResult
 from .store import TaskRecord
 from .task import TaskOptions, prepare_cell
@@ -124,14 +126,10 @@ class RemoteMagics(Magics):
 
     def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
         view = task_view(record, self._canceller(record), waiting=True)
+        stream = cell_stream(after_clear=view.show)
         try:
             for update in self.client.follow(record):
-                if update.stdout:
-                    sys.stdout.write(update.stdout)
-                    sys.stdout.flush()
-                if update.stderr:
-                    sys.stderr.write(update.stderr)
-                    sys.stderr.flush()
+                stream.feed(update)
                 view.update(update)
         except KeyboardInterrupt:
             view.detached()
@@ -140,29 +138,36 @@ class RemoteMagics(Magics):
                   f"Load its results later with %remote_fetch {record.id}, or cancel it with "
                   f"%remote_kill {record.id} (or the Cancel button).")
             return None
-        return self._finish(self.client.store.get(record.id), view, originals)
+        return self._finish(self.client.store.get(record.id), view, originals, stream)
 
-    def _finish(self, record: TaskRecord, view: TaskView | None,
-                originals: dict[str, Any] | None, notes: list[str] | None = None) -> Any:
-        """Load results into the namespace and show displays; raise if the task failed."""
-        result = self._load(record, originals)
-        if view is not None:
-            view.loaded(result.changed, [*(notes or []), *_notes(result)])
+    def _finish(self, record: TaskRecord, view: TaskView, originals: dict[str, Any] | None,
+                stream: OutputStream | None = None, notes: list[str] | None = None) -> Any:
+        """Load results into the namespace and finish showing the task's output in this cell
+        (all of it, when nothing was streamed); raise if the task failed."""
+        if stream is None or stream.incomplete:
+            stream = stream or cell_stream(after_clear=view.show)
+            for update in self.client.output(record, stream.offsets):
+                stream.feed(update)
+        result = self._load(record, originals, stream)
+        view.loaded(result.changed, [*(notes or []), *_notes(result)])
+        if stream.held:  # figures left open: after the cell's value, as inline shows them
+            def show_held(*_: Any) -> None:
+                self.shell.events.unregister("post_execute", show_held)
+                stream.show_held()
+
+            self.shell.events.register("post_execute", show_held)
         if result.error is not None:
             raise result.error
         if result.value is not None:
             return result.value.obj if result.value.bundle is None else _Value(result.value)
         return None
 
-    def _load(self, record: TaskRecord, originals: dict[str, Any] | None) -> TaskResult:
+    def _load(self, record: TaskRecord, originals: dict[str, Any] | None,
+              stream: OutputStream) -> TaskResult:
         """The task's results, applied to the notebook's namespace, displays shown."""
         result = self.client.result(record, namespace=self.shell.user_ns, originals=originals)
         result.apply(self.shell.user_ns)
-        for shown in result.displays:
-            if shown.bundle is not None:
-                display(shown.bundle, raw=True, metadata=shown.metadata or None)
-            else:
-                display(shown.obj)
+        stream.finish(result.entries)
         for name, reason in sorted(result.skipped.items()):
             print(f"remote_magic: '{name}' could not be brought back ({reason}).",
                   file=sys.stderr)
@@ -175,7 +180,9 @@ class RemoteMagics(Magics):
             if not record.final:
                 continue
             _, originals = self.pending.pop(task_id)
-            result = self._load(record, originals)
+            stream = displays_only()
+            result = self._load(record, originals, stream)
+            stream.show_held()
             view = self.views.pop(task_id, None)
             if view is not None:
                 view.loaded(result.changed, _notes(result))
@@ -219,7 +226,8 @@ class RemoteMagics(Magics):
         _, originals = self.pending.pop(record.id, (None, None))
         if not record.final:
             return self._follow(record, originals)
-        return self._finish(record, self.views.pop(record.id, None), originals)
+        view = self.views.pop(record.id, None) or task_view(record, waiting=True)
+        return self._finish(record, view, originals)
 
     @magic_arguments()
     @argument("id", help="task id (or a unique prefix)")

@@ -42,6 +42,14 @@ class Update:
     changed: bool = False  # the state or progress moved
     problem: str | None = None  # the host could not be asked; the task itself may be fine
     job_id: str | None = None  # the scheduler's, once the task was submitted as a job
+    # where stdout and stderr above start in the task's files, the displays made meanwhile
+    # (stamped with the output offsets at which they happened), and whether more are waiting
+    stdout_at: int = 0
+    stderr_at: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_more: bool = False
+    events_end: int | None = None  # where the next events start in the task's events file
+    output_more: bool = False  # stdout or stderr had more than one reply carries
 
     @property
     def final(self) -> bool:
@@ -54,7 +62,8 @@ class Watch:
     live_output: bool
     state: str = "submitted"
     progress: dict[str, Any] | None = None
-    offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    offsets: dict[str, int] = field(
+        default_factory=lambda: {"stdout": 0, "stderr": 0, "events": 0})
     updates: queue.Queue[Update] | None = None
     on_final: list[Callable[[Update], None]] = field(default_factory=list)
     listeners: list[Callable[[Update], None]] = field(default_factory=list)  # every poll
@@ -200,8 +209,13 @@ class HostMonitor:
     def _apply(self, watch: Watch, status: dict[str, Any]) -> Update:
         update = Update(watch.task_id, status["state"], status.get("reason"),
                         status.get("progress"), status.get("stdout", ""),
-                        status.get("stderr", ""), job_id=status.get("job_id"))
-        for stream in ("stdout", "stderr"):
+                        status.get("stderr", ""), job_id=status.get("job_id"),
+                        stdout_at=watch.offsets["stdout"], stderr_at=watch.offsets["stderr"],
+                        events=status.get("events", []),
+                        events_more=status.get("events_more", False),
+                        events_end=status.get("events_end"),
+                        output_more=status.get("output_more", False))
+        for stream in ("stdout", "stderr", "events"):
             if f"{stream}_end" in status:
                 watch.offsets[stream] = status[f"{stream}_end"]
         update.changed = update.state != watch.state or update.progress != watch.progress
@@ -219,7 +233,7 @@ class HostMonitor:
 
     def _deliver(self, watch: Watch, update: Update) -> None:
         if watch.updates is not None and (update.changed or update.stdout or update.stderr
-                                          or update.problem or update.final):
+                                          or update.events or update.problem or update.final):
             watch.updates.put(update)
         for listener in list(watch.listeners):
             try:

@@ -40,7 +40,8 @@ class TaskResult:
     values: dict[str, Any] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-    displays: list[Shown] = field(default_factory=list)
+    # what the task displayed, in order (see `displays`; `output.OutputStream` shows them)
+    entries: list[dict[str, Any]] = field(default_factory=list)
     value: Shown | None = None
     error: RemoteTaskError | None = None
     collected: list[str] = field(default_factory=list)  # --collect files copied back
@@ -108,7 +109,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
         result.skipped.update(meta.get("skipped", {}))
         if paths.displays.exists():
             shown = load_namespace(paths.displays)
-            result.displays = [_shown(e) for e in shown.get("displays") or []]
+            result.entries = shown.get("displays") or []
             if shown.get("result") is not None:
                 result.value = _shown(shown["result"])
     if result.state != "completed":

@@ -14,7 +14,6 @@ Imports stay light: numpy, IPython or matplotlib are imported only by the cell i
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
 import importlib
 import importlib.util
@@ -27,8 +26,9 @@ import traceback
 import types
 from typing import Any
 
-from . import ambient
+from . import ambient, displays
 from .changes import InputWatch, immutable
+from .displays import DisplayRecorder
 from .importhooks import when_imported
 from .serialization import AMBIENT, EXCEPTION, IN_PLACE, dump_namespace, load_namespace
 from .taskdir import (
@@ -166,11 +166,12 @@ def run_task(root: str) -> int:
     set_state(paths, "running", pid=os.getpid())
     os.chdir(paths.work)
     os.environ["REMOTE_MAGIC_TASK_DIR"] = str(paths.root)
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # figures show as the notebook's inline backend shows them (plt.show included)
+    os.environ["MPLBACKEND"] = "module://remote_magic.mpl_backend"
     source, filename = spec["code"], spec["filename"]
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
-    recorder = DisplayRecorder()
+    recorder = displays.current = DisplayRecorder(paths.events, spec.get("figures"))
     when_imported("IPython.core.display_functions", recorder.patch_ipython)
     when_imported("tqdm.std", _report_tqdm)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
@@ -202,9 +203,8 @@ def run_task(root: str) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything the cell raises is reported
         error = _describe_error(exc)
         raised = exc
-    recorder.collect_figures()
-    _write_outputs(paths, spec, ns, sent, watch, ours=recorder.display, raised=raised,
-                   settings=settings)
+    recorder.show_figures(at_end=True)
+    _write_outputs(paths, spec, ns, sent, watch, recorder, raised=raised, settings=settings)
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
                    on_error="skip")
     _flush_std()
@@ -217,7 +217,7 @@ def run_task(root: str) -> int:
 
 
 def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
-                   sent: dict[str, Any], watch: InputWatch | None, ours: Any,
+                   sent: dict[str, Any], watch: InputWatch | None, recorder: DisplayRecorder,
                    raised: BaseException | None, settings: ambient.Tracker | None) -> None:
     """What goes back: names the cell bound to new objects, and inputs changed in place.
 
@@ -225,10 +225,10 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
     changed, its new content goes back under IN_PLACE + name, and the kernel updates its own
     object with it. Objects the notebook sent travel back as references to its own objects.
     """
-    bound = [n for n in spec.get("outputs", []) if n in ns and ns[n] is not ours
+    bound = [n for n in spec.get("outputs", []) if n in ns and recorder.original(ns[n]) is not None
              and (n not in sent or ns[n] is not sent[n])]
     imports = {n: ns[n].__name__ for n in bound if isinstance(ns[n], types.ModuleType)}
-    values = {n: ns[n] for n in bound if n not in imports}
+    values = {n: recorder.original(ns[n]) for n in bound if n not in imports}
     mutated = watch.changed(sent) if watch is not None else []
     values.update({IN_PLACE + n: sent[n] for n in mutated})
     if raised is not None:
@@ -304,110 +304,6 @@ def _describe_error(exc: BaseException) -> dict[str, Any]:
     kind = type(exc)
     return {"type": kind.__qualname__, "module": kind.__module__, "message": str(exc),
             "traceback": "".join(lines)}
-
-
-# ---------------------------------------------------------------- displays
-
-_MIME_METHODS = (
-    ("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
-    ("image/svg+xml", "_repr_svg_"), ("image/png", "_repr_png_"),
-    ("image/jpeg", "_repr_jpeg_"), ("text/latex", "_repr_latex_"),
-    ("application/json", "_repr_json_"), ("application/javascript", "_repr_javascript_"),
-)
-
-
-class DisplayRecorder:
-    """Collects what the cell displays, to be shown by the kernel after the task.
-
-    An object is kept pickled (the kernel then displays it exactly as IPython would); one that
-    cannot be pickled is kept as the MIME bundle of its `_repr_*_` methods. Figures become PNG.
-    """
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-        self.result: dict[str, Any] | None = None
-
-    def display(self, *objs: Any, **kwargs: Any) -> None:
-        for obj in objs:
-            self.entries.append(self.entry(obj, raw=bool(kwargs.get("raw"))))
-
-    def entry(self, obj: Any, raw: bool = False) -> dict[str, Any]:
-        if raw and isinstance(obj, dict):
-            return {"kind": "bundle", "data": obj, "metadata": {}}
-        if _is_figure(obj):
-            return _figure_bundle(obj)
-        if type(obj).__module__.startswith("matplotlib."):
-            # Unpickling an artist in the kernel would revive its figure there: show the repr.
-            return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
-        try:
-            import cloudpickle
-
-            return {"kind": "object", "data": cloudpickle.dumps(obj, protocol=5)}
-        except Exception:  # noqa: BLE001 - fall back to the object's own representations
-            return {"kind": "bundle", "data": _mimebundle(obj), "metadata": {}}
-
-    def patch_ipython(self, functions: types.ModuleType) -> None:
-        """IPython's own `display` must record too, not print, whoever imports it (the cell,
-        or a function sent from an earlier cell). Patched as soon as its module is loaded,
-        before `IPython.display` copies the name."""
-        functions.display = self.display  # type: ignore[attr-defined]
-        public = sys.modules.get("IPython.display")
-        if public is not None:
-            public.display = self.display  # type: ignore[attr-defined]
-
-    def collect_figures(self) -> None:
-        """Figures left open by the cell are shown, as the inline backend would show them."""
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is None:
-            return
-        try:
-            for number in plt.get_fignums():
-                self.entries.append(_figure_bundle(plt.figure(number)))
-            plt.close("all")
-        except Exception as exc:  # noqa: BLE001 - a broken figure must not lose the results
-            print(f"remote_magic: could not render a figure: {exc}", file=sys.stderr)
-
-
-def _is_figure(obj: Any) -> bool:
-    return type(obj).__module__.startswith("matplotlib.figure") and hasattr(obj, "savefig")
-
-
-def _figure_bundle(fig: Any) -> dict[str, Any]:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return {"kind": "bundle",
-            "data": {"image/png": base64.b64encode(buf.getvalue()).decode(),
-                     "text/plain": repr(fig)},
-            "metadata": {}}
-
-
-def _mimebundle(obj: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    method = getattr(obj, "_repr_mimebundle_", None)
-    if callable(method):
-        try:
-            got = method()
-            data.update(got[0] if isinstance(got, tuple) else got or {})
-        except Exception:  # noqa: BLE001
-            pass
-    for mime, name in _MIME_METHODS:
-        method = getattr(obj, name, None)
-        if mime in data or not callable(method):
-            continue
-        try:
-            value = method()
-        except Exception:  # noqa: BLE001
-            continue
-        if isinstance(value, tuple):
-            value = value[0]
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode()
-        if value is not None:
-            data[mime] = value
-    data.setdefault("text/plain", repr(obj))
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class TaskPaths:
     progress = property(lambda self: self.root / "progress.json")
     outputs = property(lambda self: self.root / "outputs.rmns")
     displays = property(lambda self: self.root / "displays.rmns")
+    events = property(lambda self: self.root / "events")  # displays as they happen (JSON lines)
     result = property(lambda self: self.root / "result.json")
     error = property(lambda self: self.root / "error.json")
     exitcode = property(lambda self: self.root / "exitcode")
