@@ -8,6 +8,8 @@ run there. Only modules already imported count on either side: nothing here impo
 pandas or matplotlib.
 
 A setting's state is plain picklable data; `restore` makes the module's state exactly that.
+Settings at their module's defaults are left out (None), so that a task's identity does not
+change merely because the kernel has imported a module since.
 """
 
 from __future__ import annotations
@@ -57,15 +59,20 @@ class _NumpyRandom(_Setting):
 
 
 class _NumpyPrint(_Setting):
-    """How NumPy prints arrays (np.set_printoptions)."""
+    """How NumPy prints arrays (np.set_printoptions): the options not at their defaults."""
 
     module = "numpy"
+    defaults = {"edgeitems": 3, "threshold": 1000, "floatmode": "maxprec", "precision": 8,
+                "suppress": False, "linewidth": 75, "nanstr": "nan", "infstr": "inf",
+                "sign": "-", "formatter": None, "legacy": False}
 
     def capture(self, module: types.ModuleType) -> Any:
-        return module.get_printoptions()
+        options = module.get_printoptions()
+        return {k: v for k, v in options.items() if k in self.defaults and
+                _differs(v, self.defaults[k])} or None
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
-        module.set_printoptions(**state)
+        module.set_printoptions(**{**self.defaults, **(state or {})})
 
 
 class _Matplotlib(_Setting):
@@ -79,12 +86,14 @@ class _Matplotlib(_Setting):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return {k: v for k, v in module.rcParams.items()
-                    if k not in self.skip and (k not in defaults or _differs(v, defaults[k]))}
+                    if k not in self.skip and (k not in defaults or _differs(v, defaults[k]))
+                    } or None
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
+        state = state or {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            now = self.capture(module)
+            now = self.capture(module) or {}
             module.rcParams.update({k: module.rcParamsDefault[k] for k in now
                                     if k not in state and k in module.rcParamsDefault})
             module.rcParams.update(state)
@@ -100,13 +109,14 @@ class _Pandas(_Setting):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return {k: v for k, option in options.items()
-                    if _differs(v := module.get_option(k), option.defval)}
+                    if _differs(v := module.get_option(k), option.defval)} or None
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
+        state = state or {}
         options = module._config.config._registered_options
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for key in self.capture(module):
+            for key in self.capture(module) or {}:
                 if key not in state:
                     module.set_option(key, options[key].defval)
             for key, value in state.items():
@@ -139,9 +149,11 @@ def capture() -> dict[str, Any]:
         if module is None:
             continue
         try:
-            states[key] = setting.capture(module)
+            state = setting.capture(module)
         except Exception:  # noqa: BLE001 - a version whose internals differ: leave it out
             continue
+        if state is not None:
+            states[key] = state
     return states
 
 

@@ -65,6 +65,9 @@ class HostConfig:
     resources: Mapping[str, Any] = field(default_factory=dict)
     max_running: int | None = None
     template: str | None = None
+    # How much of the notebook folder's files a cell uses may be staged automatically, and
+    # how much of what it writes comes back, on a host that does not share that folder.
+    auto_files: str | int = "100M"
 
     @property
     def is_local(self) -> bool:
@@ -269,5 +272,6 @@ _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "resources": checks.resources,
     "max_running": checks.whole,
     "template": checks.text,
+    "auto_files": checks.amount,
 }
 assert tuple(_HOST_CHECKS) == HOST_KEYS

@@ -199,6 +199,17 @@ def memory(value: Any, where: KeyPath) -> str | int:
     )
 
 
+def amount(value: Any, where: KeyPath) -> str | int:
+    """An amount of data like `memory`, where 0 turns the feature off."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    try:
+        return memory(value, where)
+    except Invalid:
+        raise Invalid(f"must be an amount such as \"100M\" or \"1G\" (0 turns it off), "
+                      f"not {show(value)}", where) from None
+
+
 _RESOURCE_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "walltime": walltime,
     "cores": whole,

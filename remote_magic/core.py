@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config, HostConfig, load_config
 from .errors import RemoteMagicError, TaskNotFoundError
+from .files import limit_bytes, plan_return
 from .monitor import HostMonitor, Update, Watch
 from .results import TaskResult, load_result
 from .store import TaskRecord, TaskStore
@@ -188,10 +189,27 @@ class Client:
         result = load_result(self._results(record), record.id, record.host,
                              namespace=namespace, originals=originals,
                              inputs=TaskPaths(local).inputs)
-        patterns = read_json(Path(record.local_dir or ".") / "spec.json", {}).get("collect")
-        if patterns:
-            result.collected = self.monitor(record.host).transport.collect(
-                record.id, patterns, collect_into or Path.cwd())
+        spec = read_json(TaskPaths(local).spec, {})
+        transport = self.monitor(record.host).transport
+        if spec.get("collect") and spec.get("cwd"):
+            result.file_notes.append(f"--collect: the task ran in {spec['cwd']}, which is "
+                                     "this notebook's folder: its files are already here")
+        elif spec.get("collect"):
+            result.collected = transport.collect(record.id, spec["collect"],
+                                                 collect_into or Path.cwd())
+        if spec.get("not_staged"):
+            shown = ", ".join(f"{n} ({size / 1e6:.1f} MB)" for n, size in spec["not_staged"])
+            result.file_notes.append(f"not sent (over the host's auto_files limit): {shown}; "
+                                     "send them with --files, or raise auto_files")
+        written = [w for w in result.written if w.get("name") not in result.collected]
+        if written and spec.get("return_files"):
+            host = self.monitor(record.host).host
+            copies, returned = plan_return(
+                written, Path(spec.get("cwd_local") or Path.cwd()),
+                spec.get("prepared_at", 0.0), limit_bytes(host), record.id)
+            for name, target in copies:
+                transport.fetch(record.id, name, target)
+            result.file_notes += returned.notes()
         self.store.update(record.id, outputs=sorted(result.values))
         return result
 

@@ -95,7 +95,7 @@ class RemoteMagics(Magics):
         host = self.client.host(args.queue)
         code = self.shell.transform_cell(cell)
         prepared = prepare_cell(code, self.shell.user_ns, host, options,
-                                hidden=self.shell.user_ns_hidden)
+                                hidden=self.shell.user_ns_hidden, figures=_figure_settings())
         submission = self.client.submit(prepared, options)
         record = submission.record
         originals = prepared.values
@@ -294,9 +294,18 @@ class RemoteMagics(Magics):
                     print(check)
 
 
+def _figure_settings() -> dict[str, Any] | None:
+    """The inline backend's figure formats, when the notebook has loaded it."""
+    config = sys.modules.get("matplotlib_inline.config")
+    if config is None:
+        return None
+    inline = config.InlineBackend.instance()
+    return {"formats": sorted(inline.figure_formats), "kwargs": dict(inline.print_figure_kwargs)}
+
+
 def _notes(result: TaskResult) -> list[str]:
     """What the user should know about how the results landed."""
-    notes = []
+    notes = list(result.file_notes)
     if result.collected:
         notes.append(f"collected into {os.getcwd()}: {', '.join(result.collected)}")
     if result.unsettled:

@@ -45,6 +45,8 @@ class TaskResult:
     value: Shown | None = None
     error: RemoteTaskError | None = None
     collected: list[str] = field(default_factory=list)  # --collect files copied back
+    written: list[dict[str, Any]] = field(default_factory=list)  # files the cell wrote
+    file_notes: list[str] = field(default_factory=list)  # what happened to files, for the user
     # the new content of inputs the task changed in place, and the objects that were sent
     mutated: dict[str, Any] = field(default_factory=dict)
     originals: Mapping[str, Any] | None = None
@@ -106,6 +108,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
                 result.skipped[name] = f"module {module} is not installed in this kernel"
         result.values = values
         result.deleted = meta.get("deleted", [])
+        result.written = meta.get("written", [])
         result.skipped.update(meta.get("skipped", {}))
         if paths.displays.exists():
             shown = load_namespace(paths.displays)

@@ -20,10 +20,12 @@ import importlib.util
 import linecache
 import os
 import signal
+import stat
 import sys
 import threading
 import traceback
 import types
+from pathlib import Path
 from typing import Any
 
 from . import ambient, displays
@@ -165,6 +167,7 @@ def run_task(root: str) -> int:
     spec = read_json(paths.spec)
     set_state(paths, "running", pid=os.getpid())
     os.chdir(paths.work)
+    before: dict[str, tuple[int, int]] | None = None
     os.environ["REMOTE_MAGIC_TASK_DIR"] = str(paths.root)
     # figures show as the notebook's inline backend shows them (plt.show included)
     os.environ["MPLBACKEND"] = "module://remote_magic.mpl_backend"
@@ -182,6 +185,9 @@ def run_task(root: str) -> int:
     settings: ambient.Tracker | None = None
     raised: BaseException | None = None
     try:
+        _enter_folder(spec.get("cwd"))
+        if spec.get("return_files"):
+            before = _listing(paths.work)
         for name, module in spec.get("imports", {}).items():
             ns[name] = importlib.import_module(module)
         own = dict(ns)
@@ -204,7 +210,8 @@ def run_task(root: str) -> int:
         error = _describe_error(exc)
         raised = exc
     recorder.show_figures(at_end=True)
-    _write_outputs(paths, spec, ns, sent, watch, recorder, raised=raised, settings=settings)
+    _write_outputs(paths, spec, ns, sent, watch, recorder, raised=raised, settings=settings,
+                   written=_written(paths.work, before) if before is not None else [])
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
                    on_error="skip")
     _flush_std()
@@ -218,7 +225,8 @@ def run_task(root: str) -> int:
 
 def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
                    sent: dict[str, Any], watch: InputWatch | None, recorder: DisplayRecorder,
-                   raised: BaseException | None, settings: ambient.Tracker | None) -> None:
+                   raised: BaseException | None, settings: ambient.Tracker | None,
+                   written: list[dict[str, Any]]) -> None:
     """What goes back: names the cell bound to new objects, and inputs changed in place.
 
     A name still bound to the object the notebook sent needs no new binding; if that object
@@ -246,6 +254,7 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
         "imports": imports,
         "skipped": {n.replace(IN_PLACE, "", 1): why for n, why in dumped.skipped.items()},
         "deleted": deleted,
+        "written": written,
     })
 
 
@@ -280,6 +289,48 @@ def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, An
 _ERROR_ATTRIBUTES = ("errno", "strerror", "filename", "filename2", "name", "path", "msg",
                      "lineno", "offset", "text", "end_lineno", "end_offset", "code", "value",
                      "encoding", "object", "start", "end", "reason")
+
+
+def _enter_folder(cwd: str | None) -> None:
+    """Run where the notebook runs (its folder, seen from here), else in the task's `work/`;
+    either way, modules there can be imported, as in the notebook."""
+    if cwd:
+        try:
+            os.chdir(os.path.expanduser(cwd))
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"The notebook's folder is {cwd} on this host (by the host's 'paths:' "
+                f"mapping), but it cannot be entered here: {exc.strerror}. Fix the mapping "
+                "in the hosts file.") from None
+    sys.path.insert(0, os.getcwd())
+
+
+MAX_LISTED = 100_000  # files of `work/` compared before and after the cell, at most
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    found: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")  # each side compiles its own
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found[os.path.relpath(path, root).replace(os.sep, "/")] = \
+                    (info.st_size, info.st_mtime_ns)
+            if len(found) >= MAX_LISTED:
+                return found
+    return found
+
+
+def _written(root: Path, before: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """Files the cell created or changed in its folder: they go back next to the notebook."""
+    after = _listing(root)
+    return [{"name": name, "size": state[0]} for name, state in sorted(after.items())
+            if before.get(name) != state]
 
 
 def _exception_state(exc: BaseException) -> tuple[type, tuple[Any, ...], dict[str, Any]]:

@@ -24,6 +24,7 @@ from . import ambient
 from .capture import analyse_cell
 from .config import HostConfig, check_resources
 from .errors import CaptureError, OptionError, RemoteMagicError
+from .files import limit_bytes, plan_stage, shared_folder
 from .paths import data_dir
 from .serialization import AMBIENT, dump_namespace
 from .taskdir import TaskPaths, write_json
@@ -64,8 +65,12 @@ class PreparedTask:
 
 
 def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
-                 options: TaskOptions, hidden: Iterable[str] = ()) -> PreparedTask:
-    """Analyse the cell, serialize what it reads from `namespace`, write the task files."""
+                 options: TaskOptions, hidden: Iterable[str] = (),
+                 figures: dict[str, Any] | None = None) -> PreparedTask:
+    """Analyse the cell, serialize what it reads from `namespace`, write the task files.
+
+    `figures`: how the notebook shows matplotlib figures ({"formats": [...], "kwargs": {}}).
+    """
     names = analyse_cell(code)
     if "get_ipython" in names.reads:
         raise CaptureError(
@@ -87,7 +92,7 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
               and not isinstance(v, types.ModuleType)}
     values[AMBIENT] = ambient.capture()
     return _write_task(code, values, outputs, sorted(names.deletes), names.last_expression,
-                       host, options, namespace=namespace, aliases=others)
+                       host, options, namespace=namespace, aliases=others, figures=figures)
 
 
 def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -180,11 +185,28 @@ def _check_collect(patterns: list[str]) -> list[str]:
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
                 last_expression: bool, host: HostConfig, options: TaskOptions,
                 namespace: Mapping[str, Any] | None = None,
-                aliases: Mapping[str, Any] | None = None) -> PreparedTask:
+                aliases: Mapping[str, Any] | None = None,
+                figures: dict[str, Any] | None = None) -> PreparedTask:
     """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
     would: its functions see the task's globals, and the inputs it changes come back."""
     options.resources = check_resources(options.resources)
-    extra = plan_files(options.files, host, Path.cwd())
+    cwd = Path.cwd()
+    extra = plan_files(options.files, host, cwd)
+    place: dict[str, Any] = {}
+    used: list[tuple[str, int, int]] = []  # files under cwd the cell names: part of its id
+    if namespace is not None:
+        shared = shared_folder(host, cwd)
+        named = {n: v for n, v in values.items() if n.isidentifier()}
+        auto = plan_stage(code, named, cwd, limit_bytes(host) if shared is None else 1 << 62)
+        used = [(d, *_stat(p)) for p, d in auto.files]
+        if shared is not None:  # the cell runs in the notebook's folder: nothing to stage
+            extra = [(p, d) for p, d in extra if not d.startswith("work/")]
+            place = {"cwd": shared}
+        else:
+            taken = {d for _, d in extra}
+            extra += [(p, d) for p, d in auto.files if d not in taken]
+            place = {"return_files": True, "not_staged": auto.left}
+        place.update(cwd_local=str(cwd), prepared_at=time.time())
     collect = _check_collect(options.collect)
     imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
     values = {n: v for n, v in values.items() if n not in imports}
@@ -202,7 +224,8 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         content = {"code": code, "imports": imports, "inputs": dumped.sha256,
                    "outputs": outputs, "deletes": deletes, "resources": options.resources,
                    "host": host.name, "python": python, "version": SPEC_VERSION,
-                   "files": staged, "collect": collect}
+                   "files": staged, "collect": collect, "used": used,
+                   "cwd": place.get("cwd")}
         content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         task_id = content_hash[:16]
         if options.rerun:  # a rerun is a new task: the earlier one's results stay
@@ -215,6 +238,7 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
             "deletes": deletes, "resources": options.resources, "name": options.name,
             "python": python, "created": time.time(), "collect": collect,
             "files": [d for _, d in extra], "track_changes": namespace is not None,
+            "figures": _json_or_none(figures), **place,
         }
         write_json(TaskPaths(staging).spec, spec)
     except BaseException:
@@ -223,6 +247,19 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
     return PreparedTask(id=task_id, content_hash=content_hash, host=host.name,
                         name=options.name, local_dir=staging, spec=spec,
                         files=["spec.json", "inputs.rmns"], extra=extra, values=values)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
+
+
+def _json_or_none(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value
 
 
 def commit(prepared: PreparedTask) -> None:

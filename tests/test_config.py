@@ -110,7 +110,7 @@ def test_constants_match_the_spec() -> None:
     assert "name" not in HOST_KEYS
     assert set(HOST_KEYS) == {
         "address", "port", "identity_file", "proxy_jump", "known_hosts", "scheduler", "python",
-        "workdir", "setup", "paths", "resources", "max_running", "template",
+        "workdir", "setup", "paths", "resources", "max_running", "template", "auto_files",
     }
 
 

@@ -302,7 +302,7 @@ def test_cell_over_ssh_with_files_and_collect(ssh_kernel: Kernel) -> None:
     assert out.result["text/plain"] == "60"
     assert kernel.value("(numbers, mapped)") == ([10, 20, 30], "mapped")
     assert (project / "out" / "result.csv").read_text() == "10,20,30"
-    assert "Collected" in out.stdout
+    assert "collected into" in out.stdout
 
 
 def test_streams_displays_and_reuse_over_ssh(ssh_kernel: Kernel) -> None:

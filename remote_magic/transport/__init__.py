@@ -29,6 +29,9 @@ class Transport(Protocol):
     def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
         """Copy files matching `patterns` in the task's working directory into `dest`."""
 
+    def fetch(self, task_id: str, name: str, target: Path) -> None:
+        """Copy one file of the task's working directory to `target`, atomically."""
+
     def setup(self) -> str: ...
 
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:

@@ -86,6 +86,9 @@ class LocalTransport:
             _copy_file(work / name, dest / name)
         return names
 
+    def fetch(self, task_id: str, name: str, target: Path) -> None:
+        _copy_file(TaskPaths(self.task_dir(task_id)).work / name, target)
+
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:
         """On this machine there is no SSH to check: the agent's own start tells everything."""
         return iter(())

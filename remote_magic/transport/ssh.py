@@ -428,6 +428,12 @@ class SSHTransport:
             self.download(f"tasks/{task_id}/work/{entry['name']}", dest / entry["name"])
         return [entry["name"] for entry in found]
 
+    def fetch(self, task_id: str, name: str, target: Path) -> None:
+        self.download(f"tasks/{valid_task_id(task_id)}/work/{name}", target)
+        mask = os.umask(0o022)  # the file the cell wrote gets the mode a local write gives it
+        os.umask(mask)
+        os.chmod(target, 0o666 & ~mask)
+
     def close(self) -> None:
         with self._lock:
             for agent in (self._agent, self._data):
