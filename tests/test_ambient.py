@@ -1,0 +1,68 @@
+"""Module settings a cell depends on travel with the task, and come back when it changes them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from remote_magic import ambient
+
+
+def in_fresh_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_settings_at_their_defaults_are_left_out() -> None:
+    out = in_fresh_python("""
+        import numpy, pandas, matplotlib
+        from remote_magic import ambient
+        print(sorted(k.split(":")[0] for k in ambient.capture()))
+        """)
+    # RNG states are never "default" (pandas imports numpy.random); nothing else changed
+    assert out == "['numpy.random', 'random']"
+
+
+def test_the_kernels_settings_reach_a_task_and_the_tasks_changes_come_back() -> None:
+    out = in_fresh_python("""
+        import random, numpy as np, pandas as pd, matplotlib, matplotlib.style
+        from remote_magic import ambient
+        from remote_magic.importhooks import when_imported
+        np.random.seed(0); random.seed(1)
+        np.set_printoptions(precision=3)
+        pd.set_option("display.max_rows", 7)
+        matplotlib.style.use("ggplot")
+        sent = ambient.capture()
+        expected = (np.random.rand(), random.random())
+        # a "task": everything back to defaults, then the tracker puts the settings in place
+        np.random.seed(99); random.seed(99); np.set_printoptions(precision=8)
+        pd.reset_option("display.max_rows"); matplotlib.rcdefaults()
+        tracker = ambient.Tracker(sent, when_imported)
+        print((np.random.rand(), random.random()) == expected)
+        print(np.get_printoptions()["precision"], pd.get_option("display.max_rows"),
+              matplotlib.rcParams["axes.facecolor"])
+        pd.set_option("display.max_rows", 3)
+        print(sorted(k.split(":")[0] for k in tracker.changed()))
+        """)
+    lines = out.splitlines()
+    assert lines[0] == "True"
+    assert lines[1] == "3 7 #E5E5E5"
+    assert lines[2] == "['numpy.random', 'pandas', 'random']"
+
+
+def test_restore_puts_defaults_back_for_settings_the_task_reset() -> None:
+    out = in_fresh_python("""
+        import pandas as pd
+        from remote_magic import ambient
+        pd.set_option("display.max_rows", 7)
+        key = next(k for k in ambient.SETTINGS if k.startswith("pandas"))
+        ambient.restore({key: None})
+        print(pd.get_option("display.max_rows"))
+        """)
+    assert out == "60"
+
+
+def test_a_setting_this_version_refuses_is_reported_not_raised() -> None:
+    key = next(k for k in ambient.SETTINGS if k.startswith("random"))
+    assert ambient.restore({key: "not a state"}) == [key]
