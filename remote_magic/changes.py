@@ -21,6 +21,7 @@ import hashlib
 import os
 import struct
 import sys
+import time
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -81,6 +82,18 @@ def _address(view: memoryview) -> int | None:
     return None
 
 
+def _any_written(entries: bytes) -> bool:
+    """Whether a run of pagemap entries has a page that is no longer the file's own: swapped
+    out, or present without being a file page (a private copy made by a write)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        flags = numpy.frombuffer(entries, dtype="<u8")
+        written = (flags & _SWAPPED) | ((flags & _PRESENT) & ~((flags & _FILE_PAGE) << 2))
+        return bool(written.any())
+    return any(entry & _SWAPPED or (entry & _PRESENT and not entry & _FILE_PAGE)
+               for (entry,) in struct.iter_unpack("<Q", entries))
+
+
 class _Hasher:
     """The file-like end of a pickler: hashes what it is given."""
 
@@ -97,20 +110,24 @@ class InputWatch:
 
     def __init__(self, inputs: Mapping[str, Any], inputs_file: str | None,
                  namespace: dict[str, Any]) -> None:
+        started = time.perf_counter()
         self.namespace = namespace
         self.regions = mapped_regions(inputs_file) if inputs_file else []
         self.spans: list[tuple[int, int]] = []
         self.before = {name: self._fingerprint(value) for name, value in inputs.items()
                        if not immutable(value)}
+        self.seconds = time.perf_counter() - started  # what the check cost the task
 
     def changed(self, inputs: Mapping[str, Any]) -> list[str]:
         """Names whose object (the one that was sent, whatever the name holds now) changed."""
+        started = time.perf_counter()
         changed = []
         for name, before in self.before.items():
             self.spans = []
             after = self._fingerprint(inputs[name])
             if after != before or after is None or self._written(self.spans):
                 changed.append(name)
+        self.seconds += time.perf_counter() - started
         return changed
 
     def _fingerprint(self, value: Any) -> bytes | None:
@@ -163,10 +180,8 @@ class InputWatch:
                 first, last = address // _PAGE, (address + size - 1) // _PAGE
                 for start in range(first, last + 1, 1 << 16):
                     count = min(1 << 16, last + 1 - start)
-                    entries = os.pread(pagemap, 8 * count, 8 * start)
-                    for (entry,) in struct.iter_unpack("<Q", entries):
-                        if entry & _SWAPPED or (entry & _PRESENT and not entry & _FILE_PAGE):
-                            return True
+                    if _any_written(os.pread(pagemap, 8 * count, 8 * start)):
+                        return True
         finally:
             os.close(pagemap)
         return False

@@ -255,6 +255,7 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
         "skipped": {n.replace(IN_PLACE, "", 1): why for n, why in dumped.skipped.items()},
         "deleted": deleted,
         "written": written,
+        "check_seconds": round(watch.seconds, 6) if watch is not None else None,
     })
 
 
