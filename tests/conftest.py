@@ -104,7 +104,11 @@ class Kernel:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
             outcome.messages.append(msg)
-        outcome.reply = self.client.get_shell_msg(timeout=timeout)
+        # Skip replies to other requests (wait_for_ready may have sent kernel_info twice).
+        while True:
+            outcome.reply = self.client.get_shell_msg(timeout=timeout)
+            if outcome.reply["parent_header"].get("msg_id") == msg_id:
+                break
         if not allow_error and outcome.error is not None:
             raise AssertionError("cell failed: " + "\n".join(outcome.error["traceback"]))
         return outcome

@@ -80,13 +80,15 @@ def test_output_chunks_never_split_a_character(tmp_path: Path) -> None:
 def test_task_runs_reports_and_finishes_with_event(agent: Any) -> None:
     paths = stage(agent, "print('hello')\nout = x + 1", inputs={"x": 41})
     agent.request("start", task=TASK)
-    status = wait_state(agent, TASK, {"completed"})
-    assert status["stdout"] == "hello\n" and status["exitcode"] == 0
-    assert set(status["history"]) >= {"submitted", "running", "completed"}
+    wait_state(agent, TASK, {"completed"})
+    # The runner records "completed" a moment before its supervisor writes the exit code.
     deadline = time.monotonic() + 5
     while not agent.events and time.monotonic() < deadline:
         time.sleep(0.01)
     assert agent.events[0] == {"event": "finished", "task": TASK}
+    status = wait_state(agent, TASK, {"completed"})
+    assert status["stdout"] == "hello\n" and status["exitcode"] == 0
+    assert set(status["history"]) >= {"submitted", "running", "completed"}
     assert oct(paths.root.stat().st_mode & 0o777) == "0o700"
     with pytest.raises(TransportError, match="already started"):
         agent.request("start", task=TASK)

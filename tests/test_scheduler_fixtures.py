@@ -168,7 +168,9 @@ def test_cancelled_job_and_wait_errors(slurm: SlurmInfo, tmp_path: Path) -> None
     finally:
         cancel(job)
     fields = wait_job_state(job, "CANCELLED", timeout=30)
-    assert fields["ExitCode"] == "0:15"
+    # Usually the job is killed by SIGTERM (0:15); when the batch shell outlives its child by
+    # a moment under load, it exits 143 itself (seen in a full run): the state says CANCELLED.
+    assert fields["ExitCode"] in ("0:15", "143:0")
     # A terminal state that is not the wanted one fails at once, not after the timeout.
     began = time.monotonic()
     with pytest.raises(RuntimeError, match="ended CANCELLED"):
