@@ -1,6 +1,7 @@
 """State a cell depends on and changes that lives in modules, not in the notebook's variables.
 
-A seeded global random generator, a matplotlib style, pandas display options: locally, one
+A seeded global random generator, a matplotlib style, pandas display options, scikit-learn's
+`set_config`: locally, one
 cell sets them and the next cells run under them. So the kernel sends these settings with a
 task, the task runs under them (each is put in place when the task imports its module), and
 the settings the task changed come back and are put in place in the kernel, as if the cell had
@@ -123,6 +124,20 @@ class _Pandas(_Setting):
                 module.set_option(key, value)
 
 
+class _Sklearn(_Setting):
+    """scikit-learn's configuration (sklearn.set_config): what differs from its defaults."""
+
+    module = "sklearn"
+
+    def capture(self, module: types.ModuleType) -> Any:
+        defaults = module._config._global_config
+        return {k: v for k, v in module.get_config().items()
+                if k not in defaults or _differs(v, defaults[k])} or None
+
+    def restore(self, module: types.ModuleType, state: Any) -> None:
+        module.set_config(**{**module._config._global_config, **(state or {})})
+
+
 def _differs(a: Any, b: Any) -> bool:
     try:
         return bool(a != b)
@@ -138,7 +153,7 @@ def _pickled(state: Any) -> bytes | None:
 
 
 SETTINGS: dict[str, _Setting] = {s.module + ":" + type(s).__name__: s for s in (
-    _Random(), _NumpyRandom(), _NumpyPrint(), _Matplotlib(), _Pandas())}
+    _Random(), _NumpyRandom(), _NumpyPrint(), _Matplotlib(), _Pandas(), _Sklearn())}
 
 
 def capture() -> dict[str, Any]:
