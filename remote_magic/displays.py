@@ -275,5 +275,7 @@ def _mimebundle(obj: Any) -> dict[str, Any]:
             value = base64.b64encode(value).decode()
         if value is not None:
             data[mime] = value
+    # A widget lives in the task's process, which no front end can talk to: show its text.
+    data.pop("application/vnd.jupyter.widget-view+json", None)
     data.setdefault("text/plain", repr(obj))
     return data
