@@ -55,8 +55,9 @@ class DisplayRecorder:
 
     # -- what the cell calls ---------------------------------------------------------------
 
-    def display(self, *objs: Any, raw: bool = False, metadata: dict[str, Any] | None = None,
-                display_id: Any = None, update: bool = False, clear: bool = False,
+    def display(self, *objs: Any, include: Any = None, exclude: Any = None,
+                metadata: dict[str, Any] | None = None, display_id: Any = None,
+                raw: bool = False, clear: bool = False, update: bool = False,
                 **_: Any) -> Any:
         """Stands in for IPython's `display` (same arguments)."""
         if clear:
@@ -65,6 +66,12 @@ class DisplayRecorder:
             display_id = uuid.uuid4().hex
         for obj in objs:
             entry = self.entry(obj, raw=raw, metadata=metadata)
+            if include or exclude:  # display_png(x) and the like: only those formats
+                entry.update(include=sorted(include or []), exclude=sorted(exclude or []))
+                if entry["kind"] == "bundle":
+                    entry["data"] = {k: v for k, v in entry["data"].items()
+                                     if (not include or k in include)
+                                     and (not exclude or k not in exclude)}
             if display_id is not None:
                 entry.update(display_id=display_id, update=update)
             self.emit(entry)
@@ -91,7 +98,12 @@ class DisplayRecorder:
                     setattr(module, name, function)
 
     def ours(self, value: Any) -> bool:
+        """Whether `value` is one of our stand-ins for IPython's display functions (the
+        notebook's `display`, sent to the task, arrives as one)."""
         return getattr(value, "__self__", None) is self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the display recorder belongs to its task and does not travel")
 
     def original(self, value: Any) -> Any:
         """What the notebook should get for a name the cell bound to one of our stand-ins
@@ -188,14 +200,29 @@ def _handle(recorder: DisplayRecorder, display_id: str) -> Any:
 
 
 class _Handle:
+    """A display handle while IPython is not loaded here; in the kernel it becomes IPython's
+    own, which updates that display there."""
+
     def __init__(self, recorder: DisplayRecorder, display_id: str) -> None:
         self.recorder, self.display_id = recorder, display_id
+
+    def __reduce__(self) -> Any:
+        return _ipython_handle, (self.display_id,)
+
+    def __repr__(self) -> str:
+        return f"<DisplayHandle display_id={self.display_id}>"
 
     def display(self, obj: Any, **kwargs: Any) -> None:
         self.recorder.display(obj, display_id=self.display_id, **kwargs)
 
     def update(self, obj: Any, **kwargs: Any) -> None:
         self.recorder.update_display(obj, display_id=self.display_id, **kwargs)
+
+
+def _ipython_handle(display_id: str) -> Any:
+    from IPython.core.display_functions import DisplayHandle
+
+    return DisplayHandle(display_id)
 
 
 class _RefusesMatplotlib(Exception):

@@ -27,7 +27,8 @@ def show(entry: dict[str, Any], after_clear: Callable[[], None] | None = None) -
     if entry.get("display_id"):
         options.update(display_id=entry["display_id"], update=entry.get("update", False))
     if entry.get("kind") == "object":
-        display(entry["object"], **options)
+        display(entry["object"], include=entry.get("include") or None,
+                exclude=entry.get("exclude") or None, **options)
     else:
         display(entry.get("data") or {}, raw=True, **options)
 

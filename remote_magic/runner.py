@@ -44,6 +44,7 @@ from .taskdir import (
     write_json,
 )
 
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect into every task
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task is cancelled
 
 
@@ -197,13 +198,14 @@ def run_task(root: str) -> int:
         ns.update(loaded)
         # Everything the notebook sent: the inputs, other names for the same objects, and the
         # globals of functions it sent.
-        sent = {n: v for n, v in ns.items() if n not in own or own[n] is not v}
+        sent = {n: v for n, v in ns.items()
+                if (n not in own or own[n] is not v) and not recorder.ours(v)}
         if spec.get("track_changes"):
             watch = InputWatch(sent, str(paths.inputs), ns)
         body, last = _compile(source, filename, spec.get("last_expression", False))
-        exec(body, ns)
+        _run(body, ns)
         if last is not None:
-            value = eval(last, ns)
+            value = _run(last, ns)
             if value is not None:
                 recorder.result = recorder.entry(value)
     except BaseException as exc:  # noqa: BLE001 - everything the cell raises is reported
@@ -283,8 +285,23 @@ def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, An
     tree = ast.parse(source, filename)
     last = None
     if last_expression and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
-    return compile(tree, filename, "exec"), last
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval",
+                       flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    # dont_inherit: the cell is compiled as the notebook compiles it, without this module's
+    # own `from __future__` imports (which would turn its annotations into strings).
+    return compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                   dont_inherit=True), last
+
+
+def _run(code: Any, ns: dict[str, Any]) -> Any:
+    """Run compiled cell code; code with a top-level `await` (IPython runs such cells) gives a
+    coroutine, run here on an event loop of its own."""
+    result = eval(code, ns)  # noqa: S307 - the cell's own code, on its own host
+    if code.co_flags & CO_COROUTINE:
+        import asyncio
+
+        result = asyncio.run(result)
+    return result
 
 
 _ERROR_ATTRIBUTES = ("errno", "strerror", "filename", "filename2", "name", "path", "msg",
