@@ -9,8 +9,9 @@ run there. Only modules already imported count on either side: nothing here impo
 pandas or matplotlib.
 
 A setting's state is plain picklable data; `restore` makes the module's state exactly that.
-Settings at their module's defaults are left out (None), so that a task's identity does not
-change merely because the kernel has imported a module since.
+NumPy print options and matplotlib's rcParams, whose defaults are fixed, are left out (None)
+while at their defaults, so that a task's identity does not change merely because the kernel
+has imported the module since.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ class _Matplotlib(_Setting):
 
 
 class _Pandas(_Setting):
-    """pandas options (pd.set_option): the ones that differ from their defaults."""
+    """pandas options (pd.set_option), all of them: some defaults depend on the process
+    (display.max_columns is 0 where pandas thinks it writes to a terminal, as a task does,
+    and 20 in a notebook), so only the whole set makes a task print as the notebook does."""
 
     module = "pandas"
 
@@ -109,33 +112,29 @@ class _Pandas(_Setting):
         options = module._config.config._registered_options
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return {k: v for k, option in options.items()
-                    if _differs(v := module.get_option(k), option.defval)} or None
+            return {k: module.get_option(k) for k in options}
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
-        state = state or {}
         options = module._config.config._registered_options
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for key in self.capture(module) or {}:
-                if key not in state:
-                    module.set_option(key, options[key].defval)
-            for key, value in state.items():
-                module.set_option(key, value)
+            for key, value in (state or {}).items():
+                if key in options and _differs(module.get_option(key), value):
+                    module.set_option(key, value)
 
 
 class _Sklearn(_Setting):
-    """scikit-learn's configuration (sklearn.set_config): what differs from its defaults."""
+    """scikit-learn's configuration (sklearn.set_config), all of it (environment variables
+    may set its defaults)."""
 
     module = "sklearn"
 
     def capture(self, module: types.ModuleType) -> Any:
-        defaults = module._config._global_config
-        return {k: v for k, v in module.get_config().items()
-                if k not in defaults or _differs(v, defaults[k])} or None
+        return module.get_config()
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
-        module.set_config(**{**module._config._global_config, **(state or {})})
+        known = module.get_config()
+        module.set_config(**{k: v for k, v in (state or {}).items() if k in known})
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -92,10 +92,19 @@ class DisplayRecorder:
         replacements = {"display": self.display, "update_display": self.update_display,
                         "clear_output": self.clear_output}
         self.originals = {name: getattr(functions, name) for name in replacements}
-        for module in (functions, sys.modules.get("IPython.display")):
+        self._set(replacements)
+
+    def unpatch(self) -> None:
+        """The cell is over: IPython's functions are themselves again, so that a name bound to
+        one of them pickles as a reference to IPython's, not as a copy of its code."""
+        self._set(self.originals)
+
+    def _set(self, functions: dict[str, Any]) -> None:
+        for name in ("IPython.core.display_functions", "IPython.display"):
+            module = sys.modules.get(name)
             if module is not None:
-                for name, function in replacements.items():
-                    setattr(module, name, function)
+                for attribute, function in functions.items():
+                    setattr(module, attribute, function)
 
     def ours(self, value: Any) -> bool:
         """Whether `value` is one of our stand-ins for IPython's display functions (the

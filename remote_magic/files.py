@@ -90,6 +90,9 @@ def _candidates(code: str, values: Mapping[str, Any]) -> Iterable[str]:
         for item in items:
             if isinstance(item, (str, os.PathLike)):
                 yield os.fspath(item)
+            name = getattr(getattr(item, "fid", None), "name", None)  # np.load(...) of an npz
+            if isinstance(name, str):
+                yield name
 
 
 def _module_files(module: str) -> list[str]:

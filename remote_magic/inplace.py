@@ -25,7 +25,7 @@ def update_in_place(old: Any, new: Any) -> bool:
         done = update(old, new)
         if done is not None:
             return done
-    return False
+    return _by_dict(old, new)
 
 
 def _builtin_container(old: Any, new: Any) -> bool | None:
@@ -80,13 +80,13 @@ def _by_state(old: Any, new: Any) -> bool | None:
     except Exception:  # noqa: BLE001 - not reducible: cannot be updated this way
         return False
     if not isinstance(reduced, tuple) or len(reduced) < 3 or reduced[2] is None:
-        return False
+        return None  # no state of its own to set: see _by_dict
     rebuild, args, state = reduced[:3]
     rebuilt_as_is = (rebuild is copyreg.__newobj__ and args[:1] == (type(new),)) or \
         (rebuild is copyreg._reconstructor and args[:1] == (type(new),)) or \
         (rebuild is type(new) and not args) or hasattr(old, "__setstate__")
     if not rebuilt_as_is:
-        return False
+        return None
     saved = dict(vars(old)) if hasattr(old, "__dict__") else None
     try:
         if saved is not None:
@@ -96,6 +96,19 @@ def _by_state(old: Any, new: Any) -> bool | None:
         if saved is not None:
             vars(old).clear()
             vars(old).update(saved)
+        return False
+    return True
+
+
+def _by_dict(old: Any, new: Any) -> bool:
+    """Last resort for an object whose pickle carries no separate state (a pandas Index is
+    rebuilt from its constructor): its attributes are its state."""
+    if isinstance(old, type) or not hasattr(old, "__dict__") or not hasattr(new, "__dict__"):
+        return False
+    try:
+        vars(old).clear()
+        vars(old).update(vars(new))
+    except (AttributeError, TypeError):  # a read-only mapping proxy
         return False
     return True
 

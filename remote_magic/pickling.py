@@ -86,8 +86,13 @@ def pickler_class(with_refs: bool = False) -> type:
             slots = {**slots, "__globals__": {}}
         return (make, (code, NAMESPACE, name, argdefs, closure), (state, slots), *rest)
 
+    def reducer_override(self: Any, obj: Any) -> Any:
+        reduced = _reopened(obj)
+        return reduced if reduced is not None else base.reducer_override(self, obj)
+
     attributes: dict[str, Any] = {
         "dispatch_table": table, "_dynamic_function_reduce": _dynamic_function_reduce,
+        "reducer_override": reducer_override,
         "namespace": None, "send_globals": True, "refs": {}, "top": None,
     }
     if with_refs:
@@ -99,6 +104,25 @@ def pickler_class(with_refs: bool = False) -> type:
         attributes["persistent_id"] = persistent_id
     cls = _classes[with_refs] = type("Pickler", (base,), attributes)
     return cls
+
+
+def _reopened(obj: Any) -> Any:
+    """Objects that hold an open file cannot be pickled; the ones a notebook keeps from cell
+    to cell (np.load of an .npz) travel as "open this file again", by the name they were
+    opened with: relative names work since the cell runs where the notebook runs, or in a
+    folder where the files it names were staged."""
+    kind = type(obj)
+    if kind.__name__ == "NpzFile" and kind.__module__.startswith("numpy."):
+        name = getattr(getattr(obj, "fid", None), "name", None)
+        if isinstance(name, str):
+            return _load_npz, (name, bool(getattr(obj, "allow_pickle", False)))
+    return None
+
+
+def _load_npz(name: str, allow_pickle: bool) -> Any:
+    import numpy
+
+    return numpy.load(name, allow_pickle=allow_pickle)
 
 
 def make_pickler(file: Any, buffer_callback: Any, *, namespace: dict[str, Any] | None = None,

@@ -212,6 +212,7 @@ def run_task(root: str) -> int:
         error = _describe_error(exc)
         raised = exc
     recorder.show_figures(at_end=True)
+    recorder.unpatch()
     _write_outputs(paths, spec, ns, sent, watch, recorder, raised=raised, settings=settings,
                    written=_written(paths.work, before) if before is not None else [])
     dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ambient
-from .capture import analyse_cell
+from .capture import analyse_cell, identifiers
 from .config import HostConfig, check_resources
 from .errors import CaptureError, OptionError, RemoteMagicError
 from .files import limit_bytes, plan_stage, shared_folder
@@ -81,7 +81,11 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
         raise RemoteMagicError(
             f"-i names {', '.join(missing)}, but the notebook has no such variable.")
     hidden = set(hidden)
-    wanted = sorted({n for n in names.reads if n in namespace and n not in hidden}
+    reads = set(names.reads)
+    for variable in names.evaluated:  # df.query(expr) with expr a string of the notebook
+        if isinstance(namespace.get(variable), str):
+            reads.update(identifiers(namespace[variable]))
+    wanted = sorted({n for n in reads if n in namespace and n not in hidden}
                     | set(options.inputs))
     values = {n: namespace[n] for n in wanted}
     outputs = options.outputs

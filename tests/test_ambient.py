@@ -14,14 +14,13 @@ def in_fresh_python(code: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def test_settings_at_their_defaults_are_left_out() -> None:
+def test_settings_at_their_fixed_defaults_are_left_out() -> None:
     out = in_fresh_python("""
-        import numpy, pandas, matplotlib
+        import numpy, matplotlib
         from remote_magic import ambient
         print(sorted(k.split(":")[0] for k in ambient.capture()))
         """)
-    # RNG states are never "default" (pandas imports numpy.random); nothing else changed
-    assert out == "['numpy.random', 'random']"
+    assert out == "['random']"  # an RNG state is never "default"; nothing else changed
 
 
 def test_the_kernels_settings_reach_a_task_and_the_tasks_changes_come_back() -> None:
@@ -53,14 +52,28 @@ def test_the_kernels_settings_reach_a_task_and_the_tasks_changes_come_back() -> 
 
 def test_restore_puts_defaults_back_for_settings_the_task_reset() -> None:
     out = in_fresh_python("""
+        import numpy as np, matplotlib
+        from remote_magic import ambient
+        np.set_printoptions(precision=2); matplotlib.rcParams["lines.linewidth"] = 9
+        keys = [k for k in ambient.SETTINGS if k.startswith(("numpy:", "matplotlib"))]
+        ambient.restore({key: None for key in keys})
+        print(np.get_printoptions()["precision"], matplotlib.rcParams["lines.linewidth"])
+        """)
+    assert out == "8 1.5"
+
+
+def test_pandas_prints_as_in_the_notebook_whatever_its_process_defaults() -> None:
+    out = in_fresh_python("""
         import pandas as pd
         from remote_magic import ambient
-        pd.set_option("display.max_rows", 7)
         key = next(k for k in ambient.SETTINGS if k.startswith("pandas"))
-        ambient.restore({key: None})
-        print(pd.get_option("display.max_rows"))
+        notebook = ambient.capture()[key]  # a notebook's kernel: max_columns 20
+        notebook["display.max_columns"] = 20
+        pd.set_option("display.max_columns", 0)  # a task: pandas thinks it has a terminal
+        ambient.restore({key: notebook})
+        print(pd.get_option("display.max_columns"))
         """)
-    assert out == "60"
+    assert out == "20"
 
 
 def test_a_setting_this_version_refuses_is_reported_not_raised() -> None:

@@ -939,3 +939,12 @@ def test_names_in_evaluated_strings_follow_the_scope_rules() -> None:
     assert not {"bob"} & cell("""df.query("name == 'bob'")""").reads
     # a string that is not a literal cannot be read
     assert cell("df.query(expression)").reads == {"df", "expression"}
+
+
+def test_an_expression_string_held_by_a_variable() -> None:
+    # assigned a literal in the cell: the names in it are read
+    names = cell('expr = "(df1 > 0) & (df2 > 0)"\nresult = pd.eval(expr)')
+    assert {"df1", "df2"} <= names.reads
+    # a variable of the notebook: reported, so that its value can be read when sending
+    names = cell("low = df.query(condition)")
+    assert names.evaluated == {"condition"} and "condition" in names.reads

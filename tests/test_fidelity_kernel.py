@@ -105,6 +105,9 @@ def test_names_used_inside_query_strings_are_sent(nb: Kernel) -> None:
     nb.run("import pandas as pd\nframe = pd.DataFrame({'a': [1, 5, 9]})\nlimit = 4")
     remote(nb, "big = frame.query('a > @limit')")
     assert nb.value("big.a.tolist()") == [5, 9]
+    nb.run("condition = 'a > @limit'")  # the expression itself in a notebook variable
+    remote(nb, "bigger = frame.query(condition)")
+    assert nb.value("bigger.a.tolist()") == [5, 9]
     out = remote(nb, "n = eval(''.join(['li', 'mit']))", allow_error=True)
     assert out.error["ename"] == "NameError"
     assert "add -i limit" in "\n".join(out.error["traceback"])

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 from ..errors import CaptureError, syntax_error
 from .flow import CellWalker
+from .strings import identifiers
 
-__all__ = ["CellNames", "analyse_cell"]
+__all__ = ["CellNames", "analyse_cell", "identifiers"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,15 @@ class CellNames:
         ``deletes`` when the outcome depends on control flow; the far side then reports
         which one happened.
     last_expression: the cell ends with an expression IPython would display (no trailing ';').
+    evaluated: variables whose value, a string from the notebook, a call evaluates as an
+        expression (`df.query(expr)`): the names in that string are read too.
     """
 
     reads: frozenset[str]
     binds: tuple[str, ...]
     deletes: frozenset[str]
     last_expression: bool
+    evaluated: frozenset[str] = frozenset()
 
 
 def analyse_cell(source: str) -> CellNames:
@@ -79,7 +83,7 @@ def analyse_cell(source: str) -> CellNames:
     last = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
     if last and _ends_with_semicolon(source):
         last = False
-    return CellNames(names[0], names[1], names[2], last)
+    return CellNames(names[0], names[1], names[2], last, frozenset(walker.evaluated))
 
 
 # ---------------------------------------------------------------------------------------------

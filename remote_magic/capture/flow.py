@@ -18,7 +18,7 @@ from .scopes import (
     parameters,
     scan_scope,
 )
-from .strings import names_in_evaluated_string
+from .strings import names_in_evaluated_string, string_assignments
 
 # ---------------------------------------------------------------------------------------------
 # The walker
@@ -33,10 +33,13 @@ class CellWalker:
         self.reads: set[str] = set()
         self.deferred_reads: set[str] = set()
         self.binds: dict[str, None] = {}
+        self.strings: dict[str, str] = {}  # name -> string literal the cell assigns it
+        self.evaluated: set[str] = set()  # variables whose string value a call evaluates
         # One (breaks, continues) pair per enclosing loop, holding the states at those jumps.
         self.loops: list[tuple[list[State], list[State]]] = []
 
     def run(self, body: list[ast.stmt]) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
+        self.strings = string_assignments(body)
         self._block(body)
         final = self.module.state
         reads = self.reads | (self.deferred_reads - final.bound)
@@ -515,8 +518,10 @@ class CellWalker:
     def _expr_Call(self, node: ast.Call) -> None:
         for child in ast.iter_child_nodes(node):
             self._expr(child)
-        for name in names_in_evaluated_string(node):
+        names, variables = names_in_evaluated_string(node, self.strings)
+        for name in names:
             self._load(name)
+        self.evaluated.update(variables)
 
     def _expr_NamedExpr(self, node: ast.NamedExpr) -> None:
         self._expr(node.value)

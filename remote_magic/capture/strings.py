@@ -14,33 +14,58 @@ import re
 
 # Calls that evaluate an expression string against the caller's variables, by the name of
 # the function or method (pandas' DataFrame.query/eval and pd.eval, numexpr's evaluate).
-_EXPRESSION_CALLS = frozenset({"query", "eval", "evaluate"})
+_EXPRESSION_CALLS = frozenset({"query", "eval", "evaluate", "validate"})
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`")
 _IDENTIFIER = re.compile(r"@?\b([A-Za-z_]\w*)")
 
 
-def names_in_evaluated_string(call: ast.Call) -> list[str]:
-    """Names the called function may look up from the string it is given (if a literal)."""
+def string_assignments(body: list[ast.stmt]) -> dict[str, str]:
+    """`expr = "a > @x"` at the cell's top level: the string a later `df.query(expr)` gets."""
+    found = {}
+    for node in body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and \
+                isinstance(node.value.value, str):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = node.value.value
+    return found
+
+
+def names_in_evaluated_string(call: ast.Call, strings: dict[str, str]
+                              ) -> tuple[list[str], list[str]]:
+    """Names the called function may look up from the string it is given: from a literal,
+    or a variable the cell assigned a literal to; and the variables whose value (a string
+    from the notebook, known only when the cell is sent) is the expression."""
     func = call.func
     called = func.attr if isinstance(func, ast.Attribute) else \
         func.id if isinstance(func, ast.Name) else None
     if called not in _EXPRESSION_CALLS and called != "exec":
-        return []
-    text = _literal_argument(call)
+        return [], []
+    text, variable = _argument(call)
+    if variable is not None and variable in strings:
+        text, variable = strings[variable], None
     if text is None:
-        return []
+        return [], [variable] if variable else []
     if isinstance(func, ast.Name) and called in ("eval", "exec"):  # the builtins: Python code
-        return _python_names(text, "eval" if called == "eval" else "exec")
+        return _python_names(text, "eval" if called == "eval" else "exec"), []
+    return identifiers(text), []
+
+
+def identifiers(text: str) -> list[str]:
+    """The names an expression string for pandas or numexpr may refer to."""
     stripped = _QUOTED.sub(" ", text)
     return [n for n in _IDENTIFIER.findall(stripped) if not keyword.iskeyword(n)]
 
 
-def _literal_argument(call: ast.Call) -> str | None:
+def _argument(call: ast.Call) -> tuple[str | None, str | None]:
+    """The expression argument: (literal text, None) or (None, variable name)."""
     candidates = call.args[:1] + [k.value for k in call.keywords if k.arg in ("expr", "source")]
     for node in candidates:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return node.value
-    return None
+            return node.value, None
+        if isinstance(node, ast.Name):
+            return None, node.id
+    return None, None
 
 
 def _python_names(text: str, mode: str) -> list[str]:
