@@ -114,8 +114,13 @@ class InputWatch:
         self.namespace = namespace
         self.regions = mapped_regions(inputs_file) if inputs_file else []
         self.spans: list[tuple[int, int]] = []
-        self.before = {name: self._fingerprint(value) for name, value in inputs.items()
-                       if not immutable(value)}
+        watched = {n: v for n, v in inputs.items() if not immutable(v)}
+        # Pickling an instance caches `__slotnames__` on its class: once first, so that the
+        # fingerprints below do not see a class "change" because another input was pickled.
+        for value in watched.values():
+            self._fingerprint(value)
+        self.spans = []
+        self.before = {name: self._fingerprint(value) for name, value in watched.items()}
         self.seconds = time.perf_counter() - started  # what the check cost the task
 
     def changed(self, inputs: Mapping[str, Any]) -> list[str]:

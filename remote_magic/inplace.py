@@ -21,11 +21,28 @@ def update_in_place(old: Any, new: Any) -> bool:
         return True
     if type(old) is not type(new):
         return False
-    for update in (_builtin_container, _numpy, _generator, _by_state):
+    for update in (_class, _builtin_container, _numpy, _generator, _by_state):
         done = update(old, new)
         if done is not None:
             return done
     return _by_dict(old, new)
+
+
+def _class(old: Any, new: Any) -> bool | None:
+    """A class the cell changed (`Counter.total += 1`, a method replaced): its attributes,
+    so that the notebook's instances keep being instances of it."""
+    if not isinstance(old, type):
+        return None
+    fixed = ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__")
+    try:
+        for name in [n for n in vars(old) if n not in vars(new) and n not in fixed]:
+            delattr(old, name)
+        for name, value in vars(new).items():
+            if name not in fixed and vars(old).get(name) is not value:
+                setattr(old, name, value)
+    except (AttributeError, TypeError):  # a built-in or extension type: read-only
+        return False
+    return True
 
 
 def _builtin_container(old: Any, new: Any) -> bool | None:

@@ -12,12 +12,15 @@ Imports stay light: numpy, IPython or matplotlib are imported only by the cell i
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import builtins
+import functools
 import importlib
 import importlib.util
 import linecache
+import operator
 import os
 import signal
 import stat
@@ -45,6 +48,8 @@ from .taskdir import (
 )
 
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect into every task
+_FUTURE_FLAGS = functools.reduce(operator.or_, (getattr(__future__, name).compiler_flag
+                                                for name in __future__.all_feature_names))
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task is cancelled
 
 
@@ -178,8 +183,12 @@ def run_task(root: str) -> int:
     recorder = displays.current = DisplayRecorder(paths.events, spec.get("figures"))
     when_imported("IPython.core.display_functions", recorder.patch_ipython)
     when_imported("tqdm.std", _report_tqdm)
-    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
-                          "display": recorder.display}
+    # The cell's namespace is the dict of a `__main__` module without a file, as in a
+    # notebook: libraries that ask whether they run interactively (pandas' width for
+    # printing frames) see what they see there, and `import __main__` finds the cell's names.
+    main = sys.modules["__main__"] = types.ModuleType("__main__")
+    ns: dict[str, Any] = main.__dict__
+    ns.update(__builtins__=builtins, display=recorder.display)
     error: dict[str, Any] | None = None
     sent: dict[str, Any] = {}
     watch: InputWatch | None = None
@@ -203,7 +212,8 @@ def run_task(root: str) -> int:
         if spec.get("track_changes"):
             watch = InputWatch(sent, str(paths.inputs), ns)
         body, last = _compile(source, filename, spec.get("last_expression", False))
-        _run(body, ns)
+        for statement in body:
+            _run(statement, ns)
         if last is not None:
             value = _run(last, ns)
             if value is not None:
@@ -281,17 +291,25 @@ def _report_tqdm(std: types.ModuleType) -> None:
     std.tqdm.update, std.tqdm.close = reporting_update, reporting_close
 
 
-def _compile(source: str, filename: str, last_expression: bool) -> tuple[Any, Any]:
-    """Split off the last expression so that its value can be shown, as IPython does."""
+def _compile(source: str, filename: str, last_expression: bool) -> tuple[list[Any], Any]:
+    """The cell's statements compiled one by one, and its last expression apart (its value
+    is shown), as IPython compiles a cell: the code is then the same as the notebook's (a
+    whole-cell compile turns `import m` ... `m.f()` into other bytecode). `from __future__`
+    statements of the cell apply to the statements after them, as in IPython; the runner's
+    own (annotations) do not (dont_inherit)."""
     tree = ast.parse(source, filename)
     last = None
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     if last_expression and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = compile(ast.Expression(tree.body.pop().value), filename, "eval",
-                       flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-    # dont_inherit: the cell is compiled as the notebook compiles it, without this module's
-    # own `from __future__` imports (which would turn its annotations into strings).
-    return compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-                   dont_inherit=True), last
+        last = tree.body.pop()
+    body = []
+    for statement in tree.body:
+        code = compile(ast.Module([statement], []), filename, "exec", flags, dont_inherit=True)
+        flags |= code.co_flags & _FUTURE_FLAGS
+        body.append(code)
+    if last is not None:
+        last = compile(ast.Expression(last.value), filename, "eval", flags, dont_inherit=True)
+    return body, last
 
 
 def _run(code: Any, ns: dict[str, Any]) -> Any:

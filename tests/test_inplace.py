@@ -108,3 +108,17 @@ def test_a_failing_setstate_leaves_the_object_as_it_was() -> None:
     old, new = Fussy(), Fussy()
     new.x = 2
     assert not update_in_place(old, new) and old.x == 1
+
+
+def test_a_class_keeps_its_identity_and_takes_the_new_attributes() -> None:
+    class Counter:
+        total = 0
+
+        def bump(self) -> int:
+            return 1
+
+    instance = Counter()
+    new = type("Counter", (), {"total": 5, "bump": lambda self: 2})
+    assert update_in_place(Counter, new)
+    assert Counter.total == 5 and instance.bump() == 2 and isinstance(instance, Counter)
+    assert not update_in_place(int, type("int", (), {"x": 1}))  # built-in types are read-only
