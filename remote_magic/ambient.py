@@ -1,17 +1,18 @@
 """State a cell depends on and changes that lives in modules, not in the notebook's variables.
 
 A seeded global random generator, a matplotlib style, pandas display options, scikit-learn's
-`set_config`: locally, one
-cell sets them and the next cells run under them. So the kernel sends these settings with a
-task, the task runs under them (each is put in place when the task imports its module), and
-the settings the task changed come back and are put in place in the kernel, as if the cell had
-run there. Only modules already imported count on either side: nothing here imports numpy,
-pandas or matplotlib.
+`set_config`: locally, one cell sets them and the next cells run under them. So the kernel
+sends these settings with a task, the task runs under them (each is put in place when the
+task imports its module), and what the task changed comes back and is applied in the kernel,
+as if the cell had run there. Only modules already imported count on either side: nothing
+here imports numpy, pandas or matplotlib.
 
-A setting's state is plain picklable data; `restore` makes the module's state exactly that.
-NumPy print options and matplotlib's rcParams, whose defaults are fixed, are left out (None)
-while at their defaults, so that a task's identity does not change merely because the kernel
-has imported the module since.
+Two kinds of settings: a generator's state is one value, sent and brought back whole; an
+options mapping is sent whole (some defaults differ between a notebook and a task: pandas
+prints for a terminal there) but only the options the task changed come back, so that a
+task's own defaults never leak into the notebook. NumPy print options and matplotlib's
+rcParams, whose defaults are fixed, are left out while at their defaults, so that a task's
+identity does not change merely because the kernel has imported the module since.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
-__all__ = ["capture", "Tracker"]
+__all__ = ["Tracker", "apply_changes", "capture"]
 
 
 class _Setting:
+    """One module's state as a single value (a random generator's)."""
+
     module = ""
 
     def capture(self, module: types.ModuleType) -> Any:
@@ -34,6 +37,41 @@ class _Setting:
 
     def restore(self, module: types.ModuleType, state: Any) -> None:
         raise NotImplementedError
+
+    def changes(self, module: types.ModuleType, before: Any, now: Any) -> Any:
+        return now
+
+    def apply(self, module: types.ModuleType, changes: Any) -> None:
+        self.restore(module, changes)
+
+
+class _Options(_Setting):
+    """A mapping of options; `capture` may leave out options at their `default`."""
+
+    def default(self, module: types.ModuleType, key: str) -> Any:
+        raise NotImplementedError
+
+    def set(self, module: types.ModuleType, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def restore(self, module: types.ModuleType, state: Any) -> None:
+        """Make the options exactly `state` (options left out: their defaults)."""
+        state = state or {}
+        now = self.capture(module) or {}
+        self.set(module, {**{k: self.default(module, k) for k in now if k not in state},
+                          **{k: v for k, v in state.items() if _differs(now.get(k, _NONE), v)}})
+
+    def changes(self, module: types.ModuleType, before: Any, now: Any) -> Any:
+        before, now = before or {}, now or {}
+        changed = {k: v for k, v in now.items() if _differs(before.get(k, _NONE), v)}
+        changed.update({k: self.default(module, k) for k in before if k not in now})
+        return changed
+
+    def apply(self, module: types.ModuleType, changes: Any) -> None:
+        self.set(module, dict(changes or {}))
+
+
+_NONE = object()
 
 
 class _Random(_Setting):
@@ -60,7 +98,7 @@ class _NumpyRandom(_Setting):
         module.set_state(state)
 
 
-class _NumpyPrint(_Setting):
+class _NumpyPrint(_Options):
     """How NumPy prints arrays (np.set_printoptions): the options not at their defaults."""
 
     module = "numpy"
@@ -73,11 +111,15 @@ class _NumpyPrint(_Setting):
         return {k: v for k, v in options.items() if k in self.defaults and
                 _differs(v, self.defaults[k])} or None
 
-    def restore(self, module: types.ModuleType, state: Any) -> None:
-        module.set_printoptions(**{**self.defaults, **(state or {})})
+    def default(self, module: types.ModuleType, key: str) -> Any:
+        return self.defaults[key]
+
+    def set(self, module: types.ModuleType, values: dict[str, Any]) -> None:
+        if values:
+            module.set_printoptions(**values)
 
 
-class _Matplotlib(_Setting):
+class _Matplotlib(_Options):
     """Styles and rcParams: the values that differ from matplotlib's defaults."""
 
     module = "matplotlib"
@@ -91,39 +133,43 @@ class _Matplotlib(_Setting):
                     if k not in self.skip and (k not in defaults or _differs(v, defaults[k]))
                     } or None
 
-    def restore(self, module: types.ModuleType, state: Any) -> None:
-        state = state or {}
+    def default(self, module: types.ModuleType, key: str) -> Any:
+        return module.rcParamsDefault[key]
+
+    def set(self, module: types.ModuleType, values: dict[str, Any]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            now = self.capture(module) or {}
-            module.rcParams.update({k: module.rcParamsDefault[k] for k in now
-                                    if k not in state and k in module.rcParamsDefault})
-            module.rcParams.update(state)
+            module.rcParams.update(values)
 
 
-class _Pandas(_Setting):
+class _Pandas(_Options):
     """pandas options (pd.set_option), all of them: some defaults depend on the process
     (display.max_columns is 0 where pandas thinks it writes to a terminal, as a task does,
-    and 20 in a notebook), so only the whole set makes a task print as the notebook does."""
+    and 20 in a notebook), so a task gets the notebook's whole set."""
 
     module = "pandas"
 
     def capture(self, module: types.ModuleType) -> Any:
-        options = module._config.config._registered_options
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return {k: module.get_option(k) for k in options}
+            return {k: module.get_option(k) for k in _pandas_options(module)}
 
-    def restore(self, module: types.ModuleType, state: Any) -> None:
-        options = module._config.config._registered_options
+    def default(self, module: types.ModuleType, key: str) -> Any:
+        return _pandas_options(module)[key].defval
+
+    def set(self, module: types.ModuleType, values: dict[str, Any]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for key, value in (state or {}).items():
-                if key in options and _differs(module.get_option(key), value):
+            for key, value in values.items():
+                if key in _pandas_options(module):
                     module.set_option(key, value)
 
 
-class _Sklearn(_Setting):
+def _pandas_options(module: types.ModuleType) -> Any:
+    return module._config.config._registered_options
+
+
+class _Sklearn(_Options):
     """scikit-learn's configuration (sklearn.set_config), all of it (environment variables
     may set its defaults)."""
 
@@ -132,9 +178,12 @@ class _Sklearn(_Setting):
     def capture(self, module: types.ModuleType) -> Any:
         return module.get_config()
 
-    def restore(self, module: types.ModuleType, state: Any) -> None:
+    def default(self, module: types.ModuleType, key: str) -> Any:
+        return module._config._global_config[key]
+
+    def set(self, module: types.ModuleType, values: dict[str, Any]) -> None:
         known = module.get_config()
-        module.set_config(**{k: v for k, v in (state or {}).items() if k in known})
+        module.set_config(**{k: v for k, v in values.items() if k in known})
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -171,17 +220,17 @@ def capture() -> dict[str, Any]:
     return states
 
 
-def restore(states: Mapping[str, Any]) -> list[str]:
-    """Put the settings in place in this process, for modules it has imported (the kernel,
-    after a task); returns the keys that could not be."""
+def apply_changes(changes: Mapping[str, Any]) -> list[str]:
+    """Apply what a task changed (see `Tracker.changed`) in this process, for the modules
+    it has imported (the kernel, after a task); returns the keys that could not be."""
     failed = []
-    for key, state in states.items():
+    for key, changed in changes.items():
         setting = SETTINGS.get(key)
         module = sys.modules.get(setting.module) if setting else None
         if setting is None or module is None:
             continue
         try:
-            setting.restore(module, state)
+            setting.apply(module, changed)
         except Exception:  # noqa: BLE001 - a value this version refuses: say so, go on
             failed.append(key)
     return failed
@@ -189,12 +238,12 @@ def restore(states: Mapping[str, Any]) -> list[str]:
 
 class Tracker:
     """The runner's side: the kernel's settings go in place as their modules are imported;
-    afterwards, the ones the task changed are reported."""
+    afterwards, what the task changed is reported."""
 
     def __init__(self, states: Mapping[str, Any],
                  when_imported: Callable[[str, Callable[[types.ModuleType], None]], None]) -> None:
         self.sent = dict(states)
-        self.baseline: dict[str, bytes | None] = {}
+        self.baseline: dict[str, Any] = {}
         for key, setting in SETTINGS.items():
             when_imported(setting.module, lambda module, key=key: self._arrived(key, module))
 
@@ -203,20 +252,21 @@ class Tracker:
         try:
             if key in self.sent:
                 setting.restore(module, self.sent[key])
-            self.baseline[key] = _pickled(setting.capture(module))
+            self.baseline[key] = setting.capture(module)
         except Exception as exc:  # noqa: BLE001 - run on under this module's defaults
             print(f"remote_magic: the notebook's {setting.module} settings could not be "
                   f"applied here: {exc}", file=sys.stderr)
 
     def changed(self) -> dict[str, Any]:
-        """Settings that differ from what the task started with."""
+        """What the task changed, setting by setting (a whole state, or changed options)."""
         changed = {}
         for key, before in self.baseline.items():
             setting = SETTINGS[key]
+            module = sys.modules[setting.module]
             try:
-                now = setting.capture(sys.modules[setting.module])
-            except Exception:  # noqa: BLE001
+                now = setting.capture(module)
+                if _pickled(now) != _pickled(before):
+                    changed[key] = setting.changes(module, before, now)
+            except Exception:  # noqa: BLE001 - a setting we cannot read now: leave it
                 continue
-            if _pickled(now) != before:
-                changed[key] = now
         return changed

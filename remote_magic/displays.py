@@ -26,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .pickling import pickler_class
+
 INLINE_EVENT = 512 * 1024  # a payload larger than this waits for the end of the task
 DEFAULT_FORMATS = ("png",)
 DEFAULT_FIGURE_KWARGS: dict[str, Any] = {"bbox_inches": "tight"}
@@ -49,6 +51,10 @@ class DisplayRecorder:
         self.result: dict[str, Any] | None = None
         self.events = events
         self.originals: dict[str, Any] = {}  # IPython's own functions we stand in for
+        # Classes the notebook sent, by id: a displayed object refers to them by name, so
+        # that loading it in the kernel does not redefine the notebook's class.
+        self.classes: dict[int, str] = {}
+        self.namespace: dict[str, Any] | None = None
         figures = figures or {}
         self.formats = tuple(figures.get("formats") or DEFAULT_FORMATS)
         self.figure_kwargs = figures.get("kwargs", DEFAULT_FIGURE_KWARGS)
@@ -127,7 +133,7 @@ class DisplayRecorder:
             return {"kind": "bundle", "data": obj, "metadata": metadata or {}}
         if _is_figure(obj):
             return self.figure(obj)
-        pickled = _pickle_unless_matplotlib(obj)
+        pickled = _pickle_unless_matplotlib(obj, self.namespace, self.classes)
         if pickled is None:
             return {"kind": "bundle", "data": _mimebundle(obj), "metadata": metadata or {}}
         return {"kind": "object", "data": pickled, "metadata": metadata or {}}
@@ -241,20 +247,23 @@ class _RefusesMatplotlib(Exception):
 _pickler: type | None = None
 
 
-def _pickle_unless_matplotlib(obj: Any) -> bytes | None:
+def _pickle_unless_matplotlib(obj: Any, namespace: dict[str, Any] | None,
+                              classes: dict[int, str]) -> bytes | None:
     global _pickler
     if _pickler is None:
-        import cloudpickle
+        base = pickler_class(with_refs=True)
 
-        def persistent_id(self: Any, value: Any) -> None:
+        def persistent_id(self: Any, value: Any) -> Any:
             if type(value).__module__.startswith("matplotlib."):
                 raise _RefusesMatplotlib
-            return None
+            return self.refs.get(id(value))
 
-        _pickler = type("Pickler", (cloudpickle.Pickler,), {"persistent_id": persistent_id})
+        _pickler = type("Pickler", (base,), {"persistent_id": persistent_id})
     buffer = io.BytesIO()
+    pickler = _pickler(buffer, protocol=5)
+    pickler.namespace, pickler.send_globals, pickler.refs = namespace, False, classes
     try:
-        _pickler(buffer, protocol=5).dump(obj)
+        pickler.dump(obj)
     except Exception:  # noqa: BLE001 - unpicklable, or an artist inside: the bundle then
         return None
     return buffer.getvalue()

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -17,9 +18,10 @@ from .core import Client, get_client, parse_age
 from .errors import RemoteMagicError, RemoteTaskError, TaskFailedError
 from .output import OutputStream
 from .render import cell_stream, displays_only
-from .results import Shown, TaskResult
+from .results import Shown, TaskResult, decoder
 from .store import TaskRecord
 from .task import TaskOptions, prepare_cell
+from .taskdir import TaskPaths
 from .views import status_table
 from .widgets import TaskView, task_view, watch_status
 
@@ -126,7 +128,7 @@ class RemoteMagics(Magics):
 
     def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
         view = task_view(record, self._canceller(record), waiting=True)
-        stream = cell_stream(after_clear=view.show)
+        stream = cell_stream(self._decoder(record, originals), after_clear=view.show)
         try:
             for update in self.client.follow(record):
                 stream.feed(update)
@@ -145,7 +147,8 @@ class RemoteMagics(Magics):
         """Load results into the namespace and finish showing the task's output in this cell
         (all of it, when nothing was streamed); raise if the task failed."""
         if stream is None or stream.incomplete:
-            stream = stream or cell_stream(after_clear=view.show)
+            stream = stream or cell_stream(self._decoder(record, originals),
+                                           after_clear=view.show)
             for update in self.client.output(record, stream.offsets):
                 stream.feed(update)
         result = self._load(record, originals, stream)
@@ -161,6 +164,10 @@ class RemoteMagics(Magics):
         if result.value is not None:
             return result.value.obj if result.value.bundle is None else _Value(result.value)
         return None
+
+    def _decoder(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
+        return decoder(self.shell.user_ns, originals,
+                       TaskPaths(Path(record.local_dir or ".")).inputs)
 
     def _load(self, record: TaskRecord, originals: dict[str, Any] | None,
               stream: OutputStream) -> TaskResult:
@@ -180,7 +187,7 @@ class RemoteMagics(Magics):
             if not record.final:
                 continue
             _, originals = self.pending.pop(task_id)
-            stream = displays_only()
+            stream = displays_only(self._decoder(record, originals))
             result = self._load(record, originals, stream)
             stream.show_held()
             view = self.views.pop(task_id, None)

@@ -51,8 +51,9 @@ class _Text:
 class OutputStream:
     """Merges text and displays of one task; see the module's docstring."""
 
-    def __init__(self, write: Write, show: Show, text: bool = True) -> None:
-        self.write, self.show = write, show
+    def __init__(self, write: Write, show: Show, text: bool = True,
+                 decode: Callable[[bytes], Any] = pickle.loads) -> None:
+        self.write, self.show, self.decode = write, show, decode
         self.text = text  # False: displays only (the text went elsewhere)
         self.streams = {"out": _Text(), "err": _Text()}
         self.pending: list[dict[str, Any]] = []
@@ -95,7 +96,7 @@ class OutputStream:
             if event.get("at_end"):
                 self.held.append(event)
             else:
-                self.show(_decoded(event))
+                self.show(self._decoded(event))
         if self.pending:
             self._text_until(self.pending[0])
         elif more and entries is None:
@@ -115,7 +116,7 @@ class OutputStream:
     def show_held(self) -> None:
         held, self.held = self.held, []
         for event in held:
-            self.show(_decoded(event))
+            self.show(self._decoded(event))
 
     def _text_until(self, event: dict[str, Any] | None) -> None:
         for key, name in (("out", "stdout"), ("err", "stderr")):
@@ -123,17 +124,16 @@ class OutputStream:
             if piece and self.text:
                 self.write(name, piece)
 
-
-def _decoded(event: dict[str, Any]) -> dict[str, Any]:
-    """An entry ready to show: a pickled object unpickled (from base64 if it streamed)."""
-    if event.get("kind") != "object":
-        return event
-    data = event["data"]
-    if isinstance(data, str):
-        data = base64.b64decode(data)
-    try:
-        return {**event, "object": pickle.loads(data)}
-    except Exception as exc:  # noqa: BLE001 - show that it failed, keep the rest
-        return {**event, "kind": "bundle", "data": {
-            "text/plain": f"<a displayed object could not be loaded here: "
-                          f"{type(exc).__name__}: {exc}>"}}
+    def _decoded(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An entry ready to show: a pickled object unpickled (from base64 if it streamed)."""
+        if event.get("kind") != "object":
+            return event
+        data = event["data"]
+        if isinstance(data, str):
+            data = base64.b64decode(data)
+        try:
+            return {**event, "object": self.decode(data)}
+        except Exception as exc:  # noqa: BLE001 - show that it failed, keep the rest
+            return {**event, "kind": "bundle", "data": {
+                "text/plain": f"<a displayed object could not be loaded here: "
+                              f"{type(exc).__name__}: {exc}>"}}

@@ -151,6 +151,16 @@ class Unpickler(pickle.Unpickler):
                 "task, and that object is not known here") from None
 
 
+def loads(data: bytes, *, namespace: dict[str, Any] | None = None,
+          refs: Mapping[str, Any] | None = None) -> Any:
+    """One pickle made by our pickler (a displayed object), loaded as `load_namespace` loads
+    values: functions into `namespace`, references resolved in `refs`."""
+    import io
+
+    with receiving_into(namespace):
+        return Unpickler(io.BytesIO(data), buffers=None, refs=refs).load()
+
+
 class receiving_into:
     """While loading: namespace-bound functions get `namespace` as their globals.
 

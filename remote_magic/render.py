@@ -33,14 +33,14 @@ def show(entry: dict[str, Any], after_clear: Callable[[], None] | None = None) -
         display(entry.get("data") or {}, raw=True, **options)
 
 
-def cell_stream(after_clear: Callable[[], None] | None = None, text: bool = True
-                ) -> OutputStream:
+def cell_stream(decode: Callable[[bytes], Any],
+                after_clear: Callable[[], None] | None = None) -> OutputStream:
     """A stream into the current cell; `after_clear` runs after each `clear_output`."""
-    return OutputStream(write, lambda entry: show(entry, after_clear), text=text)
+    return OutputStream(write, lambda entry: show(entry, after_clear), decode=decode)
 
 
-def displays_only() -> OutputStream:
+def displays_only(decode: Callable[[bytes], Any]) -> OutputStream:
     """For results that land in a later cell: their displays, but neither the text (it was
     the task's, not this cell's) nor `clear_output` (it would clear this cell)."""
     return OutputStream(write, lambda entry: entry.get("kind") == "clear" or show(entry),
-                        text=False)
+                        text=False, decode=decode)

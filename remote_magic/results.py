@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import importlib
 import linecache
-import pickle
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from . import ambient
 from .errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from .inplace import update_in_place
+from .pickling import loads
 from .serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
 from .taskdir import TaskPaths, read_json, read_state
 
@@ -69,7 +69,7 @@ class TaskResult:
         namespace.update(self.values)
         for name in self.deleted:
             namespace.pop(name, None)
-        self.unsettled = ambient.restore(self.settings)
+        self.unsettled = ambient.apply_changes(self.settings)
         return sorted(self.values)
 
     @property
@@ -93,9 +93,9 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
                         reason=record.get("reason"), originals=originals)
     raised = None
     meta = read_json(paths.result)
+    sent = _Sent(originals, inputs)
     if meta is not None:
-        values = load_namespace(paths.outputs, namespace=namespace,
-                                refs=_Sent(originals, inputs)) \
+        values = load_namespace(paths.outputs, namespace=namespace, refs=sent) \
             if paths.outputs.exists() else {}
         result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
                           if n.startswith(IN_PLACE)}
@@ -114,7 +114,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
             shown = load_namespace(paths.displays)
             result.entries = shown.get("displays") or []
             if shown.get("result") is not None:
-                result.value = _shown(shown["result"])
+                result.value = _shown(shown["result"], namespace, sent)
     if result.state != "completed":
         result.error = _error(paths, result, raised)
     return result
@@ -145,11 +145,19 @@ class _Sent(Mapping[str, Any]):
         return len(self.originals)
 
 
-def _shown(entry: dict[str, Any]) -> Shown:
+def decoder(namespace: dict[str, Any] | None, originals: Mapping[str, Any] | None,
+            inputs: Path | None) -> Callable[[bytes], Any]:
+    """How to load a displayed object of a task: as its results are loaded (the notebook's
+    classes it refers to by name, its functions' globals in `namespace`)."""
+    sent = _Sent(originals, inputs)
+    return lambda data: loads(data, namespace=namespace, refs=sent)
+
+
+def _shown(entry: dict[str, Any], namespace: dict[str, Any] | None, sent: _Sent) -> Shown:
     if entry["kind"] == "bundle":
         return Shown(bundle=entry["data"], metadata=entry.get("metadata") or {})
     try:
-        return Shown(obj=pickle.loads(entry["data"]))
+        return Shown(obj=loads(entry["data"], namespace=namespace, refs=sent))
     except Exception as exc:  # noqa: BLE001 - show that it failed, keep the other results
         return Shown(bundle={"text/plain": f"<a displayed object could not be loaded here: "
                                            f"{type(exc).__name__}: {exc}>"})

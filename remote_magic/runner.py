@@ -209,6 +209,8 @@ def run_task(root: str) -> int:
         # globals of functions it sent.
         sent = {n: v for n, v in ns.items()
                 if (n not in own or own[n] is not v) and not recorder.ours(v)}
+        recorder.namespace = ns
+        recorder.classes = {id(v): n for n, v in sent.items() if isinstance(v, type)}
         if spec.get("track_changes"):
             watch = InputWatch(sent, str(paths.inputs), ns)
         body, last = _compile(source, filename, spec.get("last_expression", False))

@@ -50,27 +50,48 @@ def test_the_kernels_settings_reach_a_task_and_the_tasks_changes_come_back() -> 
     assert lines[2] == "['numpy.random', 'pandas', 'random']"
 
 
-def test_restore_puts_defaults_back_for_settings_the_task_reset() -> None:
+def test_options_a_task_put_back_to_their_defaults_come_back_as_defaults() -> None:
     out = in_fresh_python("""
         import numpy as np, matplotlib
         from remote_magic import ambient
+        from remote_magic.importhooks import when_imported
         np.set_printoptions(precision=2); matplotlib.rcParams["lines.linewidth"] = 9
-        keys = [k for k in ambient.SETTINGS if k.startswith(("numpy:", "matplotlib"))]
-        ambient.restore({key: None for key in keys})
+        tracker = ambient.Tracker(ambient.capture(), when_imported)
+        np.set_printoptions(precision=8); matplotlib.rcdefaults()  # what the cell does
+        changed = tracker.changed()
+        np.set_printoptions(precision=2); matplotlib.rcParams["lines.linewidth"] = 9
+        assert ambient.apply_changes(changed) == []  # in the kernel, afterwards
         print(np.get_printoptions()["precision"], matplotlib.rcParams["lines.linewidth"])
         """)
     assert out == "8 1.5"
+
+
+def test_only_what_a_task_changed_comes_back_not_its_own_defaults() -> None:
+    out = in_fresh_python("""
+        import sys
+        from remote_magic import ambient
+        from remote_magic.importhooks import when_imported
+        tracker = ambient.Tracker({}, when_imported)  # the notebook had not imported pandas
+        import pandas as pd
+        pd.set_option("display.max_rows", 5)  # the cell
+        changed = tracker.changed()
+        key = next(k for k in changed if k.startswith("pandas"))
+        print(changed[key])
+        """)
+    # not display.max_columns, whose default here (a "terminal") is not the notebook's
+    assert out == "{'display.max_rows': 5}"
 
 
 def test_pandas_prints_as_in_the_notebook_whatever_its_process_defaults() -> None:
     out = in_fresh_python("""
         import pandas as pd
         from remote_magic import ambient
-        key = next(k for k in ambient.SETTINGS if k.startswith("pandas"))
-        notebook = ambient.capture()[key]  # a notebook's kernel: max_columns 20
-        notebook["display.max_columns"] = 20
+        from remote_magic.importhooks import when_imported
+        notebook = ambient.capture()
+        key = next(k for k in notebook if k.startswith("pandas"))
+        notebook[key]["display.max_columns"] = 20  # a notebook's kernel
         pd.set_option("display.max_columns", 0)  # a task: pandas thinks it has a terminal
-        ambient.restore({key: notebook})
+        ambient.Tracker(notebook, when_imported)
         print(pd.get_option("display.max_columns"))
         """)
     assert out == "20"
@@ -78,4 +99,4 @@ def test_pandas_prints_as_in_the_notebook_whatever_its_process_defaults() -> Non
 
 def test_a_setting_this_version_refuses_is_reported_not_raised() -> None:
     key = next(k for k in ambient.SETTINGS if k.startswith("random"))
-    assert ambient.restore({key: "not a state"}) == [key]
+    assert ambient.apply_changes({key: "not a state"}) == [key]
