@@ -18,7 +18,9 @@ Imported on both sides; cloudpickle is imported only by whoever pickles.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import sys
 import threading
 import types
 from collections import ChainMap
@@ -107,16 +109,43 @@ def pickler_class(with_refs: bool = False) -> type:
 
 
 def _reopened(obj: Any) -> Any:
-    """Objects that hold an open file cannot be pickled; the ones a notebook keeps from cell
-    to cell (np.load of an .npz) travel as "open this file again", by the name they were
-    opened with: relative names work since the cell runs where the notebook runs, or in a
-    folder where the files it names were staged."""
+    """Objects that plain pickling refuses but that a notebook keeps from cell to cell, as
+    the recipe to make them again:
+
+    - np.load of an .npz holds an open file: it travels as "open this file again", by the
+      name it was opened with (relative names work: the cell runs where the notebook runs,
+      or in a folder where the files it names were staged);
+    - a @contextmanager used as a decorator (`@mpl.rc_context({...})`) holds a generator
+      that has not started: it travels as the function and arguments that make it.
+    """
     kind = type(obj)
     if kind.__name__ == "NpzFile" and kind.__module__.startswith("numpy."):
         name = getattr(getattr(obj, "fid", None), "name", None)
         if isinstance(name, str):
             return _load_npz, (name, bool(getattr(obj, "allow_pickle", False)))
+    elif isinstance(obj, contextlib._GeneratorContextManager) and hasattr(obj, "func") and \
+            _not_started(getattr(obj, "gen", None)):
+        # By the decorated function of its module when there is one: the bare generator
+        # function is not reachable by name, and a copy of it would work on copies of its
+        # module's globals (matplotlib's rcParams).
+        module = sys.modules.get(getattr(obj.func, "__module__", None) or "")
+        helper = getattr(module, getattr(obj.func, "__qualname__", ""), None)
+        if getattr(helper, "__wrapped__", None) is obj.func:
+            return _call, (helper, obj.args, obj.kwds)
+        return kind, (obj.func, obj.args, obj.kwds)
     return None
+
+
+def _call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return function(*args, **kwargs)
+
+
+def _not_started(generator: Any) -> bool:
+    frame = getattr(generator, "gi_frame", None)
+    if frame is None or generator.gi_running:
+        return False
+    suspended = getattr(generator, "gi_suspended", None)  # Python 3.11+
+    return not suspended if suspended is not None else frame.f_lasti < 0
 
 
 def _load_npz(name: str, allow_pickle: bool) -> Any:

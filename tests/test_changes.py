@@ -114,3 +114,22 @@ def test_a_task_that_changes_nothing_costs_no_full_read_of_a_large_input(tmp_pat
     grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                    text=True, check=True).stdout)
     assert grown_kib < 64 * 1024, f"the check read {grown_kib} KiB of a 256 MiB input"
+
+
+def test_values_that_hold_a_file_or_a_generator_travel_as_their_recipe(tmp_path: Path,
+                                                                       monkeypatch: Any
+                                                                       ) -> None:
+    import matplotlib as mpl
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("xy.npz", x=np.arange(3))
+
+    @mpl.rc_context({"lines.linewidth": 3})
+    def width() -> float:
+        return mpl.rcParams["lines.linewidth"]
+
+    path = tmp_path / "v.rmns"
+    dump_namespace({"npz": np.load("xy.npz"), "width": width}, path)
+    got = load_namespace(path)
+    assert got["npz"]["x"].tolist() == [0, 1, 2]
+    assert got["width"]() == 3.0 and mpl.rcParams["lines.linewidth"] != 3.0
