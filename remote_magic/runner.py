@@ -18,7 +18,6 @@ import ast
 import builtins
 import functools
 import importlib
-import importlib.util
 import linecache
 import operator
 import os
