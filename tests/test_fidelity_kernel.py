@@ -224,3 +224,38 @@ def test_a_local_file_changed_during_the_task_is_not_overwritten(far: Kernel) ->
     assert (root / "notes.txt").read_text() == "mine, edited meanwhile"
     beside = list(root.glob("notes.txt.from-task-*"))
     assert len(beside) == 1 and beside[0].read_text() == "theirs"
+
+
+def test_figures_come_in_the_notebooks_inline_formats_and_size(tmp_path: Path) -> None:
+    import base64
+    import os
+    import struct
+
+    from conftest import Kernel
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the inline backend
+    env.update(REMOTE_MAGIC_HOME=str(tmp_path / "data"),
+               REMOTE_MAGIC_CONFIG=str(tmp_path / "hosts.yaml"), REMOTE_MAGIC_DISPLAY="widget")
+    (tmp_path / "hosts.yaml").write_text(f"hosts:\n  localhost:\n    workdir: {tmp_path}/w\n")
+    kernel = Kernel(env, str(tmp_path))
+    try:
+        kernel.run("%load_ext remote_magic\nimport matplotlib.pyplot as plt\n"
+                   "%config InlineBackend.figure_formats = ['png', 'svg']\n"
+                   "plt.rcParams['figure.dpi'] = 50")
+        plot = "plt.plot([1, 3, 2]); plt.title('t');"
+
+        def figures(outcome: Any) -> list[dict[str, Any]]:
+            return [m["content"]["data"] for m in outcome.of_type("display_data")
+                    if "image/png" in m["content"]["data"]]
+
+        local, there = figures(kernel.run(plot)), figures(remote(kernel, plot))
+        assert len(local) == len(there) == 1
+        assert sorted(there[0]) == sorted(local[0]) == ["image/png", "image/svg+xml",
+                                                        "text/plain"]
+
+        def size(figure: dict[str, Any]) -> tuple[int, int]:
+            return struct.unpack(">II", base64.b64decode(figure["image/png"])[16:24])
+
+        assert size(there[0]) == size(local[0])  # the same dpi, the same bounding box
+    finally:
+        kernel.shutdown()
