@@ -76,6 +76,7 @@ class TaskRecord:
 
 
 _COLUMNS = [f.name for f in fields(TaskRecord)]
+SETUP_TIMEOUT = 30.0  # seconds to keep trying when another kernel is setting up the store
 
 
 class TaskStore:
@@ -85,10 +86,24 @@ class TaskStore:
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock, self._db:
-            self._db.executescript(_SCHEMA)
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """Switch to WAL and create the table. Two kernels opening a new store at once can
+        meet here: turning on WAL takes the database for itself, and SQLite reports a clash
+        there at once, without waiting out its busy timeout, so we retry for that long."""
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                with self._lock, self._db:
+                    self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:

@@ -79,3 +79,21 @@ def test_two_processes_at_once_do_not_corrupt_it(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_many_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # Each opens the store (the first ones create it and switch it to WAL) and writes at once.
+    code = ("import sys, time\nfrom remote_magic.store import TaskRecord, TaskStore\n"
+            "store = TaskStore(sys.argv[1])\n"
+            "for i in range(20):\n"
+            "    store.add(TaskRecord(id=f'{sys.argv[2]}{i:04x}', content_hash='h', "
+            "host='localhost'))\n"
+            "print(len(store.list()) >= 20)")
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "tasks.sqlite"),
+                              f"{n:04x}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for n in range(12)]
+    outcomes = [run.communicate(timeout=60) for run in runs]
+    assert [out.strip() for out, _ in outcomes] == ["True"] * 12, [e for _, e in outcomes]
