@@ -29,6 +29,7 @@ from remote_magic import RemoteExecutor
 from remote_magic.config import HostConfig
 from remote_magic.core import Client
 from remote_magic.errors import AuthenticationError, HostKeyError, TransportError
+from remote_magic.store import TaskStore
 from remote_magic.taskdir import TaskPaths, read_state
 from remote_magic.testing.sshd import start_sshd
 from remote_magic.transport.connection import Target, connect
@@ -420,7 +421,10 @@ def test_magics_manage_tasks_over_ssh(ssh_kernel: Kernel) -> None:
     ids = kernel.value("{r.name: r.id for r in __import__('remote_magic.core').core"
                        ".get_client().store.list()}")
     napper, quick = ids["napper"], ids["quick"]
-    time.sleep(1.5)
+    # The store says when the quick task has ended (however loaded the machine); its
+    # results load at the start of the next cell.
+    store = TaskStore(root / "data" / "tasks.sqlite")
+    assert wait_for(lambda: store.get(quick).final, 60)
     notice = kernel.run("pass")
     assert f"task {quick} completed on hpc" in notice.stdout
     assert kernel.value("quick") == 5
