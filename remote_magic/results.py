@@ -7,6 +7,7 @@ executor hands the same objects to a Future.
 from __future__ import annotations
 
 import importlib
+import json
 import linecache
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +20,7 @@ from .errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from .inplace import update_in_place
 from .pickling import loads
 from .serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
-from .taskdir import TaskPaths, read_json, read_state
+from .taskdir import TaskPaths, read_json
 
 
 @dataclass
@@ -88,36 +89,96 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
     the notebook sent by name: they resolve in `originals` (the objects sent, when this kernel
     still holds them), else in a fresh load of the `inputs` file it was sent.
     """
-    record = read_state(paths)
-    result = TaskResult(task_id=task_id, host=host, state=record["state"],
-                        reason=record.get("reason"), originals=originals)
-    raised = None
-    meta = read_json(paths.result)
-    sent = _Sent(originals, inputs)
-    if meta is not None:
-        values = load_namespace(paths.outputs, namespace=namespace, refs=sent) \
-            if paths.outputs.exists() else {}
-        result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
-                          if n.startswith(IN_PLACE)}
-        raised = values.pop(EXCEPTION, None)
-        result.settings = values.pop(AMBIENT, {})
-        for name, module in meta.get("imports", {}).items():
-            try:
-                values[name] = importlib.import_module(module)
-            except ImportError:
-                result.skipped[name] = f"module {module} is not installed in this kernel"
-        result.values = values
-        result.deleted = meta.get("deleted", [])
-        result.written = meta.get("written", [])
-        result.skipped.update(meta.get("skipped", {}))
-        if paths.displays.exists():
-            shown = load_namespace(paths.displays)
-            result.entries = shown.get("displays") or []
-            if shown.get("result") is not None:
-                result.value = _shown(shown["result"], namespace, sent)
+    result = TaskResult(task_id=task_id, host=host, state="failed", reason=None,
+                        originals=originals)
+    try:
+        record = _read(paths.state, default={"state": "prepared", "reason": None})
+        result.state, result.reason = record["state"], record.get("reason")
+        raised = None
+        meta = _read(paths.result, default=None)
+        if meta is None and result.state == "completed":
+            raise _Damaged(paths.result, "is missing")
+        sent = _Sent(originals, inputs)
+        if meta is not None:
+            raised = _load_outputs(paths, meta, result, namespace, sent)
+            if paths.displays.exists():
+                shown = _load(paths.displays, {}, None, None)
+                result.entries = shown.get("displays") or []
+                if shown.get("result") is not None:
+                    result.value = _shown(shown["result"], namespace, sent)
+    except _Damaged as damage:
+        result.state = "failed"
+        result.error = TaskFailedError(
+            f"Task {task_id} on {host} left results that cannot be read: {damage.path} "
+            f"{damage.why}. Its other files are still on the host (%remote_log {task_id}); "
+            "run the cell again with --rerun.", remote_type="damaged results",
+            task_id=task_id)
+        return result
     if result.state != "completed":
         result.error = _error(paths, result, raised)
     return result
+
+
+class _Damaged(Exception):
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(why)
+        self.path, self.why = path, why
+
+
+def _read(path: Path, default: Any) -> Any:
+    """A JSON file of the task: `default` when absent, _Damaged when unreadable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        raise _Damaged(path, f"cannot be read ({exc.strerror})") from None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise _Damaged(path, "is not valid JSON (damaged or cut short)") from None
+    if not isinstance(value, dict):
+        raise _Damaged(path, "does not hold what a task writes there")
+    return value
+
+
+def _load(path: Path, failed: dict[str, str], namespace: dict[str, Any] | None,
+          refs: Mapping[str, Any] | None) -> dict[str, Any]:
+    try:
+        return load_namespace(path, namespace=namespace, refs=refs, failed=failed)
+    except ValueError as exc:  # not ours, cut short, corrupt: the message names the file
+        raise _Damaged(path, f"is damaged ({exc})") from None
+
+
+def _load_outputs(paths: TaskPaths, meta: dict[str, Any], result: TaskResult,
+                  namespace: dict[str, Any] | None, sent: _Sent) -> Any:
+    """Load every output on its own: one that cannot be loaded here is reported by name
+    (and stays on the host, to be fetched again), the others still land. Returns what the
+    cell raised, if it did."""
+    failed: dict[str, str] = {}
+    values = _load(paths.outputs, failed, namespace, sent) if paths.outputs.exists() else {}
+    if meta.get("outputs") and not paths.outputs.exists():
+        raise _Damaged(paths.outputs, "is missing")
+    for name, why in failed.items():
+        shown = name.replace(IN_PLACE, "", 1)
+        if name.startswith("<"):
+            shown = "what the cell raised" if name == EXCEPTION else shown
+        result.skipped[shown] = (f"cannot be loaded here: {why}; %remote_fetch "
+                                 f"{result.task_id} loads it again once that is fixed")
+    result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
+                      if n.startswith(IN_PLACE)}
+    raised = values.pop(EXCEPTION, None)
+    result.settings = values.pop(AMBIENT, {})
+    for name, module in meta.get("imports", {}).items():
+        try:
+            values[name] = importlib.import_module(module)
+        except ImportError:
+            result.skipped[name] = f"module {module} is not installed in this kernel"
+    result.values = values
+    result.deleted = meta.get("deleted", [])
+    result.written = meta.get("written", [])
+    result.skipped.update(meta.get("skipped", {}))
+    return raised
 
 
 class _Sent(Mapping[str, Any]):

@@ -405,11 +405,14 @@ class _BufferFeed:
 
 
 def load_namespace(path: str | os.PathLike[str], *, namespace: dict[str, Any] | None = None,
-                   refs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   refs: Mapping[str, Any] | None = None,
+                   failed: dict[str, str] | None = None) -> dict[str, Any]:
     """Read back what `dump_namespace` wrote.
 
     Functions that were bound to the sender's namespace get `namespace` as their globals (a
-    fresh dict if None); references by name resolve in `refs`.
+    fresh dict if None); references by name resolve in `refs`. With `failed`, a value that
+    cannot be loaded here (its class exists only where it was made, say) is left out and
+    recorded there, name -> why, and the other values still load; without it, it raises.
 
     The file is mapped privately (copy-on-write): arrays come back writable, their pages are
     read only when touched, and writing to them never changes the file. The map stays open as
@@ -427,7 +430,7 @@ def load_namespace(path: str | os.PathLike[str], *, namespace: dict[str, Any] | 
     view = memoryview(region)
     try:
         with receiving_into(namespace):
-            return _load_values(path, header, data_start, view, refs)
+            return _load_values(path, header, data_start, view, refs, failed)
     finally:
         view.release()
         if isinstance(region, mmap.mmap):
@@ -439,7 +442,7 @@ def load_namespace(path: str | os.PathLike[str], *, namespace: dict[str, Any] | 
 
 def _load_values(
     path: str, header: dict[str, Any], data_start: int, view: memoryview,
-    refs: Mapping[str, Any] | None,
+    refs: Mapping[str, Any] | None, failed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     feed = _BufferFeed([view[data_start + offset:data_start + offset + length]
                         for offset, length in header["buffers"]])
@@ -447,19 +450,29 @@ def _load_values(
     reader = _MapReader(view, frames_end)
     result: dict[str, Any] = {}
     unpickler: pickle.Unpickler | None = None
+    consumed = 0  # out-of-band buffers of the values before this one
     for entry in header["values"]:
         name = entry["name"]
         if unpickler is None or entry["new_memo"]:
             unpickler = Unpickler(reader, buffers=feed, refs=refs)
         reader.position = data_start + entry["offset"]
-        used = feed.used
+        feed.used = consumed
+        consumed += entry["buffers"]
         try:
             result[name] = unpickler.load()
         except Exception as exc:
-            if hasattr(exc, "add_note"):  # Python 3.11+
-                exc.add_note(f"(while loading variable '{name}' from {path})")
-            raise
+            if failed is None:
+                if hasattr(exc, "add_note"):  # Python 3.11+
+                    exc.add_note(f"(while loading variable '{name}' from {path})")
+                raise
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            # A fresh unpickler, with what the earlier values left in the memo: the values
+            # after this one may refer to those, not to what this one left half-done.
+            memo = unpickler.memo
+            unpickler = Unpickler(reader, buffers=feed, refs=refs)
+            unpickler.memo = memo
+            continue
         if (reader.position != data_start + entry["offset"] + entry["length"]
-                or feed.used - used != entry["buffers"]):
+                or feed.used != consumed):
             raise _not_ours(path, f"the data of variable '{name}' is corrupt")
     return result
