@@ -259,7 +259,12 @@ class Client:
         for record in records:
             if not record.final and record.state != "prepared":
                 active[record.host].append(record)
+        known = self.config().hosts
         for host_name, group in active.items():
+            if host_name not in known:  # its last known state stands, and says why
+                for record in group:
+                    self.store.update(record.id, reason=_gone(host_name))
+                continue
             self.monitor(host_name).poll(
                 {r.id: Watch(r.id, False, r.state, r.progress) for r in group})
         return [self.store.get(r.id) for r in records]
@@ -279,7 +284,13 @@ class Client:
                 outcome[record.id] = f"already {record.state}"
             else:
                 by_host[record.host].append(record)
+        known = self.config().hosts
         for host_name, group in by_host.items():
+            if host_name not in known:
+                outcome.update({r.id: f"not cancelled: {_gone(host_name)}; add it back to "
+                                      "cancel the task there, or %remote_purge it to forget "
+                                      "it here" for r in group})
+                continue
             monitor = self.monitor(host_name)
             outcome.update(monitor.request("kill", tasks=[r.id for r in group]))
             monitor.poke()
@@ -291,24 +302,34 @@ class Client:
         by_host: dict[str, list[TaskRecord]] = defaultdict(list)
         for record in records:
             by_host[record.host].append(record)
+        known = self.config().hosts
         for host_name, group in by_host.items():
-            try:
-                done = self.monitor(host_name).request("purge", tasks=[r.id for r in group])
-            except RemoteMagicError as exc:
-                done = {r.id: f"not purged: {exc}" for r in group}
+            if host_name not in known:  # nothing to ask there: forget the tasks here
+                done = {r.id: "absent" for r in group}
+            else:
+                try:
+                    done = self.monitor(host_name).request("purge",
+                                                           tasks=[r.id for r in group])
+                except RemoteMagicError as exc:
+                    done = {r.id: f"not purged: {exc}" for r in group}
             for record in group:
                 said = done.get(record.id, "absent")
                 if said in ("removed", "absent"):
                     if record.local_dir:
                         shutil.rmtree(record.local_dir, ignore_errors=True)
                     self.store.delete([record.id])
-                    said = "removed"
+                    said = "removed" if host_name in known else \
+                        f"removed here; {_gone(host_name)}, so its files there stay"
                 outcome[record.id] = said
         return outcome
 
     def older_than(self, seconds: float, host: str | None = None) -> list[TaskRecord]:
         cutoff = time.time() - seconds
         return [r for r in self.store.list(host=host) if r.final and r.created < cutoff]
+
+
+def _gone(host: str) -> str:
+    return f"host '{host}' is no longer in the hosts file"
 
 
 def parse_age(text: str) -> float:

@@ -8,6 +8,7 @@ task's outcome; the store is how a kernel finds its tasks again.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -87,6 +88,19 @@ class TaskStore:
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._set_up()
+        self._private()
+
+    def _private(self) -> None:
+        """The store holds task names, hosts and paths: readable by its owner only, even in a
+        REMOTE_MAGIC_HOME made earlier or under a permissive umask (SQLite gives its -wal and
+        -shm files the database's mode)."""
+        for suffix in ("", "-wal", "-shm"):
+            path = self.path.with_name(self.path.name + suffix)
+            try:
+                if path.stat().st_uid == os.getuid():
+                    os.chmod(path, 0o600)
+            except OSError:  # absent (not made yet), or not ours to change
+                continue
 
     def _set_up(self) -> None:
         """Switch to WAL and create the table. Two kernels opening a new store at once can

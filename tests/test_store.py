@@ -97,3 +97,17 @@ def test_many_processes_open_a_new_store_at_once(tmp_path: Path) -> None:
                              text=True) for n in range(12)]
     outcomes = [run.communicate(timeout=60) for run in runs]
     assert [out.strip() for out, _ in outcomes] == ["True"] * 12, [e for _, e in outcomes]
+
+
+def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0)
+    try:
+        (tmp_path / "tasks.sqlite").touch(mode=0o666)  # left by an earlier, careless run
+        store = TaskStore(tmp_path / "tasks.sqlite")
+        store.add(TaskRecord(id="ab" * 8, content_hash="h", host="localhost"))
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {"0o600"}, modes
