@@ -34,6 +34,7 @@ from . import ambient, displays
 from .changes import InputWatch, immutable
 from .displays import DisplayRecorder
 from .importhooks import when_imported
+from .proctitle import set_name
 from .serialization import AMBIENT, EXCEPTION, IN_PLACE, dump_namespace, load_namespace
 from .taskdir import (
     FINAL_STATES,
@@ -57,6 +58,7 @@ KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task is cancelled
 def supervise(root: str) -> int:
     """Run the task in a child process and make sure its outcome is recorded."""
     paths = TaskPaths(root)
+    set_name(f"rm-watch-{paths.root.name[:6]}")
     out = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     err = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     cancelling = threading.Event()
@@ -75,6 +77,7 @@ def supervise(root: str) -> int:
     if pid == 0:  # the runner
         code = 1
         try:
+            set_name(f"rm-task-{paths.root.name[:7]}")
             os.setpgid(0, 0)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
