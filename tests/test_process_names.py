@@ -29,8 +29,8 @@ def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
         paths = TaskPaths(record.remote_dir)
         assert wait_for(lambda: read_json(paths.pids) is not None, 10)
         pids = read_json(paths.pids)
-        assert comm(pids["supervisor"]) == f"rm-watch-{record.id[:6]}"
-        assert comm(pids["runner"]) == f"rm-task-{record.id[:7]}"
+        assert wait_for(lambda: comm(pids["supervisor"]) == f"rm-watch-{record.id[:6]}", 10)
+        assert wait_for(lambda: comm(pids["runner"]) == f"rm-task-{record.id[:7]}", 10)
         client.kill([record])
     finally:
         client.close()
