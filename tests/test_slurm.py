@@ -13,7 +13,12 @@ from conftest import Kernel, count_status_requests, ssh_host, start_kernel
 
 from remote_magic import RemoteExecutor
 from remote_magic.schedulers.slurm import Slurm
-from remote_magic.testing.schedulers import ensure_slurm, slurm_job_fields, wait_job_state
+from remote_magic.testing.schedulers import (
+    ensure_slurm,
+    slurm_job_fields,
+    slurm_queue_drained,
+    wait_job_state,
+)
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +168,13 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
     asked = count_status_requests(monkeypatch)
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "busy", home / "busy", scheduler="slurm"))
+    slurm_queue_drained()  # the hog must start now: nothing of an earlier test's in its way
     hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
                           "-o", "/dev/null", "--wrap", "sleep 60"],
                          capture_output=True, text=True, check=True).stdout.strip()
     client = Client()
     try:
-        wait_job_state(hog, "RUNNING", timeout=30)
+        wait_job_state(hog, "RUNNING", timeout=60)
         with RemoteExecutor("busy", client=client) as pool:
             futures = [pool.submit(_sleep_and_return, i) for i in range(6)]
             time.sleep(2)  # submitted and seen queued

@@ -287,6 +287,25 @@ def wait_job_state(job_id: str | int, states: str | Iterable[str], timeout: floa
         time.sleep(interval)
 
 
+def slurm_queue_drained(timeout: float = 60) -> None:
+    """Wait until SLURM has no job left, then return; jobs still there after ``timeout``
+    seconds are cancelled (and waited for). A test that needs every CPU calls this first, so
+    that a job an earlier test left behind (still finishing, or never cancelled) does not keep
+    its own job pending."""
+    deadline = time.monotonic() + timeout
+    cancelled = False
+    while True:
+        proc = _command(["squeue", "-h", "-o", "%i"])
+        if proc.returncode == 0 and not proc.stdout.strip():
+            return
+        if time.monotonic() >= deadline:
+            if cancelled:
+                raise TimeoutError(f"SLURM jobs still queued after scancel: {proc.stdout.split()}")
+            _command(["scancel", *proc.stdout.split()])
+            cancelled, deadline = True, time.monotonic() + 30
+        time.sleep(0.2)
+
+
 def sacct_fields(job_id: str | int, fields: Iterable[str] = ("JobID", "State", "ExitCode"),
                  timeout: float = 10, finished: bool = True) -> dict[str, str]:
     """The job's own ``sacct -X`` record, once accounting has it.
