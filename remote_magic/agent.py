@@ -26,17 +26,22 @@ from typing import Any, Callable
 from . import runner
 from .agent_batch import BatchOps
 from .agent_files import FileOps
+from .proctitle import set_name
 from .protocol import MARKER, FrameReader, encode_header
 from .taskdir import (
     FINAL_STATES,
     HEARTBEAT_INTERVAL,
+    Refusal,
     TaskPaths,
     make_task_dir,
+    path_problem,
     read_exitcode,
     read_json,
     read_state,
     set_state,
     valid_task_id,
+    workdir_message,
+    workdir_refusal,
 )
 
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
@@ -51,30 +56,47 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
 
 
 class Agent(FileOps, BatchOps):
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, resident: bool = True) -> None:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
         self.tasks_dir = self.workdir / "tasks"
-        self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.resident = resident
         self.children: dict[int, str] = {}  # supervisor pid -> task id
+        self.staged: set[str] = set()
         self.hostname = socket.gethostname()
+        # A work directory another user could have written is never used: every request is
+        # answered with why, and how to fix it (nothing in it is read, nothing is written).
+        self.refusal = workdir_refusal(self.workdir, [("tasks", "dir")], create=True)
+        if self.refusal is None:  # not created: say why now (no permission, say)
+            self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # ------------------------------------------------------------ plumbing
 
     def paths(self, task_id: str) -> TaskPaths:
-        return TaskPaths(self.tasks_dir / valid_task_id(task_id))
+        """The task's files, once its directory is known to be ours alone (0700): what the
+        runner unpickles, and the pids a kill signals, come from there."""
+        root = self.tasks_dir / valid_task_id(task_id)
+        problem = path_problem(str(root), "private")
+        if problem is not None:
+            raise Refusal(workdir_message({**problem, "workdir": str(self.workdir)}))
+        return TaskPaths(root)
 
     def handle(self, message: dict[str, Any], payload: bytes,
                send: Callable[[dict[str, Any], bytes], None]) -> None:
-        """Run one request; answer it unless it is one-way (no id)."""
+        """Run one request; answer it unless it is one-way (no id). A refusal is answered as
+        such: its message is for the user as it stands."""
         request_id = message.get("id")
         self.payload, self.payload_out = payload, b""
         self.reply_stream = lambda chunk: send({"stream": request_id}, chunk)
         method = getattr(self, f"op_{message.get('op', '')}", None)
-        if method is None:
+        if self.refusal is not None:
+            reply = {"ok": False, "error": str(self.refusal), "refused": True}
+        elif method is None:
             reply = {"ok": False, "error": f"unknown operation {message.get('op')!r}"}
         else:
             try:
                 reply = {"ok": True, "result": method(**message.get("args", {}))}
+            except Refusal as exc:
+                reply = {"ok": False, "error": str(exc), "refused": True}
             except Exception as exc:  # noqa: BLE001 - the kernel shows it; the agent lives on
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if request_id is not None:
@@ -93,18 +115,39 @@ class Agent(FileOps, BatchOps):
         return str(make_task_dir(self.paths(task).root).root)
 
     def op_start(self, task: str) -> dict[str, Any]:
+        """Start a staged task; if another kernel started the identical task first, answer
+        with its state ("attached"), and the caller follows that run."""
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
-        if paths.state.exists() and read_state(paths)["state"] != "prepared":
-            raise RuntimeError(f"task {task} was already started")
-        set_state(paths, "submitted", launcher="process", host=self.hostname)
-        sys.stdout.flush()
-        pid = os.fork()
+        found = self.claim(paths, task)
+        if found is not None:
+            return {"pid": None, "attached": found}
+        try:
+            set_state(paths, "submitted", launcher="process", host=self.hostname)
+            sys.stdout.flush()
+            pid = os.fork()
+        except BaseException:
+            paths.claim.unlink(missing_ok=True)  # not started: a retry may claim it again
+            raise
         if pid == 0:
             self._become_supervisor(paths)
         self.children[pid] = task
         return {"pid": pid}
+
+    def op_submit(self, task: str, *args: Any, **options: Any) -> dict[str, Any]:
+        """Submit a staged task as a batch job, once, however many kernels staged it."""
+        paths = self.paths(task)
+        if not paths.spec.exists():
+            raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
+        found = self.claim(paths, task)
+        if found is not None:
+            return {"job_id": read_state(paths).get("job_id"), "attached": found}
+        try:
+            return BatchOps.op_submit(self, task, *args, **options)
+        except BaseException:
+            paths.claim.unlink(missing_ok=True)  # not submitted: a retry may claim it again
+            raise
 
     def _become_supervisor(self, paths: TaskPaths) -> None:
         code = 1
@@ -352,7 +395,7 @@ def serve_once(workdir: str) -> int:
     The fallback for hosts where the resident agent cannot run: each request costs a remote
     command, but every operation is the same code.
     """
-    agent = Agent(workdir)
+    agent = Agent(workdir, resident=False)
     out = sys.stdout.buffer
     out.write(MARKER)
 
@@ -380,8 +423,11 @@ def serve(workdir: str) -> int:
     selector.register(wake_r, selectors.EVENT_READ)
     reader = FrameReader()
     out = sys.stdout.buffer
+    set_name("rm-agent")  # `pkill rm-agent` stops the agent, not the tasks (see proctitle)
     out.write(MARKER)  # whatever a login shell printed before us ends here
     out.flush()
+    if agent.refusal is None:
+        agent.sweep()
 
     def send(message: dict[str, Any], payload: bytes = b"") -> None:
         out.write(encode_header(message, len(payload)))

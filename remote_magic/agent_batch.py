@@ -5,6 +5,14 @@ cannot say: whether a job still waits in the queue, and how a job ended when the
 write it down (a walltime kill, a cancellation, an out-of-memory kill). All jobs of a scheduler
 are asked about in ONE command, at most once per QUERY_INTERVAL however often the kernel polls,
 so a notebook with hundreds of queued tasks does not hammer the login node.
+
+A running task whose heartbeat has been silent for STALE_HEARTBEAT may have lost its node,
+which the queue may not notice for minutes: the scheduler must then vouch for the job (its
+queue says it runs and, where the scheduler can ask, the node's own daemon answers for it), or
+the task is `lost`, with what the scheduler said. A scheduler that cannot be asked at all is
+waited for SCHEDULER_SILENCE longer. A job that the queue shows waiting again after its task
+ran was requeued; that is said too, and the job itself refuses to run the cell again
+(`schedulers/job.py`).
 """
 
 from __future__ import annotations
@@ -19,13 +27,31 @@ from typing import Any, Callable
 
 from . import runner
 from .schedulers import BatchScheduler, JobState, scheduler_for
-from .schedulers.base import last_line, unknown
-from .taskdir import FINAL_STATES, TaskPaths, read_exitcode, read_state, set_state, write_atomic
+from .schedulers.base import Vouch, last_line, unknown
+from .taskdir import (
+    FINAL_STATES,
+    HEARTBEAT_INTERVAL,
+    TaskPaths,
+    read_exitcode,
+    read_state,
+    set_state,
+    write_atomic,
+)
 
 QUERY_INTERVAL = 1.0  # seconds: the most often the queue is asked, per scheduler
 COMMAND_TIMEOUT = 60.0
 LOST_GRACE = 30.0  # a job may take this long to show up in the queue after submission
 VERDICT_WAIT = 30.0  # how long a task killed by a signal waits for the scheduler to say why
+# A running task silent this long (15 missed beats) is checked with the scheduler: long enough
+# for a shared filesystem that stalls for a while, short enough to matter to someone waiting.
+STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL
+SCHEDULER_SILENCE = 60.0  # ... and if the scheduler cannot be asked, lost this much later
+PROBE_TIMEOUT = 30.0  # the longest a node probe may take (sstat waits ~10 s for a dead slurmd)
+PROBE_INTERVAL = 10.0  # a node that answered for its job is asked again after this long
+# Probes per poll, at most: when a shared filesystem stalls, every task goes silent at once,
+# and hundreds of probes at a time would hammer the scheduler; the others wait their turn.
+MAX_PROBES = 8
+CLOCK_SKEW = 5.0  # seconds by which the clocks of the login and compute nodes may differ
 
 
 class BatchOps:
@@ -33,9 +59,13 @@ class BatchOps:
 
     paths: Callable[[str], TaskPaths]
 
-    def _batch_cache(self) -> dict[str, tuple[float, frozenset[str], dict[str, JobState]]]:
+    def _batch_cache(self) -> dict[str, tuple[float, frozenset[str], dict[str, JobState],
+                                              float]]:
+        """Per scheduler: when it was last asked (monotonic), about which jobs, its answers,
+        and when (wall clock, to compare with the times in state records)."""
         if not hasattr(self, "_queue_cache"):
-            self._queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState]]] = {}
+            self._queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState],
+                                               float]] = {}
         return self._queue_cache
 
     def op_submit(self, task: str, scheduler: str, resources: dict[str, Any], setup: str = "",
@@ -48,9 +78,10 @@ class BatchOps:
             raise RuntimeError(f"task {task} was already started")
         batch = scheduler_for(scheduler)
         runtime = str(Path(runner.__file__).resolve().parent.parent)
+        # The job's entry point runs the task at most once, however often the job starts.
         command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
-                   f"{shlex.quote(python or sys.executable)} -m remote_magic.runner "
-                   f"{shlex.quote(str(paths.root))}")
+                   f"{shlex.quote(python or sys.executable)} -m remote_magic.schedulers.job "
+                   f"{batch.name} {shlex.quote(str(paths.root))}")
         script = batch.render(template, resources, f"rm-{task[:12]}", str(paths.root),
                               setup, command)
         job_script = paths.job_script
@@ -72,10 +103,47 @@ class BatchOps:
         for name, jobs in by_scheduler.items():
             batch = scheduler_for(name)
             answers = self._ask(batch, sorted(jobs))
+            asked_at = self._batch_cache()[batch.name][3]
+            silent = {job_id: age for job_id, task_id in jobs.items()
+                      if (age := _silence(self.paths(task_id), tasks[task_id])) is not None}
+            vouches = self._probe(batch, {j: answers[j] for j in silent if j in answers
+                                          and answers[j].state == "running"
+                                          and not answers[j].unreachable})
             for job_id, task_id in jobs.items():
-                tasks[task_id] = self._merge(self.paths(task_id), tasks[task_id],
-                                             answers.get(job_id))
+                paths = self.paths(task_id)
+                if job_id in silent:
+                    why = _doubt(batch, job_id, silent[job_id], answers.get(job_id),
+                                 vouches.get(job_id))
+                    if why is not None:
+                        tasks[task_id] = _lose(batch, job_id, paths, why)
+                        continue
+                tasks[task_id] = self._merge(paths, tasks[task_id], answers.get(job_id),
+                                             asked_at)
         return tasks
+
+    def _probe(self, batch: BatchScheduler, jobs: dict[str, JobState]) -> dict[str, Vouch]:
+        """Ask the nodes of these silent running jobs whether they still run them: one
+        command per job, at most MAX_PROBES at once, none longer than PROBE_TIMEOUT. A node
+        that answered is believed for PROBE_INTERVAL."""
+        if not hasattr(self, "_probe_cache"):
+            self._probe_cache: dict[tuple[str, str], tuple[float, Vouch]] = {}
+        now = time.monotonic()
+        found: dict[str, Vouch] = {}
+        commands: dict[str, list[str]] = {}
+        for job_id, job in jobs.items():
+            cached = self._probe_cache.get((batch.name, job_id))
+            if cached is not None and now - cached[0] < PROBE_INTERVAL:
+                found[job_id] = cached[1]
+                continue
+            command = batch.probe_command(job_id, job)
+            if command is not None and len(commands) < MAX_PROBES:
+                commands[job_id] = command
+        for job_id, done in _run_all(commands, PROBE_TIMEOUT).items():
+            vouch = batch.read_probe(job_id, jobs[job_id], done.returncode, done.stdout,
+                                     done.stderr)
+            self._probe_cache[(batch.name, job_id)] = (time.monotonic(), vouch)
+            found[job_id] = vouch
+        return found
 
     def _ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
         """What the scheduler says about these jobs: ONE status command (plus one accounting
@@ -86,13 +154,14 @@ class BatchOps:
         never left out, so that a controller restart does not make every job look gone.
         """
         cache = self._batch_cache()
-        asked_at, asked_for, answers = cache.get(batch.name, (0.0, frozenset(), {}))
+        asked_at, asked_for, answers, _ = cache.get(batch.name, (0.0, frozenset(), {}, 0.0))
         if time.monotonic() - asked_at < QUERY_INTERVAL:
             # Jobs submitted since are asked about next time: while a notebook submits
             # hundreds of tasks, every poll has new ones, and must not cost a query each.
             later = unknown("not asked about yet")
             return {**{j: later for j in job_ids if j not in asked_for}, **answers}
         command = batch.status_command(job_ids)
+        wall = time.time()
         queued = _run(command)
         listed = batch.read_status(job_ids, queued.returncode, queued.stdout, queued.stderr)
         if listed is None:
@@ -111,18 +180,19 @@ class BatchOps:
                     # lags: it may still say RUNNING for a job the queue says ended)
                     if job.state in FINAL_STATES or job_id not in answers:
                         answers[job_id] = job
-        cache[batch.name] = (time.monotonic(), frozenset(job_ids), answers)
+        cache[batch.name] = (time.monotonic(), frozenset(job_ids), answers, wall)
         return answers
 
-    def _merge(self, paths: TaskPaths, record: dict[str, Any],
-               job: JobState | None) -> dict[str, Any]:
+    def _merge(self, paths: TaskPaths, record: dict[str, Any], job: JobState | None,
+               asked_at: float | None = None) -> dict[str, Any]:
         """The task's state from its files and the scheduler's word (None: it does not know
-        the job; state "": it could not be asked)."""
+        the job; state "": it could not be asked), asked at `asked_at` (default: now)."""
+        asked_at = time.time() if asked_at is None else asked_at
         if record["state"] in FINAL_STATES:
-            return _confirm(paths, record, job)
+            return _confirm(paths, record, job, asked_at)
         code = read_exitcode(paths)
         if code is not None:  # the job's work is over: the files say how
-            return _confirm(paths, _settle(paths, record, code), job)
+            return _confirm(paths, _settle(paths, record, code), job, asked_at)
         if job is not None and job.state not in FINAL_STATES:
             # still in the queue, or the scheduler could not say: ask again later
             if job.state == "queued" and record["state"] in ("submitted", "queued"):
@@ -150,16 +220,24 @@ class BatchOps:
         return "cancelling"
 
 
-def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None) -> dict[str, Any]:
+def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None,
+             asked_at: float) -> dict[str, Any]:
     """A task whose files say it ended, given the scheduler's word on why where it has one.
 
     A kill from outside (walltime, scancel, memory) reaches the runner as a signal; only the
     scheduler can say which. Such a task is reported as still running until the scheduler
-    says, for at most VERDICT_WAIT, then as the files have it.
+    says, for at most VERDICT_WAIT, then as the files have it. A queue that shows the job
+    waiting again, asked after the task ended, means it was requeued: said at once.
     """
     state, reason = record["state"], record.get("reason")
     if state == "completed" or record.get("checked"):
         return record
+    ended = record.get("history", {}).get(state, 0)
+    if job is not None and job.state == "queued" and asked_at > ended + CLOCK_SKEW:
+        note = _requeued(record, job) + _cancel(scheduler_for(record["launcher"]),
+                                                record["job_id"])
+        return set_state(paths, state, f"{reason or state}; then {note}", when=ended or None,
+                         checked=True)
     if job is not None and job.state in ("timed_out", "cancelled") and \
             not paths.cancel.exists():
         return set_state(paths, job.state, job.reason, checked=True)
@@ -206,13 +284,98 @@ def _needs_queue(record: dict[str, Any]) -> bool:
     return record["state"] not in FINAL_STATES or not record.get("checked")
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _silence(paths: TaskPaths, record: dict[str, Any]) -> float | None:
+    """How long a running task has not been heard from, once that is over STALE_HEARTBEAT;
+    None while it beats, and for tasks not running or whose exit-code file exists."""
+    if record["state"] != "running" or paths.exitcode.exists():
+        return None
+    try:
+        beat = paths.heartbeat.stat().st_mtime
+    except FileNotFoundError:
+        beat = 0.0
+    age = time.time() - max(beat, record.get("history", {}).get("running", 0.0))
+    return age if age > STALE_HEARTBEAT else None
+
+
+def _doubt(batch: BatchScheduler, job_id: str, age: float, job: JobState | None,
+           vouch: Vouch | None) -> str | None:
+    """Why a silent running task is lost, or None while the scheduler vouches for its job
+    (or has the last word anyway: a job gone from the queue, or ended, is settled as usual)."""
+    silent = f"no heartbeat for {age:.0f} s"
+    if job is None or job.state in FINAL_STATES:
+        return None
+    if job.state == "queued":
+        return f"{silent}, and {_requeued({'launcher': batch.name, 'job_id': job_id}, job)}"
+    if job.state == "" or (vouch is not None and vouch.alive is None):
+        if age < STALE_HEARTBEAT + SCHEDULER_SILENCE:
+            return None
+        words = job.reason if job.state == "" else vouch.reason if vouch else ""
+        return f"{silent}, and {batch.title} could not be asked about job {job_id}: {words}"
+    if job.unreachable:
+        return f"{silent}, and {batch.title} has lost contact with the job's host ({job.reason})"
+    if vouch is not None and vouch.alive is False:
+        return f"{silent}, and {vouch.reason}"
+    return None
+
+
+def _lose(batch: BatchScheduler, job_id: str, paths: TaskPaths, why: str) -> dict[str, Any]:
+    """Record `lost`, unless the task spoke up since it was read (it may have just ended), and
+    cancel the job: its allocation is of no use now, and a cancelled job cannot be requeued
+    (a site policy, or the node coming back) to run the cell again behind the user's back."""
+    record = read_state(paths)
+    if record["state"] != "running" or paths.exitcode.exists():
+        return record
+    return set_state(paths, "lost", why + _cancel(batch, job_id), checked=True)
+
+
+def _cancel(batch: BatchScheduler, job_id: str) -> str:
+    """Cancel a job that must not run (again); what to add to the task's reason."""
+    done = _run(batch.cancel_command([job_id]), timeout=PROBE_TIMEOUT)
+    if done.returncode == 0:
+        return f"; job {job_id} was cancelled, so that it cannot run the cell later"
+    return (f"; cancelling job {job_id} failed ({last_line(done.stderr or done.stdout)}), "
+            "but should it start again it will not run the cell")
+
+
+def _requeued(record: dict[str, Any], job: JobState) -> str:
+    title = scheduler_for(record["launcher"]).title
+    return (f"{title} has put job {record['job_id']} back in the queue "
+            f"({job.reason or 'queued'}) after it had started: it was requeued")
+
+
+def _run(argv: list[str], cwd: Path | None = None,
+         timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
                               env=dict(os.environ))
     except FileNotFoundError:
         return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]} took over "
-                                                          f"{COMMAND_TIMEOUT:.0f} s")
+                                                          f"{timeout:.0f} s")
+
+
+def _run_all(commands: dict[str, list[str]],
+             timeout: float) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run commands side by side (no threads: the agent forks), each cut off after
+    `timeout`; a command that timed out gives 124, one that is missing 127, as in `_run`."""
+    started: dict[str, subprocess.Popen[str]] = {}
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    for key, argv in commands.items():
+        try:
+            started[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            done[key] = subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
+    deadline = time.monotonic() + timeout
+    for key, process in started.items():
+        try:
+            out, err = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            done[key] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            done[key] = subprocess.CompletedProcess(process.args, 124, "", f"{commands[key][0]} "
+                                                    f"took over {timeout:.0f} s")
+    return done

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 from .errors import TransportError
 from .protocol import FrameReader, encode_header
+from .taskdir import Refusal
 
 
 class Channel(Protocol):
@@ -26,10 +27,11 @@ class Channel(Protocol):
 
 class AgentClient:
     def __init__(self, channel: Channel, on_event: Callable[[dict[str, Any]], None],
-                 label: str) -> None:
+                 label: str, host: str | None = None) -> None:
         self._channel = channel
         self._on_event = on_event
         self._label = label
+        self._host = host or label  # the name refusals give the host (the label may say more)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -71,7 +73,7 @@ class AgentClient:
         if reply is None:
             raise TransportError(self._closed or f"lost the connection to {self._label}")
         if not reply.get("ok"):
-            raise TransportError(f"{self._label}: {op} failed: {reply.get('error')}")
+            raise failure(reply, op, self._label, self._host)
         return reply.get("result"), waiter.payload
 
     def send_oneway(self, op: str, args: dict[str, Any], payload: bytes = b"") -> None:
@@ -130,6 +132,15 @@ class AgentClient:
             return
         waiter.reply, waiter.payload = message, payload
         waiter.done.set()
+
+
+def failure(reply: dict[str, Any], op: str, label: str, host: str) -> TransportError:
+    """The error for a failed request. A refusal (an unsafe work directory, a full disk) is
+    the agent's message to the user, whole, with the host's name put in; anything else is
+    an internal failure, shown with the operation that failed."""
+    if reply.get("refused"):
+        return TransportError(Refusal(str(reply.get("error"))).for_host(host))
+    return TransportError(f"{label}: {op} failed: {reply.get('error')}")
 
 
 class _Pending:

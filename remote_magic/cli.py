@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .arguments import id_prefix
 from .core import Client, parse_age
 from .errors import RemoteMagicError
 from .hostcheck import check_host, hosts_table
@@ -55,15 +56,15 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             print(check)
         return 0 if all(c.ok is not False for c in checks) else 1
     if args.command == "status":
-        records = client.status(args.ids or None, host=args.queue,
+        records = client.status([id_prefix(i) for i in args.ids] or None, host=args.queue,
                                 include_done=args.all or bool(args.ids))
         print(status_table(records)["text/plain"])
         return 0
     if args.command == "kill":
-        outcome = client.kill([client.find(i) for i in args.ids])
+        outcome = client.kill([client.find(id_prefix(i)) for i in args.ids])
     else:
         if args.ids:
-            records = [client.find(i) for i in args.ids]
+            records = [client.find(id_prefix(i)) for i in args.ids]
         elif args.older:
             records = client.older_than(parse_age(args.older), host=args.queue)
         else:

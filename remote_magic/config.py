@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,16 +21,20 @@ import platformdirs
 from . import config_checks as checks
 from .config_checks import RESOURCE_KEYS, SCHEDULERS, check_resources
 from .config_yaml import KeyPath, load_yaml
-from .errors import ConfigError, UnknownHostError
+from .errors import ConfigError, OptionError, UnknownHostError, clipped, echo
 
 __all__ = ["RESOURCE_KEYS", "SCHEDULERS", "Config", "HostConfig", "check_resources",
-           "find_config_file", "load_config", "parse_config", "user_config_file"]
+           "find_config_file", "job_resources", "load_config", "parse_config",
+           "user_config_file"]
 
 ENV_VAR = "REMOTE_MAGIC_CONFIG"
 LOCAL_FILE_NAME = "remote_magic.yaml"
 USER_FILE_NAME = "hosts.yaml"
 LOCALHOST = "localhost"
 TOP_LEVEL_KEYS = ("default", "hosts")
+# A hosts file is a few kilobytes; one larger than this is not one (or is /dev/zero), and
+# reading it whole would only delay the error while filling memory.
+MAX_FILE_BYTES = 1 << 20
 
 # Host names become parts of file and directory names, locally and on the host.
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -92,7 +97,7 @@ class Config:
         try:
             return self.hosts[key]
         except KeyError:
-            raise UnknownHostError(key, list(self.hosts), self.path) from None
+            raise UnknownHostError(clipped(key, 60), list(self.hosts), self.path) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def _read_text(path: Path) -> str:
     """Read the file exactly once and turn every OS-level failure into a fixable message."""
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path)
     except FileNotFoundError:
         raise ConfigError("no such file; check the path or create the file", path) from None
     except IsADirectoryError:
@@ -171,6 +176,21 @@ def _read_text(path: Path) -> str:
         raise ConfigError(
             f"is not UTF-8 text (undecodable byte on line {line}); save it as UTF-8", path
         ) from None
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES. Anything else is refused before
+    it is opened: opening a pipe waits for a writer, and a device may never end."""
+    info = path.stat()
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError("is not a regular file (a pipe, socket or device); point to the YAML "
+                          "hosts file itself", path)
+    if info.st_size > MAX_FILE_BYTES:
+        raise ConfigError(f"is larger than {MAX_FILE_BYTES // 1024} KiB, which no hosts file "
+                          "needs; point to the YAML hosts file itself", path)
+    return path.read_bytes()
 
 
 _DIRECTORY_MESSAGE = "is a directory, not a file; point to the YAML hosts file itself"
@@ -224,7 +244,7 @@ def _build_config(data: Any, source: Path | None) -> Config:
     elif not isinstance(default, str) or default not in hosts:
         names = sorted(hosts)
         raise checks.Invalid(
-            f"{default!r} is not a configured host{checks.did_you_mean(default, names)} "
+            f"{echo(default, 40)} is not a configured host{checks.did_you_mean(default, names)} "
             f"Set it to one of: {', '.join(names)}, or add a host of that name under 'hosts'",
             ("default",),
         )
@@ -232,11 +252,12 @@ def _build_config(data: Any, source: Path | None) -> Config:
 
 
 def _build_host(name: Any, settings: Any) -> HostConfig:
-    where = ("hosts", str(name))
-    if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
+    where = ("hosts", clipped(name, 40) if isinstance(name, str) else echo(name, 40))
+    if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name) or len(name) > 100:
         raise checks.Invalid(
-            f"the host name {name!r} is not allowed: it must start with a letter or digit and "
-            "contain only letters, digits, '.', '_' and '-', since it becomes part of file names",
+            f"the host name {echo(name, 40)} is not allowed: it must start with a letter or "
+            "digit and contain only letters, digits, '.', '_' and '-', at most 100 of them, "
+            "since it becomes part of file names",
             where,
         )
     if settings is None:
@@ -244,7 +265,8 @@ def _build_host(name: Any, settings: Any) -> HostConfig:
     if not isinstance(settings, Mapping):
         raise checks.Invalid(
             f"must be a mapping of settings such as 'address' and 'scheduler', not "
-            f"{checks.show(settings)}; for example '{name}: {{address: me@login.cluster.edu}}'",
+            f"{checks.show(settings)}; for example "
+            f"'{clipped(name, 40)}: {{address: me@login.cluster.edu}}'",
             where,
         )
     checks.reject_unknown_keys(settings, HOST_KEYS, where)
@@ -255,7 +277,35 @@ def _build_host(name: Any, settings: Any) -> HostConfig:
         values[key] = _HOST_CHECKS[key](raw, (*where, key))
     if values.get("scheduler", "process") != "process" and "workdir" in values:
         checks.batch_workdir(values["workdir"], (*where, "workdir"))
-    return HostConfig(name=name, **values)
+    host = HostConfig(name=name, **values)
+    if values.get("resources"):  # defaults the scheduler would refuse fail every task later
+        try:
+            job_resources(host, {})
+        except OptionError as exc:
+            raise checks.Invalid(str(exc), (*where, "resources")) from None
+    return host
+
+
+# Where the check below pretends a task's directory is: a plain path, so that only the
+# resources can make the scheduler's rendering fail.
+_CHECK_TASKDIR = "/rm-check/tasks/0000000000000000"
+
+
+def job_resources(host: HostConfig, resources: Mapping[str, Any]) -> dict[str, Any]:
+    """The resources a task on `host` asks for (the host's defaults, then the task's), refused
+    now if the host's scheduler would refuse them when writing the job script: by then the
+    task would be staged, and the refusal would come back as a failed submission."""
+    merged = {**host.resources, **resources}
+    if host.scheduler == "process":
+        return merged
+    from .schedulers import scheduler_for
+
+    try:
+        scheduler_for(host.scheduler).resource_lines(merged, "rm-check", _CHECK_TASKDIR)
+    except ValueError as exc:
+        raise OptionError(f"host '{host.name}' ({host.scheduler}) cannot take these "
+                          f"resources: {clipped(str(exc), 300)}") from None
+    return merged
 
 
 _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {

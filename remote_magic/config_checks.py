@@ -13,16 +13,23 @@ from datetime import date
 from typing import Any
 
 from .config_yaml import KeyPath
-from .errors import OptionError
+from .errors import OptionError, clipped, echo
+from .schedulers.units import memory_bytes, walltime_seconds
 
 SCHEDULERS = ("process", "slurm", "pbs", "lsf", "sge")
 RESOURCE_KEYS = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
 
 # Formats the schedulers share: [days-]hours:minutes:seconds (or fewer fields), and an amount of
-# memory with an optional K/M/G/T/P unit. They are checked, not converted: the scheduler layer
-# writes them out in its own dialect.
+# memory with an optional K/M/G/T/P unit. They are checked here by the same reading the scheduler
+# layer uses (schedulers/units.py), which then writes them out in its own dialect; a value it
+# would refuse, or that a scheduler would quietly turn into another (SLURM reads a walltime of 0
+# as UNLIMITED and wraps one too large to fit its integers), never gets as far as a job.
 _WALLTIME_RE = re.compile(r"(?:\d+-)?\d+(?::\d{1,2}){0,2}")
 _MEMORY_RE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGTP]i?B?|B)?", re.IGNORECASE)
+MAX_WALLTIME_DAYS = 365  # longer is a typo, and near where schedulers' minute counts overflow
+MAX_MEMORY = 2 ** 60  # an exbibyte: more than any machine has, well inside a 64-bit count
+MAX_COUNT = 1_000_000  # cores, nodes or GPUs; more is a typo, not a cluster
+_SHORT = 32  # characters: no valid walltime or memory amount is longer
 
 
 class Invalid(Exception):
@@ -39,16 +46,17 @@ def reject_unknown_keys(data: Mapping[Any, Any], valid: tuple[str, ...], where: 
     for key in data:
         if isinstance(key, str) and key in valid:
             continue
-        label = str(key)
+        label = key if isinstance(key, str) else echo(key, 40)
         hint = did_you_mean(label, valid)
         raise Invalid(
-            f"unknown key {label!r}{hint} Valid keys here: {', '.join(valid)}", (*where, label)
+            f"unknown key {echo(label, 40)}{hint} Valid keys here: {', '.join(valid)}",
+            (*where, clipped(label, 40)),
         )
 
 
 def did_you_mean(word: Any, choices: tuple[str, ...] | list[str]) -> str:
     """A sentence-ending fragment: `; did you mean 'x'?` or `.` when nothing is close."""
-    if isinstance(word, str):
+    if isinstance(word, str) and len(word) <= 2 * max(map(len, choices), default=0):
         close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
         if not close:
             close = [c for c in choices if c.lower() == word.lower()]
@@ -77,10 +85,7 @@ def show(value: Any) -> str:
         kind = "a list"
     else:
         kind = f"a {type(value).__name__}"
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{kind} ({shown})"
+    return f"{kind} ({echo(value, 60)})"
 
 
 def text(value: Any, where: KeyPath) -> str:
@@ -151,7 +156,7 @@ def scheduler(value: Any, where: KeyPath) -> str:
     name = text(value, where).strip().lower()
     if name not in SCHEDULERS:
         raise Invalid(
-            f"unknown scheduler {value!r}{did_you_mean(name, SCHEDULERS)} "
+            f"unknown scheduler {echo(value, 40)}{did_you_mean(name, SCHEDULERS)} "
             f"Use one of: {', '.join(SCHEDULERS)}",
             where,
         )
@@ -167,7 +172,7 @@ def paths(value: Any, where: KeyPath) -> dict[str, str]:
         )
     result: dict[str, str] = {}
     for local, remote in value.items():
-        key = (*where, str(local))
+        key = (*where, clipped(str(local) if isinstance(local, str) else echo(local, 40), 60))
         if not isinstance(local, str) or not local.strip():
             raise Invalid(f"a local path prefix must be a non-empty string, not {show(local)}",
                            key)
@@ -176,32 +181,82 @@ def paths(value: Any, where: KeyPath) -> dict[str, str]:
 
 
 def walltime(value: Any, where: KeyPath) -> str | int:
-    if isinstance(value, str) and _WALLTIME_RE.fullmatch(value.strip()):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise Invalid(
-        f"must be a duration such as \"1:00:00\" (hours:minutes:seconds), \"2-00:00:00\" "
-        f"(days-hours:minutes:seconds) or a whole number of minutes, not {show(value)}",
-        where,
-    )
+    """A time limit a scheduler takes as meant: more than zero, minutes and seconds below 60,
+    hours below 24 after a day count, at most MAX_WALLTIME_DAYS."""
+    problem = _walltime_problem(value)
+    if problem:
+        raise Invalid(
+            f"{_quoted(value)} is not a valid time ({problem}): write a duration such as "
+            f"\"1:00:00\" (hours:minutes:seconds), \"2-00:00:00\" (days-hours:minutes:seconds) "
+            f"or a whole number of minutes, up to {MAX_WALLTIME_DAYS} days",
+            where,
+        )
+    return value.strip() if isinstance(value, str) else value
+
+
+def _walltime_problem(value: Any) -> str:
+    """What is wrong with a walltime, in a few words; empty when nothing is."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return "not a duration"
+    if isinstance(value, str) and not (len(value) <= _SHORT and
+                                       _WALLTIME_RE.fullmatch(value.strip())):
+        return "not a duration"
+    if isinstance(value, int) and value > MAX_WALLTIME_DAYS * 24 * 60:
+        return f"longer than {MAX_WALLTIME_DAYS} days"
+    try:
+        seconds = walltime_seconds(value)
+    except ValueError as exc:  # its message names the field: "...: seconds must be below 60"
+        said = str(exc)
+        return said.rsplit(": ", 1)[-1] if ": " in said else "it must be longer than zero"
+    if seconds > MAX_WALLTIME_DAYS * 86400:
+        return f"longer than {MAX_WALLTIME_DAYS} days"
+    return ""
 
 
 def memory(value: Any, where: KeyPath) -> str | int:
-    if isinstance(value, str) and _MEMORY_RE.fullmatch(value.strip()):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise Invalid(
-        f"must be an amount such as \"4G\", \"500M\" or a whole number of megabytes, "
-        f"not {show(value)}",
-        where,
-    )
+    """An amount of memory a scheduler can grant: whole bytes, more than zero, below an
+    exbibyte (a larger count wraps around in some schedulers' integers)."""
+    problem = ""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, str) and not (len(value) <= _SHORT and
+                                            _MEMORY_RE.fullmatch(value.strip()))):
+        problem = "not an amount"
+    else:
+        try:
+            size = memory_bytes(value)
+        except ValueError as exc:
+            problem = "it must be more than zero" if "more than zero" in str(exc) else \
+                "it is not a whole number of bytes"
+        else:
+            if size > MAX_MEMORY:
+                problem = "more than any machine has; check the unit"
+    if problem:
+        raise Invalid(
+            f"{_quoted(value)} is not a valid amount of memory ({problem}): write an amount "
+            f"such as \"4G\", \"500M\" or a whole number of megabytes",
+            where,
+        )
+    return value.strip() if isinstance(value, str) else value
+
+
+def _quoted(value: Any) -> str:
+    """A resource value as the user wrote it; its type too when it is not text or a number."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return echo(value, 40)
+    return show(value)
+
+
+def count(value: Any, where: KeyPath) -> int:
+    """Cores, nodes or GPUs: one at least, and not more than any machine has."""
+    return whole(value, where, 1, MAX_COUNT)
 
 
 def amount(value: Any, where: KeyPath) -> str | int:
     """An amount of data like `memory`, where 0 turns the feature off."""
     if value == 0 and not isinstance(value, bool):
+        return 0
+    if isinstance(value, str) and len(value) <= _SHORT and _MEMORY_RE.fullmatch(value.strip()) \
+            and not any(c in "123456789" for c in value):  # "0M" says off as plainly as 0
         return 0
     try:
         return memory(value, where)
@@ -212,10 +267,10 @@ def amount(value: Any, where: KeyPath) -> str | int:
 
 _RESOURCE_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "walltime": walltime,
-    "cores": whole,
+    "cores": count,
     "mem": memory,
-    "nodes": whole,
-    "gpus": whole,
+    "nodes": count,
+    "gpus": count,
     "partition": word,
     "account": word,
 }
@@ -245,4 +300,44 @@ def check_resources(values: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return resources(values, ())
     except Invalid as exc:
-        raise OptionError(f"resource '{'.'.join(exc.where)}' {exc.message}") from None
+        key = ".".join(exc.where)
+        said = f"{key} {exc.message}" if key in RESOURCE_KEYS else f"resources: {exc.message}"
+        raise OptionError(said) from None
+
+
+NAME_MAX = 255  # bytes in one file name component (Linux, macOS and most file systems)
+PATH_MAX = 4096  # bytes in a whole path
+
+
+def collect_patterns(patterns: list[str]) -> list[str]:
+    """`--collect` patterns checked before anything runs, in the form both globbers read alike.
+
+    A pattern is matched on the host after the task ended: one refused only then would waste
+    the run and leave its results half-loaded. The kernel's globber (pathlib) refuses what the
+    agent's (glob) quietly reads another way (`out**` as `out*`), so such patterns are refused
+    here; `./` and doubled slashes are dropped, as both would drop them.
+    """
+    tidy = []
+    for pattern in patterns:
+        parts = [p for p in pattern.split("/") if p not in ("", ".")]
+        problem = ""
+        if not pattern.strip():
+            problem = "it is empty"
+        elif "\0" in pattern:
+            problem = "a file name cannot contain a NUL character"
+        elif pattern.startswith(("/", "~")):
+            problem = "give it relative to the task's working directory"
+        elif ".." in parts:
+            problem = "'..' would leave the task's working directory"
+        elif any("**" in p and p != "**" for p in parts):
+            problem = ("'**' (any depth of folders) must be a whole part of the path, as in "
+                       "out/**/*.csv; for names that start with out, write out*")
+        elif not parts:
+            problem = "it names no file; '**' collects everything"
+        elif len(pattern.encode("utf-8", "surrogateescape")) > PATH_MAX or any(
+                len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
+            problem = "no file can have a name that long"
+        if problem:
+            raise OptionError(f"--collect {echo(pattern)}: {problem}.")
+        tidy.append("/".join(parts))
+    return tidy

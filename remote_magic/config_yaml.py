@@ -3,6 +3,9 @@
 Two YAML 1.1 habits would otherwise turn a typo into a silent change of meaning: `1:00:00`
 read as the number 3600, and a key written twice keeping only its last value. Both are refused
 or avoided here, and every key's line is kept so that a later complaint can point at it.
+Aliases are bounded too: a few hundred bytes of nested `*alias` lists stand for billions of
+values, which any later walk over the data (a check, a message quoting it) would take forever
+to go through.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ for _first in "+-0123456789":
     )
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Values in the document with every alias counted as what it stands for. A hosts file with a
+# hundred hosts holds a few thousand; an alias bomb holds billions.
+MAX_VALUES = 100_000
 
 
 def load_yaml(text: str, source: Path | None) -> tuple[Any, dict[KeyPath, int]]:
@@ -46,6 +52,7 @@ def load_yaml(text: str, source: Path | None) -> tuple[Any, dict[KeyPath, int]]:
         node = loader.get_single_node()
         if node is None:
             return None, {}
+        _bound_aliases(node, source)
         _reject_duplicate_keys(node, source)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
@@ -84,6 +91,53 @@ def _describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
     if "'\\t'" in problem:
         advice = "indent with spaces: YAML does not allow tabs there"
     return f"invalid YAML{where}: {problem}{context}; {advice}"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _bound_aliases(root: yaml.Node, source: Path | None) -> None:
+    """Refuse a document whose aliases expand it past MAX_VALUES, or refer to themselves.
+
+    An alias is the very node it names, so the composed graph stays small; its size with every
+    alias expanded is summed bottom-up over that graph, each node once, without recursion (a
+    deeply nested document must not exhaust the stack).
+    """
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, iter(_children(root)))]
+    open_nodes.add(id(root))
+    while stack:
+        node, pending = stack[-1]
+        child = next(pending, None)
+        if child is None:
+            stack.pop()
+            open_nodes.discard(id(node))
+            total = 1 + sum(size[id(c)] for c in _children(node))
+            if total > MAX_VALUES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"the value at line {line}, with its aliases (*name) written out, holds "
+                    f"more than {MAX_VALUES:,} values, far more than any hosts file needs; "
+                    "write the values out instead of nesting aliases in aliases",
+                    source,
+                )
+            size[id(node)] = total
+        elif id(child) in open_nodes:
+            line = child.start_mark.line + 1
+            raise ConfigError(
+                f"the anchor at line {line} is used by an alias (*name) inside its own value, "
+                "which makes it endless; use the alias outside the value it names",
+                source,
+            )
+        elif id(child) not in size:
+            open_nodes.add(id(child))
+            stack.append((child, iter(_children(child))))
 
 
 def _reject_duplicate_keys(root: yaml.Node, source: Path | None) -> None:

@@ -195,8 +195,9 @@ class Client:
             result.file_notes.append(f"--collect: the task ran in {spec['cwd']}, which is "
                                      "this notebook's folder: its files are already here")
         elif spec.get("collect"):
-            result.collected = transport.collect(record.id, spec["collect"],
-                                                 collect_into or Path.cwd())
+            collected = transport.collect(record.id, spec["collect"], collect_into or Path.cwd())
+            result.collected = collected
+            result.file_notes += collected.notes()  # names refused, a search cut short
         if spec.get("not_staged"):
             shown = ", ".join(f"{n} ({size / 1e6:.1f} MB)" for n, size in spec["not_staged"])
             result.file_notes.append(f"not sent (over the host's auto_files limit): {shown}; "

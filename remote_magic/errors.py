@@ -188,3 +188,38 @@ def syntax_error(exc: SyntaxError, message: str) -> CaptureError:
 
 
 _syntax_classes: dict[type, type] = {}
+
+
+ECHO_LIMIT = 80
+
+
+def clipped(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to about `limit` characters, keeping both ends.
+
+    Messages repeat what the user typed or wrote in a file so that it can be found; a value of
+    a megabyte (pasted by mistake, or built to flood the notebook) must not become a message of
+    a megabyte. Both ends stay because a path is told apart by its start and a file by its end.
+    """
+    if len(text) <= limit:
+        return text
+    head = max(1, (limit - 1) * 2 // 3)
+    tail = max(1, limit - 1 - head)
+    return f"{text[:head]}…{text[-tail:]}"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """How a message quotes a value it was given: as its repr, so that a newline or a tab shows
+    as such and cannot break the message apart, and bounded by `limit` in length and in the
+    work it takes, since a value built from YAML aliases can be exponentially large."""
+    import reprlib
+
+    if isinstance(value, str):
+        return repr(clipped(value, limit))
+    bounded = reprlib.Repr()
+    bounded.maxlevel, bounded.maxstring, bounded.maxother, bounded.maxlong = 3, limit, limit, 40
+    bounded.maxlist = bounded.maxtuple = bounded.maxdict = bounded.maxset = 6
+    try:
+        shown = bounded.repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails must not hide the real message
+        shown = f"<{type(value).__name__}>"
+    return clipped(shown, limit * 2)

@@ -11,25 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
+from .arguments import id_prefix, parse, task_options
 from .core import Client, get_client, parse_age
-from .errors import RemoteMagicError, RemoteTaskError, TaskFailedError
+from .errors import (
+    RemoteMagicError,
+    RemoteTaskError,
+    TaskFailedError,
+    TaskNotFoundError,
+    clipped,
+)
 from .output import OutputStream
 from .render import cell_stream, displays_only
 from .results import Shown, TaskResult, decoder
 from .store import TaskRecord
-from .task import TaskOptions, prepare_cell
+from .task import prepare_cell
 from .taskdir import TaskPaths
 from .views import status_table
 from .widgets import TaskView, task_view, watch_status
-
-RESOURCES = ("walltime", "cores", "mem", "nodes", "gpus", "partition", "account")
-
-
-def _names(value: str | None) -> list[str]:
-    return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
 class _Value:
@@ -88,12 +89,8 @@ class RemoteMagics(Magics):
         The cell's code and the notebook variables it reads are sent; the names it assigns,
         its printed output, displays and last value come back as if it had run here.
         """
-        args = parse_argstring(self.remote, line)
-        resources = {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None}
-        options = TaskOptions(inputs=_names(args.inputs),
-                              outputs=_names(args.outputs) if args.outputs else None,
-                              resources=resources, name=args.name, rerun=args.rerun,
-                              nowait=args.nowait, files=args.files, collect=args.collect)
+        args = parse(self.remote, line, cell=True)
+        options = task_options(args)
         host = self.client.host(args.queue)
         code = self.shell.transform_cell(cell)
         prepared = prepare_cell(code, self.shell.user_ns, host, options,
@@ -181,28 +178,56 @@ class RemoteMagics(Magics):
         return result
 
     def load_finished(self, *_: Any) -> None:
-        """pre_run_cell hook: load --nowait results that arrived since the last cell."""
+        """pre_run_cell hook: load --nowait results that arrived since the last cell.
+
+        A task that cannot be loaded is dropped from the pending ones after one line saying
+        why: this hook runs before every cell, and a failure left in place would repeat there
+        (as an "Error in callback" traceback) for the rest of the session.
+        """
         for task_id in list(self.pending):
-            record = self.client.store.get(task_id)
-            if not record.final:
-                continue
-            _, originals = self.pending.pop(task_id)
-            stream = displays_only(self._decoder(record, originals))
-            result = self._load(record, originals, stream)
-            stream.show_held()
-            view = self.views.pop(task_id, None)
-            if view is not None:
-                view.loaded(result.changed, _notes(result))
-            names = ", ".join(result.changed) or "no variables"
-            if result.error is None:
-                print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
-                      f"(%remote_log {task_id} shows what it printed).")
-            else:  # one line: this cell is about something else; the traceback is one call away
-                see = f"%remote_log {task_id} --stderr shows its error output"
-                if not isinstance(result.error, TaskFailedError):  # a Python exception
-                    see = f"%remote_fetch {task_id} shows the traceback, {see}"
-                print(f"remote_magic: task {task_id} {record.state} on {record.host}: "
-                      f"{_one_line(result.error)} (loaded {names}; {see}).", file=sys.stderr)
+            try:
+                self._load_pending(task_id)
+            except TaskNotFoundError:
+                self._drop_pending(task_id, "purged elsewhere", "was purged elsewhere (by "
+                                   "another kernel or remote-magic purge) before its results "
+                                   "were loaded here: there is nothing left to load")
+            except Exception as exc:  # noqa: BLE001 - one line now, not a traceback every cell
+                self._drop_pending(task_id, "not loaded", f"could not be loaded "
+                                   f"({type(exc).__name__}: {clipped(_first_line(exc), 200)}); "
+                                   f"%remote_fetch {task_id} tries again")
+
+    def _load_pending(self, task_id: str) -> None:
+        """Load one --nowait task if it has ended, with a one-line notice of how it went."""
+        record = self.client.store.get(task_id)
+        if not record.final:
+            return
+        _, originals = self.pending[task_id]
+        stream = displays_only(self._decoder(record, originals))
+        result = self._load(record, originals, stream)
+        del self.pending[task_id]
+        stream.show_held()
+        view = self.views.pop(task_id, None)
+        if view is not None:
+            view.loaded(result.changed, _notes(result))
+        names = ", ".join(result.changed) or "no variables"
+        if result.error is None:
+            print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
+                  f"(%remote_log {task_id} shows what it printed).")
+        else:  # one line: this cell is about something else; the traceback is one call away
+            see = f"%remote_log {task_id} --stderr shows its error output"
+            if not isinstance(result.error, TaskFailedError):  # a Python exception
+                see = f"%remote_fetch {task_id} shows the traceback, {see}"
+            print(f"remote_magic: task {task_id} {record.state} on {record.host}: "
+                  f"{_one_line(result.error)} (loaded {names}; {see}).", file=sys.stderr)
+
+    def _drop_pending(self, task_id: str, note: str, why: str) -> None:
+        """Stop waiting to load a --nowait task, saying so once: `note` in its view, `why`
+        in full below the cell."""
+        self.pending.pop(task_id, None)
+        view = self.views.pop(task_id, None)
+        if view is not None:
+            view.loaded([], [note])
+        print(f"remote_magic: task {task_id} {why}.", file=sys.stderr)
 
     # ------------------------------------------------------------ line magics
 
@@ -214,8 +239,8 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_status(self, line: str) -> None:
         """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
-        args = parse_argstring(self.remote_status, line)
-        ids = args.ids or None
+        args = parse(self.remote_status, line)
+        ids = [id_prefix(i) for i in args.ids] or None
         records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
         if args.watch and records:
             listed = [r.id for r in records]
@@ -228,8 +253,8 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_fetch(self, line: str) -> Any:
         """Load a task's results into the namespace (waiting for it if it still runs)."""
-        args = parse_argstring(self.remote_fetch, line)
-        record = self.client.status([args.id])[0]
+        args = parse(self.remote_fetch, line)
+        record = self.client.status([id_prefix(args.id)])[0]
         _, originals = self.pending.pop(record.id, (None, None))
         if not record.final:
             return self._follow(record, originals)
@@ -242,8 +267,8 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_log(self, line: str) -> None:
         """The task's printed output so far."""
-        args = parse_argstring(self.remote_log, line)
-        record = self.client.find(args.id)
+        args = parse(self.remote_log, line)
+        record = self.client.find(id_prefix(args.id))
         text = self.client.log(record, "stderr" if args.stderr else "stdout")
         print(text if text else f"(task {record.id} has written nothing to "
                                 f"{'stderr' if args.stderr else 'stdout'} yet)", end="")
@@ -255,11 +280,11 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_kill(self, line: str) -> None:
         """Cancel tasks (scheduler cancel or process kill)."""
-        args = parse_argstring(self.remote_kill, line)
+        args = parse(self.remote_kill, line)
         if args.all:
             records = self.client.store.list(host=args.queue, active_only=True)
         elif args.ids:
-            records = [self.client.find(i) for i in args.ids]
+            records = [self.client.find(id_prefix(i)) for i in args.ids]
         else:
             raise RemoteMagicError("Name the tasks to kill, or use --all [-q HOST].")
         for task_id, outcome in self.client.kill(records).items():
@@ -272,9 +297,9 @@ class RemoteMagics(Magics):
     @line_magic
     def remote_purge(self, line: str) -> None:
         """Remove finished tasks' directories, on the host and here."""
-        args = parse_argstring(self.remote_purge, line)
+        args = parse(self.remote_purge, line)
         if args.ids:
-            records = [self.client.find(i) for i in args.ids]
+            records = [self.client.find(id_prefix(i)) for i in args.ids]
         elif args.older:
             records = self.client.older_than(parse_age(args.older), host=args.queue)
         else:
@@ -292,7 +317,7 @@ class RemoteMagics(Magics):
         """The configured hosts; --test checks each one step by step."""
         from .hostcheck import check_host, hosts_table
 
-        args = parse_argstring(self.remote_hosts, line)
+        args = parse(self.remote_hosts, line)
         config = self.client.config()
         print(hosts_table(config))
         if args.test:
@@ -322,6 +347,11 @@ def _notes(result: TaskResult) -> list[str]:
         notes.append(f"{name} was changed by the task and rebound here, not updated in place "
                      f"({why})")
     return notes
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _one_line(error: RemoteTaskError) -> str:

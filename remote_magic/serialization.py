@@ -59,10 +59,12 @@ import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import SerializationError
 from .pickling import Unpickler, make_pickler, receiving_into
+from .tempnames import temp_prefix
 
 __all__ = ["DumpResult", "dump_namespace", "load_namespace", "read_names"]
 
@@ -264,7 +266,7 @@ def _write_file(
     header += b" " * (data_start - _PREAMBLE.size - len(header))
 
     directory, base = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix(Path(base)), suffix=".tmp", dir=directory)
     try:
         with open(fd, "wb") as file:
             out = _HashingWriter(file)

@@ -7,10 +7,12 @@ recognised and its stored results reused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -22,10 +24,11 @@ from typing import Any, Callable
 
 from . import ambient
 from .capture import analyse_cell, identifiers
-from .config import HostConfig, check_resources
-from .errors import CaptureError, OptionError, RemoteMagicError
+from .config import HostConfig, check_resources, job_resources
+from .config_checks import NAME_MAX, PATH_MAX, collect_patterns
+from .errors import CaptureError, OptionError, RemoteMagicError, echo
 from .files import limit_bytes, plan_stage, shared_folder
-from .paths import data_dir
+from .paths import PREPARE_PREFIX, data_dir, sweep_prepares
 from .serialization import AMBIENT, dump_namespace
 from .taskdir import TaskPaths, write_json
 
@@ -141,27 +144,58 @@ def send_local_modules_by_value(values: Iterable[Any]) -> None:
 
 def plan_files(specs: list[str], host: HostConfig, cwd: Path) -> list[tuple[Path, str]]:
     """Where each `--files` entry goes: a relative path keeps its place under the task's
-    working directory; an absolute one goes where the host's `paths` mapping puts it."""
+    working directory; an absolute one goes where the host's `paths` mapping puts it.
+
+    Every entry is looked at here, before anything is written: a name that cannot be a file,
+    or a file that is not there or cannot be read, is one clear message now rather than a
+    failed transfer once the task is half-staged.
+    """
     plan: list[tuple[Path, str]] = []
     for spec in specs:
-        local = Path(os.path.expanduser(spec))
-        full = local if local.is_absolute() else cwd / local
-        if not full.exists():
-            raise OptionError(f"--files {spec}: no such file or folder (looked in {full}).")
+        local, full = _local_file(spec, cwd)
         if local.is_absolute():
             destination = _mapped(local, host)
         else:
             relative = Path(os.path.normpath(local))
             if relative.parts and relative.parts[0] == "..":
-                raise OptionError(f"--files {spec}: points outside the notebook's folder. Use "
-                                  "a path below it, or an absolute path with a 'paths:' "
+                raise OptionError(f"--files {echo(spec)}: points outside the notebook's folder. "
+                                  "Use a path below it, or an absolute path with a 'paths:' "
                                   f"mapping for host '{host.name}'.")
-            destination = f"work/{relative.as_posix()}"
+            destination = "work" if relative == Path(".") else f"work/{relative.as_posix()}"
         files = [full] if full.is_file() else sorted(p for p in full.rglob("*") if p.is_file())
+        unreadable = [p for p in files if not os.access(p, os.R_OK)]
+        if unreadable:
+            raise OptionError(f"--files {echo(spec)}: cannot read "
+                              f"{echo(str(unreadable[0]))} (permission denied).")
         for file in files:
             suffix = "" if file == full else "/" + file.relative_to(full).as_posix()
             plan.append((file, destination + suffix))
     return plan
+
+
+def _local_file(spec: str, cwd: Path) -> tuple[Path, Path]:
+    """The `--files` entry as given (with ~ expanded) and where it is, refused unless it
+    names an existing regular file or folder."""
+    if not spec or "\0" in spec:  # "" would be Path("."): the whole folder
+        raise OptionError(f"--files {echo(spec)}: not a file name (it is empty, or holds a NUL "
+                          "character).")
+    encoded = os.fsencode(spec)
+    if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise OptionError(f"--files {echo(spec)}: no file can have a name that long (at most "
+                          f"{NAME_MAX} bytes a name, {PATH_MAX} a path).")
+    local = Path(os.path.expanduser(spec))
+    full = local if local.is_absolute() else cwd / local
+    try:
+        mode = full.stat().st_mode
+    except FileNotFoundError:
+        raise OptionError(f"--files {echo(spec)}: no such file or folder (looked in "
+                          f"{echo(str(full), 120)}).") from None
+    except OSError as exc:  # not a folder on the way, a loop of links, no permission
+        raise OptionError(f"--files {echo(spec)}: cannot be used ({exc.strerror}).") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OptionError(f"--files {echo(spec)}: not a regular file or folder (a pipe, socket "
+                          "or device cannot be copied to a host).")
+    return local, full
 
 
 def _mapped(local: Path, host: HostConfig) -> str:
@@ -173,17 +207,16 @@ def _mapped(local: Path, host: HostConfig) -> str:
         remote = host.paths[prefix].rstrip("/")
         return remote if rest == Path(".") else f"{remote}/{rest.as_posix()}"
     raise OptionError(
-        f"--files {local}: an absolute path must fall under a 'paths:' mapping of host "
+        f"--files {echo(str(local))}: an absolute path must fall under a 'paths:' mapping of host "
         f"'{host.name}' (local prefix: remote prefix), or be given relative to the "
         "notebook's folder.")
 
 
-def _check_collect(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        if os.path.isabs(pattern) or ".." in Path(pattern).parts:
-            raise OptionError(f"--collect {pattern}: give a pattern relative to the task's "
-                              "working directory, without '..'.")
-    return patterns
+@functools.cache
+def _sweep_once(root: Path) -> None:
+    """What kernels killed while preparing left in `root`, removed once per process: a
+    leftover is as large as its task's inputs, and nothing else would ever remove it."""
+    sweep_prepares(root)
 
 
 def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: list[str],
@@ -194,6 +227,8 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
     """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
     would: its functions see the task's globals, and the inputs it changes come back."""
     options.resources = check_resources(options.resources)
+    job_resources(host, options.resources)  # what the host's scheduler would refuse
+    collect = collect_patterns(options.collect)
     cwd = Path.cwd()
     extra = plan_files(options.files, host, cwd)
     place: dict[str, Any] = {}
@@ -211,13 +246,13 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
             extra += [(p, d) for p, d in auto.files if d not in taken]
             place = {"return_files": True, "not_staged": auto.left}
         place.update(cwd_local=str(cwd), prepared_at=time.time())
-    collect = _check_collect(options.collect)
     imports = {n: v.__name__ for n, v in values.items() if isinstance(v, types.ModuleType)}
     values = {n: v for n, v in values.items() if n not in imports}
     send_local_modules_by_value(values.values())
     root = data_dir() / "tasks"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=root))
+    _sweep_once(root)
+    staging = Path(tempfile.mkdtemp(prefix=PREPARE_PREFIX, dir=root))
     try:
         dumped = dump_namespace(
             values, TaskPaths(staging).inputs,

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .tempnames import temp_prefix
 
 STATES = ("prepared", "submitted", "queued", "running",
           "completed", "failed", "cancelled", "timed_out", "lost")
@@ -59,14 +63,17 @@ class TaskPaths:
     job_script = property(lambda self: self.root / "job.sh")
     job_out = property(lambda self: self.root / "job.out")
     job_err = property(lambda self: self.root / "job.err")
-
+    # written just before a staged directory is renamed into place: the task is whole
+    staged = property(lambda self: self.root / ".staged")
+    # created (O_EXCL) by whoever starts the task: two kernels never both start it
+    claim = property(lambda self: self.root / ".started")
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     """Write a whole file so that readers never see it half-written."""
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -133,3 +140,174 @@ def make_task_dir(root: Path) -> TaskPaths:
     paths = TaskPaths(root)
     paths.work.mkdir(mode=0o700, exist_ok=True)
     return paths
+
+
+# -- trust: nothing another user could have written is loaded ---------------------------------
+
+
+class Refusal(Exception):
+    """A request turned down for a reason the user has to act on; the message says how.
+
+    `{host}` in the message stands for the host's name in the hosts file: the agent knows its
+    machine only by its hostname, so the kernel puts the name in (`for_host`).
+    """
+
+    def for_host(self, name: str) -> str:
+        return str(self).replace("{host}", name)
+
+
+def path_problem(path: str, kind: str) -> dict[str, Any] | None:
+    """Why another user could have written `path`, or None (also when it does not exist).
+
+    `kind`: "dir" (a directory nobody else can write), "private" (a directory nobody else can
+    even enter, 0700), "file" (a regular file nobody else can write) or "owned" (a regular
+    file of ours, whatever its mode: it lies in a directory nobody else can enter).
+    Self-contained, as `trust_problem`, whose source travels to hosts (transport/runtime.py).
+    """
+    import os
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    found = {"path": path, "uid": info.st_uid, "mode": stat.S_IMODE(info.st_mode)}
+    wants_dir = kind in ("dir", "private")
+    if stat.S_ISLNK(info.st_mode):
+        return {**found, "issue": "symlink"}
+    if not (stat.S_ISDIR if wants_dir else stat.S_ISREG)(info.st_mode):
+        return {**found, "issue": "type", "wanted": "a directory" if wants_dir else "a file"}
+    if info.st_uid != os.geteuid():
+        return {**found, "issue": "owner"}
+    if info.st_mode & (0o077 if kind == "private" else 0 if kind == "owned" else 0o022):
+        return {**found, "issue": "writable"}
+    return None
+
+
+def trust_problem(workdir: str, inside: Sequence[tuple[str, str]] = (),
+                  create: bool = False) -> dict[str, Any] | None:
+    """The first reason another user could have put files into `workdir`, or None.
+
+    A work directory is trusted when it is ours and nobody else can write it, and no other
+    user controls a directory above it (owns it, or may write it without the sticky bit that
+    /tmp has), since they could swap it for their own. `inside` lists paths relative to it,
+    with the kind `path_problem` checks them as. With `create`, a missing work directory (and
+    each missing directory above it) and the missing "dir"/"private" entries of `inside`
+    are made 0700. A group-writable directory above is accepted: HPC project spaces are so,
+    and a swap is still caught here, since the swapped-in directory is not ours.
+
+    Self-contained (imports inside, no other function of ours), since its source is shipped
+    to check a host's runtime before any of our code runs there (transport/runtime.py).
+    """
+    import os
+    import stat
+
+    uid = os.geteuid()
+    real = os.path.realpath(os.path.expanduser(workdir))
+    above, missing = os.path.dirname(real), []
+    while not os.path.lexists(above):
+        missing.append(above)
+        above = os.path.dirname(above)
+    parts = [above]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    for ancestor in parts:
+        info = os.stat(ancestor)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, uid):
+            return {"path": ancestor, "issue": "ancestor_owner", "uid": info.st_uid,
+                    "mode": mode, "workdir": real}
+        if mode & 0o002 and not mode & stat.S_ISVTX:
+            return {"path": ancestor, "issue": "ancestor_writable", "uid": info.st_uid,
+                    "mode": mode, "workdir": real}
+    if create:
+        for directory in [*reversed(missing), real]:
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:  # another agent made it meanwhile: checked below
+                pass
+            except OSError:  # not allowed here: whoever writes there next says so
+                break
+    if not os.path.lexists(real):
+        return None
+    problem = path_problem(real, "dir")
+    if problem is not None:
+        return {**problem, "workdir": real}
+    for name, kind in inside:
+        path = os.path.join(real, name)
+        if create and kind in ("dir", "private") and not os.path.lexists(path):
+            try:
+                os.mkdir(path, 0o700)
+            except OSError:  # made meanwhile (checked next), or not allowed (said later)
+                pass
+        problem = path_problem(path, kind)
+        if problem is not None:
+            return {**problem, "workdir": real}
+    return None
+
+
+def describe_problem(problem: dict[str, Any], where: str, remedy: str) -> str:
+    """The refusal for a `trust_problem`: what is wrong, why it matters, what to do.
+
+    `where` names the directory for the user ("the work directory of {host}"); `remedy`
+    says how to choose another one ("set 'workdir:' of {host} ...").
+    """
+    path, workdir = problem["path"], problem.get("workdir", problem["path"])
+    where = where[:1].upper() + where[1:]
+    mode = f"{problem['mode']:04o}"
+    owner = _user(problem["uid"])
+    risk = ("another user could put files there that your tasks would load and run as you, "
+            "so remote_magic does not use it")
+    issue = problem["issue"]
+    if issue == "ancestor_owner":
+        return (f"{where}, {workdir}, lies inside {path}, which belongs to user "
+                f"'{owner}': they could swap the work directory for one of their own, and "
+                f"{risk}. {remedy}, in a place only you (and root) control, such as your home.")
+    if issue == "ancestor_writable":
+        return (f"{where}, {workdir}, lies inside {path}, which every user may "
+                f"change (mode {mode}, without the sticky bit that /tmp has): they could swap "
+                f"the work directory for one of their own, and {risk}. {remedy}, in a place "
+                "only you (and root) control, such as your home.")
+    subject = (f"{where}, {path}," if path == workdir
+               else f"{path}, in {where[:1].lower() + where[1:]} ({workdir}),")
+    if issue == "symlink":
+        state = "is a symbolic link"
+    elif issue == "type":
+        state = f"is not {problem.get('wanted', 'what it should be')}"
+    elif issue == "owner":
+        state = f"belongs to user '{owner}', not to you ('{_user(os.geteuid())}')"
+    elif problem["mode"] & 0o022:
+        state = f"can be changed by other users (mode {mode})"
+    else:
+        state = f"is open to other users (mode {mode}, where a task's directory is 0700)"
+    if path == workdir and issue == "owner":
+        fix = f"{remedy} (remote_magic creates a missing one private, mode 0700)."
+    elif path == workdir and issue == "writable":
+        fix = (f"If nobody else has used it, make it private with `chmod 700 {path}`; "
+               f"otherwise move it aside (`mv {path} {path}.suspect`), and remote_magic "
+               "creates a fresh private one.")
+    else:
+        fix = (f"Move it aside (`mv {path} {path}.suspect`) and have it checked or removed; "
+               "remote_magic creates a fresh private one in its place.")
+    return f"{subject} {state}: {risk}. {fix}"
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def workdir_message(problem: dict[str, Any], host: str = "{host}") -> str:
+    """`describe_problem` for a host's work directory (`{host}`: filled in by the kernel)."""
+    return describe_problem(problem, f"the work directory of {host}",
+                            f"Set 'workdir:' of {host} in the hosts file to a directory of "
+                            "your own")
+
+
+def workdir_refusal(workdir: str | os.PathLike, inside: Sequence[tuple[str, str]] = (),
+                    create: bool = False) -> Refusal | None:
+    """`trust_problem` as the refusal a host's agent (or a local kernel) gives."""
+    problem = trust_problem(str(workdir), inside, create)
+    return None if problem is None else Refusal(workdir_message(problem))

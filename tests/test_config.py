@@ -7,9 +7,11 @@ a user find and fix the mistake without reading this package's code.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,13 @@ from remote_magic.config import (
     SCHEDULERS,
     Config,
     HostConfig,
+    check_resources,
     find_config_file,
+    job_resources,
     load_config,
     parse_config,
 )
-from remote_magic.errors import ConfigError, UnknownHostError
+from remote_magic.errors import ConfigError, OptionError, UnknownHostError
 
 FULL_EXAMPLE = """\
 default: hpc
@@ -486,8 +490,8 @@ def test_paths_map_strings_to_strings(paths: str, key: str, expected: str) -> No
 @pytest.mark.parametrize(
     "resource,expected",
     [
-        ("cores: 0", "at least 1"),
-        ("cores: -2", "at least 1"),
+        ("cores: 0", "from 1 to"),
+        ("cores: -2", "from 1 to"),
         ("cores: '4'", "without quotes"),
         ("nodes: 1.5", "whole number"),
         ("gpus: true", "a boolean"),
@@ -763,3 +767,155 @@ def test_file_is_read_once_and_nothing_else_is_touched(
     cfg = load_config()
     assert cfg.host().address == "me@login.cluster.edu"
     assert reads == [places["cwd"]]
+
+
+# ------------------------------------------------------------------------------------------
+# Times and amounts a scheduler would read otherwise, and resources it would refuse
+
+
+@pytest.mark.parametrize("walltime,why", [
+    ("0", "longer than zero"),
+    ("0:00:00", "longer than zero"),
+    ("0-0", "longer than zero"),
+    ("1:99", "seconds must be below 60"),
+    ("1:60:00", "minutes must be below 60"),
+    ("1-25:00:00", "hours after the days must be below 24"),
+    ("99999999999", "longer than 365 days"),
+    ("366-00:00:00", "longer than 365 days"),
+    ("9" * 40, "not a duration"),
+    ("1h", "not a duration"),
+    ("-5", "not a duration"),
+])
+def test_walltimes_that_slurm_would_turn_into_another_time_are_refused(
+        walltime: str, why: str) -> None:
+    """SLURM takes 0 for UNLIMITED, reads 1:99 as 2:39 and wraps huge numbers: refused here,
+    in a cell's options and in a hosts file alike, with what is wrong."""
+    with pytest.raises(OptionError) as info:
+        check_resources({"walltime": walltime})
+    assert why in str(info.value) and "hours:minutes:seconds" in str(info.value)
+    text = f'hosts: {{hpc: {{resources: {{walltime: "{walltime}"}}}}}}'
+    message = assert_names(parse_error(text), "hosts.hpc.resources.walltime")
+    assert why in message
+
+
+@pytest.mark.parametrize("walltime", ["1:00:00", "90", "0:30", "2-00:00:00", "1-23:59:59",
+                                      "365-00:00:00", 1, 60 * 24 * 365])
+def test_walltimes_a_scheduler_reads_as_written_are_kept(walltime: str | int) -> None:
+    assert check_resources({"walltime": walltime}) == {"walltime": walltime}
+
+
+@pytest.mark.parametrize("mem,why", [
+    ("0", "more than zero"), ("0G", "more than zero"), (0, "more than zero"),
+    ("0.1K", "whole number of bytes"), ("99999999P", "more than any machine"),
+])
+def test_memory_a_scheduler_cannot_grant_is_refused(mem: str | int, why: str) -> None:
+    with pytest.raises(OptionError) as info:
+        check_resources({"mem": mem})
+    assert why in str(info.value)
+
+
+def test_counts_beyond_any_machine_are_refused() -> None:
+    with pytest.raises(OptionError) as info:
+        check_resources({"cores": 10 ** 30})
+    assert "cores must be a whole number from 1 to" in str(info.value)
+
+
+def test_auto_files_of_zero_in_any_unit_turns_staging_off() -> None:
+    assert parse('hosts: {hpc: {auto_files: "0M"}}').host("hpc").auto_files == 0
+
+
+@pytest.mark.parametrize("scheduler,resources,why", [
+    ("lsf", '{walltime: "1:00:30"}', "whole minutes"),
+    ("sge", "{nodes: 2}", "not nodes"),
+])
+def test_host_resources_its_scheduler_would_refuse_fail_when_the_file_is_read(
+        scheduler: str, resources: str, why: str) -> None:
+    """Defaults a scheduler refuses would fail every task of the host, each after staging."""
+    message = assert_names(
+        parse_error(f"hosts: {{hpc: {{scheduler: {scheduler}, resources: {resources}}}}}"),
+        "hosts.hpc.resources")
+    assert why in message and f"({scheduler})" in message
+
+
+def test_a_cells_resources_are_checked_by_the_hosts_scheduler() -> None:
+    host = parse("hosts: {hpc: {scheduler: lsf}}").host("hpc")
+    with pytest.raises(OptionError) as info:
+        job_resources(host, {"walltime": "0:10:30"})
+    assert "host 'hpc' (lsf) cannot take these resources" in str(info.value)
+    assert job_resources(host, {"walltime": "0:10:00"}) == {"walltime": "0:10:00"}
+
+
+# ------------------------------------------------------------------------------------------
+# Files built to hang the loader or flood the notebook
+
+
+def _alias_bomb(levels: int, under: str = "default") -> str:
+    """A list of nine aliases of a list of nine aliases..., `levels` deep: 9**levels values."""
+    items = ", ".join(["x"] * 9)
+    lists = [f"&a0 [{items}]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return f"{under}: [{', '.join(lists)}]\n"
+
+
+def test_an_alias_bomb_is_refused_at_once_in_little_memory() -> None:
+    """415 bytes that stand for 387 million values: loading them took 6 GB and never ended."""
+    text = _alias_bomb(9)
+    assert len(text) < 500
+    started = time.monotonic()
+    message = assert_names(parse_error(text), None)
+    assert time.monotonic() - started < 1
+    assert "more than 100,000 values" in message and "line 1" in message and len(message) < 300
+
+
+def test_merge_keys_cannot_multiply_either() -> None:
+    lines = ["hosts:", "  h0: &a0 {address: x}"]
+    for i in range(1, 25):
+        lines += [f"  h{i}: &a{i}", f"    <<: [*a{i - 1}, *a{i - 1}]"]
+    started = time.monotonic()
+    assert "more than 100,000 values" in str(parse_error("\n".join(lines)))
+    assert time.monotonic() - started < 1
+
+
+def test_an_alias_inside_its_own_value_is_refused() -> None:
+    for text in ("default: &a [*a]", "hosts: &h {hpc: *h}", "hosts: {h: &s {<<: *s}}"):
+        assert "inside its own value" in str(parse_error(text)), text
+
+
+def test_a_value_quoted_in_a_message_is_bounded() -> None:
+    """A 329-byte file made a 39 MB message; whatever a file holds, a message stays short."""
+    big = "x" * 100_000
+    cases = [
+        _alias_bomb(5),  # 59,049 values: under the alias bound, so the echo must be bounded
+        f"default: {big}\n",
+        f"hosts:\n  ? {big}\n  : {{}}\n",  # (a key this long must be written as "? key")
+        f"hosts:\n  hpc:\n    ? {big}\n    : 1\n",
+        f"hosts: {{hpc: {{scheduler: {big}}}}}\n",
+        f"hosts: {{hpc: {{port: {big}}}}}\n",
+        f"hosts:\n  hpc:\n    paths:\n      ? {big}\n      : [1]\n",
+        f"hosts: {{hpc: {{resources: {{walltime: {big}}}}}}}\n",
+        f"? {big}\n: 1\n",
+        f"? [{big}, {big}]\n: 1\n",
+        f"[{', '.join([big[:1000]] * 500)}]\n",
+    ]
+    for text in cases:
+        message = str(parse_error(text))
+        assert len(message) < 600, (text[:60], len(message))
+        assert "\n" not in message
+
+
+def test_a_hosts_file_larger_than_a_mebibyte_is_refused_unread(tmp_path: Path) -> None:
+    path = write(tmp_path / "huge.yaml", "hosts: {}\n" + "#" * (2 << 20))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "larger than 1024 KiB" in str(info.value)
+
+
+def test_a_pipe_or_device_as_hosts_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "hosts.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert "not a regular file" in str(info.value)
+        assert time.monotonic() - started < 1

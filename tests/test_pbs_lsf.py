@@ -152,15 +152,16 @@ def test_pbs_refuses_output_paths_it_cannot_write(taskdir: str) -> None:
 
 
 def test_pbs_whole_script(tmp_path: Path) -> None:
-    """The rendered script puts every directive before the first command and is valid bash."""
+    """The rendered script puts every directive before the first command and is valid bash;
+    the job is not rerunnable (`-r n`: PBS must not run a cell twice after a node failure)."""
     script = Pbs().render(None, {"walltime": "0:10:00", "cores": 2}, "rm-1", TASKDIR,
                           "module load python", "python3 -m runner")
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
-    assert lines[1:6] == ["#PBS -N rm-1", f"#PBS -o {TASKDIR}/job.out",
+    assert lines[1:7] == ["#PBS -N rm-1", f"#PBS -o {TASKDIR}/job.out",
                           f"#PBS -e {TASKDIR}/job.err", "#PBS -l walltime=00:10:00",
-                          "#PBS -l select=1:ncpus=2"]
-    assert lines[6] == "module load python"
+                          "#PBS -l select=1:ncpus=2", "#PBS -r n"]
+    assert lines[7] == "module load python"
     path = tmp_path / "job.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -365,9 +366,9 @@ def test_lsf_refuses_output_paths_it_cannot_write(taskdir: str) -> None:
 def test_lsf_whole_script(tmp_path: Path) -> None:
     script = Lsf().render(None, {"cores": 2, "mem": "2G"}, "rm-1", TASKDIR, "", "python3 -m r")
     lines = script.splitlines()
-    assert lines[1:6] == ["#BSUB -J rm-1", f"#BSUB -o {TASKDIR}/job.out",
+    assert lines[1:7] == ["#BSUB -J rm-1", f"#BSUB -o {TASKDIR}/job.out",
                           f"#BSUB -e {TASKDIR}/job.err", "#BSUB -n 2",
-                          '#BSUB -R "rusage[mem=2GB] span[hosts=1]"']
+                          '#BSUB -R "rusage[mem=2GB] span[hosts=1]"', "#BSUB -rn"]
     path = tmp_path / "job.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

@@ -58,3 +58,29 @@ def test_two_kernels_use_the_store_at_once(tmp_path: Path) -> None:
     finally:
         for k in kernels:
             k.shutdown()
+
+
+def test_tasks_of_a_host_removed_from_the_hosts_file_can_still_be_listed_and_forgotten(
+        tmp_path: Path) -> None:
+    extra = f"  elsewhere:\n    workdir: {tmp_path / 'elsewhere'}\n"
+    kernel = start_kernel(tmp_path, extra)
+    try:
+        kernel.run("%%remote -q elsewhere --nowait --name long\nimport time\ntime.sleep(30)")
+        task = kernel.value("__import__('remote_magic.core').core.get_client().store.list()"
+                            "[0].id")
+        kernel.run("__import__('remote_magic.core').core.get_client().close()")
+        (tmp_path / "hosts.yaml").write_text(  # the user drops the host from the file
+            f"hosts:\n  localhost:\n    workdir: {tmp_path / 'work'}\n")
+        table = kernel.run("%remote_status --all").of_type("display_data")[0]
+        assert task in table["content"]["data"]["text/plain"]
+        killed = kernel.run(f"%remote_kill {task}")
+        assert "no longer in the hosts file" in killed.stdout and "%remote_purge" in killed.stdout
+        purged = kernel.run(f"%remote_purge {task}")
+        assert "removed here" in purged.stdout
+        assert kernel.value("len(__import__('remote_magic.core').core.get_client()"
+                            ".store.list())") == 0
+    finally:
+        (tmp_path / "hosts.yaml").write_text(
+            f"hosts:\n  localhost:\n    workdir: {tmp_path / 'work'}\n{extra}")
+        kernel.run("%remote_kill --all -q elsewhere", allow_error=True)
+        kernel.shutdown()

@@ -20,6 +20,11 @@ def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+def parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
     client = Client()
     try:
@@ -31,6 +36,7 @@ def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
         pids = read_json(paths.pids)
         assert wait_for(lambda: comm(pids["supervisor"]) == f"rm-watch-{record.id[:6]}", 10)
         assert wait_for(lambda: comm(pids["runner"]) == f"rm-task-{record.id[:7]}", 10)
+        assert comm(parent(pids["supervisor"])) == "rm-agent"
         client.kill([record])
     finally:
         client.close()

@@ -8,7 +8,9 @@ the task directory) is shared. The agent imports these modules on the host, so t
 standard library only.
 
 The job script writes the task's exit-code file even when Python dies, so a job missing from
-the queue is finished and its task directory says how.
+the queue is finished and its task directory says how. Every job is submitted as one the
+scheduler must not start again (`never_requeue`): a cell runs at most once, and the job's own
+entry point (`schedulers/job.py`) refuses a second start where a site requeues anyway.
 """
 
 from __future__ import annotations
@@ -41,6 +43,21 @@ class JobState:
     state: str  # queued, running, completed, failed, cancelled, timed_out; "" if unknown
     reason: str | None = None  # the scheduler's words, kept (e.g. OUT_OF_MEMORY, a pending reason)
     exit_code: int | None = None
+    host: str | None = None  # where a running job runs, when the status answer says
+    # The scheduler itself has lost contact with the job's host (LSF's UNKWN): it lists the
+    # job as running but can no longer vouch for it.
+    unreachable: bool = False
+
+
+@dataclass
+class Vouch:
+    """A scheduler's word on a running job whose heartbeat stopped: does its node still run it?
+
+    Asked only then, since it reaches past the controller to the node's own daemon.
+    """
+
+    alive: bool | None  # True: the node answers for the job; False: it does not; None: no answer
+    reason: str  # what was asked and what came back, for the task's reason
 
 
 def unknown(reason: str) -> JobState:
@@ -63,6 +80,15 @@ class BatchScheduler:
     # each scheduler reads a few more characters of its own (PBS "host:path", LSF "%J").
     unsafe_path: ClassVar[re.Pattern[str]] = re.compile(r"[\s'\"\\#]")
     unsafe_path_words: ClassVar[str] = "spaces, quotes or '#'"
+    title: ClassVar[str] = ""  # the scheduler's name as people write it, for messages
+    # The directive that forbids the scheduler to start the job again after a node failure, a
+    # preemption or an administrator's requeue: a cell with side effects must not run twice.
+    never_requeue: ClassVar[str] = ""
+    job_id_variable: ClassVar[str] = ""  # the job's environment variable holding its id
+    restart_variable: ClassVar[str | None] = None  # ... and the one counting its restarts
+    # Exit codes the scheduler acts on (e.g. Grid Engine reruns a job that exits with 99):
+    # a job never exits with one of these, whatever the cell did.
+    reserved_exit_codes: ClassVar[frozenset[int]] = frozenset()
 
     # ------------------------------------------------------------ job script
 
@@ -82,8 +108,10 @@ class BatchScheduler:
     def render(self, template: str | None, resources: dict[str, Any], name: str,
                taskdir: str, setup: str, runner: str) -> str:
         """The whole job script, from the host's template or the built-in one."""
-        directives = "\n".join(f"{self.directive} {line}" for line in
-                               self.resource_lines(resources, name, taskdir))
+        if not self.never_requeue:
+            raise NotImplementedError(f"{type(self).__name__} does not say how to forbid requeues")
+        lines = [*self.resource_lines(resources, name, taskdir), self.never_requeue]
+        directives = "\n".join(f"{self.directive} {line}" for line in lines)
         paths = TaskPaths(taskdir)
         fields = {"name": name, "taskdir": shlex.quote(taskdir),
                   "workdir": shlex.quote(str(paths.work)), "directives": directives,
@@ -148,3 +176,23 @@ class BatchScheduler:
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------ a job gone silent
+
+    def probe_command(self, job_id: str, job: JobState) -> list[str] | None:
+        """A command asking the node of this running job whether it still runs it, or None
+        where the scheduler has no such question: then the queue's "running" is its word.
+
+        One command per job, run side by side: a dead node makes each wait out its timeout.
+        """
+        return None
+
+    def read_probe(self, job_id: str, job: JobState, returncode: int, stdout: str,
+                   stderr: str) -> Vouch:
+        """What the probe's output says about the job."""
+        raise NotImplementedError
+
+    def job_exit_code(self, code: int) -> int:
+        """The exit code the job reports for a task that ended with `code`: the same, unless
+        the scheduler would act on it (the task's own exit-code file keeps the real one)."""
+        return 1 if code in self.reserved_exit_codes else code

@@ -17,11 +17,15 @@ Why these commands:
 
 How a job is read: PEND/PSUSP/WAIT/PROV -> queued (with LSF's pending reason), RUN/USUSP/SSUSP
 -> running, UNKWN/ZOMBI -> running (the host is unreachable or the job is being killed; LSF
-still has to settle it), DONE -> completed. EXIT is split by the keyword of EXIT_REASON:
-killed by a user or administrator (TERM_OWNER, TERM_ADMIN, TERM_FORCE_*, ...) -> cancelled,
-TERM_RUNLIMIT or TERM_DEADLINE -> timed_out, anything else (TERM_MEMLIMIT, a non-zero exit)
--> failed, with LSF's words kept as the reason. EXIT_CODE is empty for every DONE job and for
-many killed ones, so it never decides the state.
+still has to settle it), DONE -> completed. UNKWN is also LSF saying it cannot vouch for the
+job: once the task's heartbeat has stopped too, the agent calls the task lost. EXIT is split
+by the keyword of EXIT_REASON: killed by a user or administrator (TERM_OWNER, TERM_ADMIN,
+TERM_FORCE_*, ...) -> cancelled, TERM_RUNLIMIT or TERM_DEADLINE -> timed_out, anything else
+(TERM_MEMLIMIT, a non-zero exit) -> failed, with LSF's words kept as the reason. EXIT_CODE
+is empty for every DONE job and for many killed ones, so it never decides the state.
+
+Jobs are submitted with `-rn` (never rerunnable), which overrides a queue's or application
+profile's RERUNNABLE setting: a cell must not run twice.
 
 Resources: `cores`, `mem` and `gpus` are per node, `nodes` is a number of hosts. `-n` is the
 total number of slots (nodes x cores), held on one host with `span[hosts=1]` or spread
@@ -79,7 +83,8 @@ def job_state(record: dict[str, Any]) -> JobState:
     if stat in _RUNNING:
         return JobState("running", None if stat == "RUN" else stat)
     if stat in _UNSETTLED:
-        return JobState("running", f"{stat}: LSF has not settled this job yet")
+        return JobState("running", f"{stat}: LSF has not settled this job yet",
+                        unreachable=stat == "UNKWN")
     if stat == "DONE":
         return JobState("completed", None, 0)
     if stat == "EXIT":
@@ -100,6 +105,10 @@ class Lsf(BatchScheduler):
 
     name: ClassVar[str] = "lsf"
     directive: ClassVar[str] = "#BSUB"
+    title: ClassVar[str] = "LSF"
+    never_requeue: ClassVar[str] = "-rn"
+    job_id_variable: ClassVar[str] = "LSB_JOBID"
+    restart_variable: ClassVar[str | None] = "LSB_RESTART"
 
     # "[" and "]" in a job name would make it a job array; keep to plain characters.
     _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")

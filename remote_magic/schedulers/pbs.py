@@ -24,6 +24,11 @@ How a finished job (state F) is read, in this order:
    versions without code -29 report a walltime kill only as the signal.
 5. Anything else -> failed, with the reason spelled out (JOB_EXEC_* name, signal, comment).
 
+Jobs are submitted with `-r n` (not rerunnable): PBS runs a rerunnable job again when its node
+fails (once the server gives up on the node, `node_fail_requeue`) or on `qrerun`, and a cell
+must not run twice. There is no probe of a node: a running job whose heartbeat stopped is
+judged by qstat alone.
+
 Resource semantics, shared with the other schedulers: `cores`, `mem` and `gpus` are per node
 and `nodes` is the number of nodes; one PBS chunk is one node, and several nodes get
 `place=scatter` so the chunks really land on different hosts. Memory sizes are binary (1G =
@@ -159,6 +164,9 @@ class Pbs(BatchScheduler):
 
     name: ClassVar[str] = "pbs"
     directive: ClassVar[str] = "#PBS"
+    title: ClassVar[str] = "PBS"
+    never_requeue: ClassVar[str] = "-r n"
+    job_id_variable: ClassVar[str] = "PBS_JOBID"
 
     # PBS Pro job names: up to 236 printable characters; keep to a set every version accepts.
     _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")

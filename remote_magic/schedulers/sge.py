@@ -2,22 +2,38 @@
 
 Cores are requested through a parallel environment, whose name is site-specific: "smp" here,
 changed with the host's own `template` where a site calls it otherwise.
+
+A job is submitted with `-r no`, and never exits with 99 (Grid Engine would run it again) or
+100 (it would hold it in an error state). A running job whose heartbeat stopped is checked with
+`qping` on the execution daemon of its host: qstat keeps listing the job as running on a dead
+host for as long as the qmaster has not given up on it (max_unheard, 5 minutes by default),
+and does not end it even then.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from typing import Any
+from typing import Any, ClassVar
 
-from .base import BatchScheduler, JobState, last_line, unknown
+from .base import BatchScheduler, JobState, Vouch, last_line, unknown
 from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
 
 PARALLEL_ENVIRONMENT = "smp"
+# qping needs the execution daemon's port: the cell's setting, else the services database.
+_QPING = ('port=${SGE_EXECD_PORT:-$(getent services sge_execd 2>/dev/null | '
+          'awk \'{ sub("/.*", "", $2); print $2 }\')}; '
+          'command -v qping >/dev/null || exit 127; '
+          'exec qping -info "$1" "${port:-6445}" execd 1')
 
 
 class Sge(BatchScheduler):
     name = "sge"
     directive = "#$"
+    title: ClassVar[str] = "Grid Engine"
+    never_requeue: ClassVar[str] = "-r no"
+    job_id_variable: ClassVar[str] = "JOB_ID"
+    restart_variable: ClassVar[str | None] = "RESTARTED"
+    reserved_exit_codes: ClassVar[frozenset[int]] = frozenset({99, 100})
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
         paths = self.output_paths(taskdir)
@@ -64,7 +80,8 @@ class Sge(BatchScheduler):
             if "E" in code:
                 jobs[number] = JobState("failed", f"Grid Engine error state {code}")
             elif "d" in code or code.endswith("r") or code in ("t", "Rr", "Rt", "s", "S"):
-                jobs[number] = JobState("running", code)
+                queue = (job.findtext("queue_name") or "").strip()
+                jobs[number] = JobState("running", code, host=queue.partition("@")[2] or None)
             else:  # qw, hqw, hRwq...
                 jobs[number] = JobState("queued", code)
         return jobs
@@ -109,3 +126,18 @@ class Sge(BatchScheduler):
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         return ["qdel", *job_ids]
+
+    def probe_command(self, job_id: str, job: JobState) -> list[str] | None:
+        """qping the execution daemon of the job's host (None when qstat named no host)."""
+        if not job.host:
+            return None
+        return ["sh", "-c", _QPING, "sh", job.host]
+
+    def read_probe(self, job_id: str, job: JobState, returncode: int, stdout: str,
+                   stderr: str) -> Vouch:
+        if returncode == 0:
+            return Vouch(True, f"the Grid Engine execution daemon on {job.host} answers")
+        if returncode in (124, 127):  # our timeout, or no qping on this host: no answer
+            return Vouch(None, f"qping could not ask {job.host}: {last_line(stderr or stdout)}")
+        return Vouch(False, f"the Grid Engine execution daemon on {job.host} does not answer "
+                            f"(qping: {last_line(stderr or stdout)}): the host is down or cut off")

@@ -1,10 +1,17 @@
-"""SLURM: sbatch, squeue for all of a host's jobs at once, sacct for jobs the queue forgot."""
+"""SLURM: sbatch, squeue for all of a host's jobs at once, sacct for jobs the queue forgot.
+
+A running job whose heartbeat stopped is checked with `sstat` on its batch step: sstat asks
+slurmd on the job's node itself, so it tells a dead node from a live one at once, where
+squeue keeps saying RUNNING until slurmctld gives up on the node (SlurmdTimeout, 300 s by
+default).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, ClassVar
 
-from .base import BatchScheduler, JobState, unknown
+from .base import BatchScheduler, JobState, Vouch, last_line, unknown
 from .units import directive_word, memory_bytes, positive_count
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
@@ -21,13 +28,25 @@ STATES = {
 }
 
 
+# What sstat 22.05 prints when a node's slurmd does not answer (connection refused, timed out),
+# or answers with an error: the node's name and SLURM's words.
+_NO_ANSWER = re.compile(r"unknown return given from (\S+?): -?\d+ rc = (.+)")
+_NODE_ERROR = re.compile(r"there was an error with the request to (\S+) rc = (.+)")
+
+
 class Slurm(BatchScheduler):
     name = "slurm"
     directive = "#SBATCH"
+    title: ClassVar[str] = "SLURM"
+    never_requeue: ClassVar[str] = "--no-requeue"
+    job_id_variable: ClassVar[str] = "SLURM_JOB_ID"
+    restart_variable: ClassVar[str | None] = "SLURM_RESTART_COUNT"
 
     def resource_lines(self, resources: dict[str, Any], name: str, taskdir: str) -> list[str]:
         paths = self.output_paths(taskdir)
-        lines = [f"--job-name={name}", f"--output={paths.job_out}", f"--error={paths.job_err}"]
+        # append: should SLURM start the job again, what each start said is kept
+        lines = [f"--job-name={name}", f"--output={paths.job_out}", f"--error={paths.job_err}",
+                 "--open-mode=append"]
         if "walltime" in resources:
             lines.append(f"--time={resources['walltime']}")  # minutes, [D-]H:M:S as we check
         if "mem" in resources:
@@ -113,6 +132,34 @@ class Slurm(BatchScheduler):
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         return ["scancel", *job_ids]
+
+    def probe_command(self, job_id: str, job: JobState) -> list[str] | None:
+        """sstat on the job's batch step: slurmctld says where it runs, slurmd there answers."""
+        return ["sstat", "--noheader", "--parsable2", "--jobs", f"{job_id}.batch",
+                "--format", "JobID"]
+
+    def read_probe(self, job_id: str, job: JobState, returncode: int, stdout: str,
+                   stderr: str) -> Vouch:
+        """The node answered for the step (listed), did not answer (its slurmd is down or
+        cut off), or no longer knows the step; anything else (the controller not answering,
+        our own timeout) is no answer."""
+        step = f"{job_id}.batch"
+        if any(line.strip() == step for line in stdout.splitlines()):
+            return Vouch(True, f"slurmd on its node answers for job {job_id}")
+        for line in stderr.splitlines():
+            found = _NO_ANSWER.search(line)
+            if found:
+                return Vouch(False, f"slurmd on {found.group(1)} does not answer for job "
+                                    f"{job_id} ({found.group(2).strip()}): the node is down "
+                                    "or cut off")
+            found = _NODE_ERROR.search(line)
+            if found and "invalid job id" in found.group(2).lower():
+                return Vouch(False, f"slurmd on {found.group(1)} no longer runs job {job_id}")
+        if returncode == 0 and not stderr.strip():
+            # SLURM leaves a step its node has forgotten out without a word
+            return Vouch(False, f"slurmd on the job's node no longer runs job {job_id}")
+        return Vouch(None, f"sstat could not ask about job {job_id}: "
+                           f"{last_line(stderr or stdout)}")
 
 
 def slurm_memory(value: Any) -> str:

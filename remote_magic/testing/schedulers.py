@@ -16,8 +16,10 @@ to know about the result, plus helpers to follow a SLURM job::
     assert fields["ExitCode"] == "0:0"
 
 Tests that need a scheduler to misbehave have :func:`slurm_daemon_stopped` (a controller or
-database restart: commands fail while jobs go on), and tests that count what a poll costs the
-scheduler have :func:`slurm_rpc_counts` (what ``sdiag`` and ``sacctmgr show stats`` count).
+database restart: commands fail while jobs go on) and :func:`slurm_node_killed` (the node dies
+under running jobs: slurmd and the jobs' processes killed, slurmd started again afterwards), and
+tests that count what a poll costs the scheduler have :func:`slurm_rpc_counts` (what ``sdiag``
+and ``sacctmgr show stats`` count).
 
 Starting needs root (the scripts install packages and start system daemons); once the
 schedulers run, any user may call :func:`ensure_slurm` / :func:`ensure_sge`, which then only
@@ -49,6 +51,15 @@ Facts about this cluster (Debian 12, SLURM 22.05) worth knowing when writing tes
   "Invalid job id specified" for a single id it does not know; for several ids it prints the
   known ones and exits 0. With slurmctld down it fails after ~9 s of retries ("Unable to
   contact slurm controller"), while sacct (through slurmdbd) still answers.
+* With slurmd killed, ``squeue`` goes on saying RUNNING for its jobs until slurmctld gives up on
+  the node (SlurmdTimeout, 300 s here), while ``sstat -j ID.batch`` asks slurmd itself and
+  fails after ~10 s ("unknown return given from NODE: 9001 rc = Communication connection
+  failure"). A restarted slurmd still reports a job whose slurmstepd was killed (its socket is
+  left in the spool directory), so SLURM never ends such a job by itself: cancel it.
+* ``scontrol requeue`` refuses a job submitted with ``--no-requeue`` ("Requested operation is
+  presently disabled") until an administrator sets ``Requeue=1``; a requeued job waits with
+  Reason BeginTime for ~2 minutes (``scontrol update JobId=ID StartTime=now`` releases it) and
+  its second start sees ``SLURM_RESTART_COUNT=1``.
 * Memory is not a consumable resource (``CR_Core``) and nothing enforces ``--mem``; it is only
   recorded (``MinMemoryNode``). A request above the node's RealMemory is rejected at submission.
 * Grid Engine: ``qsub -b y`` needs ``-N NAME`` unless the command is a plain word; it joins
@@ -63,6 +74,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -83,7 +95,9 @@ __all__ = [
     "scripts_dir",
     "sge_unavailable_reason",
     "slurm_daemon_stopped",
+    "slurm_batch_processes",
     "slurm_job_fields",
+    "slurm_node_killed",
     "slurm_rpc_counts",
     "wait_job_state",
 ]
@@ -361,6 +375,61 @@ def slurm_daemon_stopped(daemon: str = "slurmctld", accounting: bool = True) -> 
         yield
     finally:
         ensure_slurm(accounting=accounting)
+
+
+def slurm_batch_processes(job_id: str | int) -> list[int]:
+    """The processes of a running job's batch step on this node: its ``slurmstepd`` and every
+    process under it (the job script, and what it started), parents first."""
+    parents: dict[int, int] = {}
+    step = None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if command == f"slurmstepd: [{job_id}.batch]":
+            step = pid
+    if step is None:
+        raise RuntimeError(f"no slurmstepd for job {job_id}'s batch step on this node")
+    found = [step]
+    for pid in found:  # grows while it is walked: breadth first
+        found.extend(sorted(child for child, parent in parents.items() if parent == pid))
+    return found
+
+
+@contextmanager
+def slurm_node_killed(job_ids: Iterable[str | int] = (), accounting: bool = True
+                      ) -> Iterator[None]:
+    """Run the body as if this node had died under the given running jobs (as root): slurmd,
+    then every process of each job's batch step, are killed with SIGKILL, so that nothing
+    reports anything. Afterwards slurmd is started again (~1 s; the node was never marked
+    down) and the jobs are cancelled if SLURM still lists them, since it would not end them
+    by itself (see the module's notes); the sockets their killed steps left in slurmd's spool
+    directory are removed, so that the machine is left as it was for later tests.
+    """
+    jobs = [str(j) for j in job_ids]
+    doomed = [pid for job in jobs for pid in slurm_batch_processes(job)]
+    slurmd = int(Path("/run/slurmd.pid").read_text().strip())
+    for pid in [slurmd, *doomed]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        yield
+    finally:
+        ensure_slurm(accounting=accounting)
+        if jobs:
+            _command(["scancel", *jobs])
+        spool = Path("/var/spool/slurmd")
+        for job in jobs:
+            for leftover in spool.glob(f"*_{job}.*"):
+                leftover.unlink(missing_ok=True)
 
 
 _RPC_LINE = re.compile(r"^\s+(\w+)\s+\(\s*\d+\)\s+count:(\d+)")

@@ -122,6 +122,8 @@ class SSHServer:
     """Pid of the listening sshd; each connection is served by a child of it."""
     host_keys: dict[str, str] = field(default_factory=dict)
     """Every host key the server offers: key type -> base64 public key."""
+    host_certificates: dict[str, Path] = field(default_factory=dict)
+    """Host certificates it serves (only with ``host_ca``): key type -> ``-cert.pub`` file."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def known_hosts_line(self, kind: str) -> str:
@@ -211,7 +213,9 @@ class SSHServer:
 
 
 def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
-               alias: str | None = None, port: int | None = None) -> SSHServer:
+               alias: str | None = None, port: int | None = None,
+               host_ca: Path | str | None = None, host_principals: str = HOST,
+               host_cert_validity: str | None = None) -> SSHServer:
     """Start a private sshd on a free 127.0.0.1 port; its files go into ``directory``.
 
     Returns once the server accepts connections. Stop it with :meth:`SSHServer.stop` (or use
@@ -225,6 +229,12 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
     ``port`` brings a stopped server back where its clients expect it: the same ``directory``
     keeps its host and client keys, so ``known_hosts`` still matches (the port is tried again
     for a few seconds, in case a test's own listener on it is just closing).
+
+    ``host_ca`` (a private key file) makes the server present host certificates, as sites
+    that list their CA with ``@cert-authority`` in known_hosts do: each host key is signed
+    with ``ssh-keygen -s host_ca -h -n host_principals`` (comma-separated names; empty for a
+    certificate that names no host) and ``-V host_cert_validity`` when given (such as
+    ``-1d:-1h``, an expired one), and served with ``HostCertificate``.
     """
     root = os.geteuid() == 0
     if keyboard_interactive and not root:
@@ -251,6 +261,8 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
     if root:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
+    certificates = {} if host_ca is None else _certify_host_keys(
+        keygen, d, Path(host_ca), host_principals, host_cert_validity)
     config, log_path = d / "sshd_config", d / "sshd.log"
     proc = None
     wanted = port
@@ -259,7 +271,8 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
             port = _free_port()
         elif attempt:
             time.sleep(0.5)
-        config.write_text(_server_config(d, port, user, keyboard_interactive))
+        config.write_text(_server_config(d, port, user, keyboard_interactive,
+                                         list(certificates.values())))
         if attempt == 0:  # a config error would make every attempt fail: report it at once
             check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True,
                                    text=True, stdin=subprocess.DEVNULL)
@@ -281,7 +294,8 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
                         batch=not keyboard_interactive)
     server = SSHServer(host=HOST, port=port, user=user, key_path=client_key,
                        known_hosts=known_hosts, log_path=log_path, home=home, alias=alias,
-                       password=password, pid=proc.pid, host_keys=host_keys, _proc=proc)
+                       password=password, pid=proc.pid, host_keys=host_keys,
+                       host_certificates=certificates, _proc=proc)
     atexit.register(server.stop)
     return server
 
@@ -320,11 +334,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool) -> str:
+def _certify_host_keys(keygen: str, d: Path, ca: Path, principals: str,
+                       validity: str | None) -> dict[str, Path]:
+    """Sign every host key with ``ca``: key type -> certificate file (signed anew each start,
+    so that a restarted server serves what its caller asked for this time)."""
+    names = ["-n", principals] if principals else []
+    certificates = {}
+    for kind in _HOST_KEY_TYPES:
+        key = d / f"ssh_host_{kind}_key.pub"
+        subprocess.run([keygen, "-q", "-s", str(ca), "-h", "-I", f"sshd-test {kind}", *names,
+                        *(["-V", validity] if validity else []), str(key)],
+                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        certificates[key.read_text().split()[0]] = key.with_name(f"ssh_host_{kind}_key-cert.pub")
+    return certificates
+
+
+def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool,
+                   certificates: list[Path] | None = None) -> str:
     common = [
         f"Port {port}",
         f"ListenAddress {HOST}",
         *(f"HostKey {d / f'ssh_host_{kind}_key'}" for kind in _HOST_KEY_TYPES),
+        *(f"HostCertificate {path}" for path in certificates or ()),
         f"PidFile {d / 'sshd.pid'}",
         f"AllowUsers {user}",
         "LogLevel VERBOSE",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -26,7 +26,7 @@ class Transport(Protocol):
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Where the finished task's result files can be read on this machine."""
 
-    def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
         """Copy files matching `patterns` in the task's working directory into `dest`."""
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
@@ -41,6 +41,46 @@ class Transport(Protocol):
         """Seconds until the host may be tried again after failures to reach it (0: now)."""
 
     def close(self) -> None: ...
+
+
+# the files of a task directory the kernel reads a finished task's results from
+RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
+                "outputs.rmns", "result.json")
+
+
+class Collected(list[str]):
+    """The names `collect` copied back (a list of them), and what the user should hear about
+    the rest: names refused because they would land outside the folder, and a search that
+    stopped early (too many matches, or too long)."""
+
+    def __init__(self, names: Iterable[str] = (), stopped: str | None = None,
+                 patterns: Iterable[str] = ()) -> None:
+        super().__init__(names)
+        self.refused: list[str] = []
+        self.stopped = stopped
+        self.patterns = list(patterns)
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.stopped:
+            notes.append(f"--collect {' '.join(self.patterns)} stopped early ({self.stopped}): "
+                         f"the {len(self)} files found by then were copied; narrow the "
+                         "pattern to get the others")
+        if self.refused:
+            notes.append("--collect: refused file names from the host that point outside this "
+                         f"folder: {', '.join(self.refused)}")
+        return notes
+
+
+def stage_plan(source: Path, names: list[str], extra: Iterable[tuple[Path, str]]
+               ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], int]:
+    """Which files go into the task's directory (local path, name there), which go elsewhere
+    on the host (an absolute or `~` destination of `--files`), and the bytes of the first."""
+    inside = [(source / name, name) for name in names]
+    outside = []
+    for local, destination in extra:
+        (outside if destination.startswith(("/", "~")) else inside).append((local, destination))
+    return inside, outside, sum(local.stat().st_size for local, _ in inside)
 
 
 def open_transport(host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> Transport:

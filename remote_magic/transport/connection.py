@@ -1,21 +1,20 @@
 """One SSH connection to a host: resolve it, verify its key, authenticate, open channels.
 
-Everything about making a connection lives here (`ssh.py`, the only other module importing
-paramiko, only uses the channels). The host key is checked against known_hosts right after
-the key exchange, before authentication, so nothing of ours reaches a host whose key is unknown
-or changed; the exchange is restricted to the key types known_hosts holds for the host, so a
-server that also has a key of another type is neither mistaken for an unknown host nor allowed
-to dodge a changed key by offering a type we have no record of. A ProxyJump chain is walked
-hop by hop, each hop's key checked the same way. Keys, ssh-agent, and keyboard-interactive or
-password prompts (asked through `prompt`, which in a notebook is the front end's own input box)
-are tried in the order the server allows.
+Everything about making a connection lives here (`ssh.py` only uses the channels, and
+`known_hosts.py` reads the known_hosts file and judges host keys and certificates). The host
+key is checked right after the key exchange, before authentication, so nothing of ours reaches
+a host whose key is unknown, changed or revoked; the exchange is restricted to the key types
+known_hosts holds for the host and their certificates (certificates of any type when a
+@cert-authority line applies to it), so a server that also has a key of another type is
+neither mistaken for an unknown host nor allowed to dodge a changed key by offering a type we
+have no record of. A ProxyJump chain is walked hop by hop, each hop's key checked the same way.
+Keys, ssh-agent, and keyboard-interactive or password prompts (asked through `prompt`, which in
+a notebook is the front end's own input box) are tried in the order the server allows.
 """
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import os
 import queue
 import socket
@@ -28,6 +27,7 @@ import paramiko
 
 from ..config import HostConfig
 from ..errors import AuthenticationError, HostKeyError, TransportError
+from .known_hosts import Skipped, changed, key_algorithms, records_for, verify
 
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE = 15  # seconds between keepalive messages on an idle connection
@@ -41,9 +41,6 @@ MAX_HOPS = 10  # a longer ProxyJump chain is taken for a loop in ~/.ssh/config
 # packets, before waiting for us, and each packet costs paramiko Python-level work.
 BULK_WINDOW = 32 * 1024 * 1024
 BULK_PACKET = 256 * 1024
-# A known_hosts entry of type `ssh-rsa` is verified through these signature algorithms (plain
-# ssh-rsa, SHA-1, stays off unless paramiko itself offers it).
-_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 Prompt = Callable[[str, bool], str]  # (prompt text, echo) -> answer
 
@@ -118,6 +115,8 @@ class Connection:
     transport: paramiko.Transport
     jump: Connection | None = None
     methods: list[str] = field(default_factory=list)  # how we authenticated
+    host_key: str = ""  # what in known_hosts vouched for the host, for `remote-magic test`
+    skipped: tuple[Skipped, ...] = ()  # known_hosts lines not understood, and why
 
     @property
     def alive(self) -> bool:
@@ -196,6 +195,7 @@ def connect(target: Target, prompt: Prompt = ask_in_main_thread) -> Connection:
 
 
 def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
+    records = records_for(target)  # a broken known_hosts file stops us before any connection
     jump = None
     if target.proxy_jump:
         if len(chain) >= MAX_HOPS:
@@ -224,22 +224,22 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
             raise TransportError(f"{target}: cannot open a TCP connection ({exc}). Check the "
                                  "address and port, and that the host is up.") from exc
     transport = paramiko.Transport(sock)
-    known = known_keys(target)
     try:
         options = transport.get_security_options()
         available = tuple(c for c in options.ciphers if c not in PREFERRED_CIPHERS)
         options.ciphers = PREFERRED_CIPHERS + available
-        options.key_types = host_key_types(options.key_types, known)
+        options.key_types = key_algorithms(options.key_types, records)
         transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = NO_REKEY
         try:
             transport.start_client(timeout=CONNECT_TIMEOUT)
         except paramiko.IncompatiblePeer as exc:
-            if known and "host key" in str(exc):
-                raise HostKeyError(_changed(
-                    target, f"{target.known_hosts} has only {', '.join(sorted(known))} keys "
-                    "for it, and it offers none of these types now")) from exc
+            if records.keys and not records.authorities and "host key" in str(exc):
+                raise HostKeyError(changed(
+                    target, f"{target.known_hosts} has only "
+                    f"{', '.join(sorted(records.key_types))} keys for it, and it offers none "
+                    "of these types now")) from exc
             raise
-        verify_host_key(target, transport.get_remote_server_key(), known)
+        vouched = verify(target, transport.get_remote_server_key(), records)
         methods = _authenticate(target, transport, prompt)
         transport.set_keepalive(KEEPALIVE)
     except BaseException as exc:
@@ -249,60 +249,7 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
         if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
             raise TransportError(f"{target}: SSH failed: {exc}") from exc
         raise
-    return Connection(target, transport, jump, methods)
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"{key.get_name()} SHA256:{digest}"
-
-
-def known_keys(target: Target) -> dict[str, paramiko.PKey]:
-    """The keys known_hosts holds for the target, by key type (hashed entries included)."""
-    path = os.path.expanduser(target.known_hosts)
-    known = paramiko.HostKeys()
-    if os.path.exists(path):
-        known.load(path)
-    entry = known.lookup(target.key_name)
-    return {kind: entry[kind] for kind in entry.keys()} if entry else {}
-
-
-def host_key_types(offered: tuple[str, ...], known: dict[str, paramiko.PKey]) -> tuple[str, ...]:
-    """The host key algorithms to negotiate: paramiko's, in its order of preference, keeping
-    only those that can produce a key known_hosts holds (all of them when it holds none, so
-    that an unknown host is reported as such). Without this, a server with keys of several
-    types may agree on one that known_hosts has no record of, and a known host is refused."""
-    wanted = {algorithm for kind in known for algorithm in _ALGORITHMS.get(kind, (kind,))}
-    chosen = tuple(algorithm for algorithm in offered if algorithm in wanted)
-    return chosen or offered
-
-
-def verify_host_key(target: Target, key: paramiko.PKey,
-                    known: dict[str, paramiko.PKey] | None = None) -> None:
-    """Refuse a key that known_hosts lacks or holds differently (`known`: its keys for the
-    target, read from the file when not given)."""
-    if known is None:
-        known = known_keys(target)
-    stored = known.get(key.get_name())
-    if stored is None:
-        raise HostKeyError(f"The host key of {target.key_name} ({fingerprint(key)}) is not "
-                           f"in {target.known_hosts}: nothing was sent to it. {_trust(target)}")
-    if stored != key:
-        raise HostKeyError(_changed(target, f"it offers {fingerprint(key)} but "
-                                            f"{target.known_hosts} has {fingerprint(stored)}"))
-
-
-def _trust(target: Target) -> str:
-    return (f"If this is the right host, trust it with: ssh-keyscan -p {target.port} "
-            f"{target.hostname} >> {target.known_hosts} (or connect once with ssh and "
-            "check the fingerprint).")
-
-
-def _changed(target: Target, how: str) -> str:
-    return (f"The host key of {target.key_name} CHANGED: {how}. This can be an attack, so "
-            "nothing was sent. If you know why it changed, remove the old key with "
-            f"ssh-keygen -R '{target.key_name}' -f {target.known_hosts} and trust the new one. "
-            + _trust(target))
+    return Connection(target, transport, jump, methods, vouched, records.skipped)
 
 
 def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt) -> list[str]:

@@ -1,7 +1,8 @@
 """The transport for hosts on this machine: the agent is a child process on pipes.
 
 Staging is a hard link (a copy across file systems), and results are read in place, so a
-large array is never copied on its way in or out.
+large array is never copied on its way in or out. Reading in place is only safe in a place
+nobody else can write: the work directory and the task's directory are checked first.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Any, Callable
 import remote_magic
 
 from ..agent_client import AgentClient
+from ..agent_files import disk_full, no_room
 from ..config import HostConfig
 from ..errors import TransportError
+from ..files import safe_target
 from ..paths import data_dir
 from ..protocol import MARKER
-from ..taskdir import TaskPaths, make_task_dir, valid_task_id
+from ..taskdir import Refusal, TaskPaths, trust_problem, valid_task_id, workdir_message
+from ..tempnames import part_tag, temp_beside
+from . import RESULT_FILES, Collected, stage_plan
 
 
 class LocalTransport:
@@ -54,39 +59,75 @@ class LocalTransport:
         script = f"{self.host.setup}\nexec {shlex.join(argv)}"
         return ["bash", "-l", "-c", script]
 
+    def _trusted(self, task_id: str | None = None) -> None:
+        """Refuse a work directory that another user could have written, as the agent does:
+        the kernel reads results here in place, and unpickles them. With `task_id`, the task's
+        directory (0700) and its result files are checked too."""
+        inside = [("tasks", "dir")]
+        if task_id is not None:
+            task = f"tasks/{valid_task_id(task_id)}"
+            inside += [(task, "private"), *((f"{task}/{name}", "owned") for name in RESULT_FILES)]
+        problem = trust_problem(str(self.workdir), inside, create=True)
+        if problem is not None:
+            raise TransportError(workdir_message(problem, self.host.name))
+
     def stage(self, task_id: str, source: Path, names: list[str],
               extra: list[tuple[Path, str]] = ()) -> str:
         """Put the prepared files of a task into its directory on the host.
 
-        A directory left by an earlier run of the same task (it failed, or was cancelled)
-        is replaced: its state files would otherwise speak for the new run.
+        They are linked into a staging directory of the agent's, which it puts in place whole;
+        a directory left by an earlier run of the same task (it failed, or was cancelled) is
+        replaced then, while one the identical task of another kernel is running in is kept,
+        and this kernel attaches to it (see agent_files).
         """
-        shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
-        paths = make_task_dir(self.task_dir(task_id))
-        for name in names:
-            target = paths.root / name
-            tmp = paths.root / f".{name}.staging"
+        self._trusted()
+        agent = self.agent()
+        inside, outside, _ = stage_plan(source, names, extra)
+        # Hard links take no room: a disk without it is found out by the copies, if any.
+        answer = agent.request("stage", task=valid_task_id(task_id), files=[])
+        if answer.get("existing"):
+            return answer["root"]
+        staging = self.workdir / answer["staging"]
+        writing = staging.parent  # where a full disk would be (the tasks folder)
+        try:
+            for local, name in inside:
+                _place(local, staging / name)
+            for local, destination in outside:  # copied: the task may edit them
+                writing = Path(os.path.expanduser(destination)).parent
+                _copy_file(local, Path(os.path.expanduser(destination)))
+            return agent.request("commit", task=task_id, staging=answer["staging"])["root"]
+        except BaseException as exc:
             try:
-                os.link(source / name, tmp)
-            except OSError:
-                shutil.copyfile(source / name, tmp)
-            os.replace(tmp, target)
-        for local, destination in extra:  # the user's files are copied: the task may edit them
-            _copy_file(local, Path(os.path.expanduser(destination)) if destination.startswith(
-                ("/", "~")) else paths.root / destination)
-        return str(paths.root)
+                agent.request("unstage", task=task_id, staging=answer["staging"], timeout=10)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                shutil.rmtree(staging, ignore_errors=True)
+            if disk_full(exc):
+                needed = sum(_size(local) for local, _ in [*inside, *outside])
+                raise TransportError(Refusal(no_room(
+                    writing, needed, f"task {task_id}", exc,  # type: ignore[arg-type]
+                    self.workdir)).for_host(self.host.name)) from None
+            raise
 
-    def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
+        """Copy the files of the task's working directory that match `patterns` into `dest`
+        (found by the agent, as on any host: no link loops, a cap on matches and time); a
+        name that would land outside `dest` is refused and listed."""
+        self._trusted(task_id)
+        found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
         work = TaskPaths(self.task_dir(task_id)).work
-        names = sorted({str(p.relative_to(work)) for pattern in patterns
-                        for match in work.glob(pattern)
-                        for p in ([match] if match.is_file() else match.rglob("*"))
-                        if p.is_file()})
-        for name in names:
-            _copy_file(work / name, dest / name)
-        return names
+        collected = Collected(stopped=found.get("stopped"), patterns=patterns)
+        for entry in found["files"]:
+            name = str(entry.get("name", ""))
+            target = safe_target(dest, name)
+            if target is None:
+                collected.refused.append(name)
+                continue
+            _copy_file(work / name, target)
+            collected.append(name)
+        return collected
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
+        self._trusted(task_id)
         _copy_file(TaskPaths(self.task_dir(task_id)).work / name, target)
 
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:
@@ -101,7 +142,9 @@ class LocalTransport:
         return f"{self.host.name} runs tasks on this machine with {self.python}: nothing to ship"
 
     def results(self, task_id: str, local: Path) -> TaskPaths:
-        """Where the task's result files can be read: in place, on this machine."""
+        """Where the task's result files can be read: in place, on this machine, once they
+        are known to be this user's alone (in the task's own 0700 directory)."""
+        self._trusted(task_id)
         return TaskPaths(self.task_dir(task_id))
 
     def close(self) -> None:
@@ -112,11 +155,34 @@ class LocalTransport:
 
 
 def _copy_file(source: Path, target: Path) -> None:
-    """Copy under a temporary name, then rename: the target is never half-written."""
+    """Copy under a temporary name, then rename: the target is never half-written, and a
+    copy that fails (a full disk) leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    tmp = temp_beside(target, part_tag())
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place(source: Path, target: Path) -> None:
+    """A task file into the staging directory: a hard link (no copy of a large array), or a
+    copy across file systems. The staging directory is renamed into place whole, so no
+    temporary name is needed here."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class _PipeChannel:
@@ -126,10 +192,11 @@ class _PipeChannel:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_parent, env.get("PYTHONPATH")) if p)
         log_dir = data_dir() / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._log_path = log_dir / f"agent-{label}.log"
-        try:
-            with open(self._log_path, "ab") as log:
+        try:  # private whatever the umask: what a task printed to stderr may end up there
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "ab") as log:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, stderr=log, env=env,
                                               bufsize=0, start_new_session=True)

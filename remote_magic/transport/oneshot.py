@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from ..agent_client import failure
 from ..errors import TransportError
 from ..protocol import MARKER, FrameReader, encode
+from ..tempnames import part_tag, temp_beside, temp_prefix
 from .connection import Connection
 
 
@@ -46,7 +48,7 @@ class OneShotAgent:
                     sink(data)
             elif message.get("id") == 1:
                 if not message.get("ok"):
-                    raise TransportError(f"{self._label}: {op} failed: {message.get('error')}")
+                    raise failure(message, op, self._label, self._label)
                 return message.get("result"), data
         raise TransportError(f"{self._label}: no answer to {op} (exit status {status})")
 
@@ -57,7 +59,7 @@ class OneShotAgent:
 def sftp_upload(conn: Connection, local: Path, remote: str) -> int:
     """Upload under a temporary name and rename: the file appears whole or not at all."""
     with conn.sftp() as sftp:
-        tmp = f"{remote}.{os.getpid()}.part"
+        tmp = str(temp_beside(PurePosixPath(remote), part_tag()))
         parent = os.path.dirname(remote)
         if parent:
             conn.run(f"mkdir -p -m 700 {shlex.quote(parent)}")
@@ -68,7 +70,7 @@ def sftp_upload(conn: Connection, local: Path, remote: str) -> int:
 
 def sftp_download(conn: Connection, remote: str, local: Path) -> int:
     local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
     os.close(fd)
     try:
         with conn.sftp() as sftp:

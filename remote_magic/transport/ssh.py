@@ -12,7 +12,6 @@ hammered by every poll, view and callback of the kernel.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shlex
 import socket
@@ -29,22 +28,22 @@ import paramiko
 from ..agent_client import AgentClient
 from ..config import HostConfig
 from ..errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
+from ..files import safe_target
 from ..protocol import MARKER
-from ..taskdir import TaskPaths, valid_task_id
+from ..taskdir import TaskPaths, valid_task_id, workdir_message
+from ..tempnames import part_tag, temp_prefix
+from . import RESULT_FILES, Collected, stage_plan
 from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
-from .runtime import runtime_zip
+from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
 
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
 HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
 CHUNK = 4 * 1024 * 1024
-MISSING_RUNTIME = 97  # exit status of the agent command when the runtime is not there yet
 NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or not executable
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RECONNECT_FIRST = 0.5  # seconds to wait after the first failed attempt to connect
 RECONNECT_MAX = 30.0  # the wait doubles after each further failure, up to this
-RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
-                "outputs.rmns", "result.json")
 
 
 class Reconnect:
@@ -176,12 +175,17 @@ class SSHTransport:
         conn = self.connection()
         channel = conn.open_exec(self._agent_command(), bulk)
         status, text, leftover = _await_marker(channel)
-        if status == MISSING_RUNTIME:  # a fresh host: ship the runtime, then try again
+        if status in (MISSING, DAMAGED):  # a fresh host (or a damaged copy): ship, try again
             self.setup()
             channel = conn.open_exec(self._agent_command(), bulk)
             status, text, leftover = _await_marker(channel)
         if status is None:
-            return AgentClient(_SSHChannel(channel, leftover), on_event, self.host.name + role)
+            return AgentClient(_SSHChannel(channel, leftover), on_event, self.host.name + role,
+                               host=self.host.name)
+        if status == UNSAFE:
+            raise TransportError(self._unsafe(text))
+        if status in (MISSING, DAMAGED):
+            raise TransportError(self._not_shipped())
         log = conn.run(f"tail -n 5 {shell_path(self.host.workdir)}/agent.log")[1]
         said = (text.strip() or log.strip())[-800:] or "no output"
         if status in NO_COMMAND:  # not worth the fallback: it needs the same Python
@@ -196,11 +200,16 @@ class SSHTransport:
         return f"bash -l -c {shlex.quote(self.host.setup + chr(10) + script)}"
 
     def _agent_command(self, once: bool = False) -> str:
+        """Check the work directory and the runtime (`check_command`), then run the agent
+        from the runtime. Nothing is written into the work directory before the check (not
+        even the agent's log): a link planted there could point anywhere."""
         name, _ = runtime_zip()
         script = "\n".join([
             f"W={shell_path(self.host.workdir)}",
             f'R="$W/runtime/{name}"',
-            f'[ -f "$R" ] || exit {MISSING_RUNTIME}',
+            f'[ -f "$R" ] || exit {MISSING}',  # a fresh host: ship first (Python or not)
+            f'{check_command(self.python, chr(34) + "$W" + chr(34))} || exit $?',
+            '( umask 077 && : >>"$W/agent.log" )',  # private whatever the login's umask
             'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
             f'exec {shlex.quote(self.python)} -m remote_magic.agent --workdir "$W" '
             + ("--once " if once else "") + '2>>"$W/agent.log"',
@@ -208,25 +217,45 @@ class SSHTransport:
         return self.login_shell(script)
 
     def setup(self) -> str:
-        """Ship the runtime into the host's work directory and check that it imports."""
+        """Ship the runtime into the host's work directory and check that it imports.
+
+        A missing work directory is made private (0700). The upload needs no Python on the
+        host, and goes to a fresh file created exclusively (so a link planted under its name
+        is not followed), renamed over the runtime's name; nothing runs before the check has
+        found the work directory and the runtime to be the user's alone, with the content
+        hash this kernel built.
+        """
         name, data = runtime_zip()
         conn = self.connection()
         workdir = shell_path(self.host.workdir)
         code, out, err = conn.run(self.login_shell(
-            f"mkdir -p {workdir}/runtime && chmod 700 {workdir} && cd {workdir}/runtime && pwd"))
+            f"umask 077 && mkdir -p {workdir}/runtime && cd {workdir}/runtime && pwd -P"))
         if code != 0:
             raise TransportError(f"Cannot create the work directory {self.host.workdir} on "
                                  f"{self.host.name}: {err.strip() or out.strip()}. Set "
                                  "'workdir:' to a writable place.")
         runtime_dir = out.strip().splitlines()[-1]
         with conn.sftp() as sftp:
-            tmp = f"{runtime_dir}/.{name}.{os.getpid()}.part"
-            sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
-            sftp.posix_rename(tmp, f"{runtime_dir}/{name}")
-        check = (f"import sys; sys.path.insert(0, {runtime_dir + '/' + name!r}); "
-                 "import remote_magic.agent, cloudpickle; print(sys.version.split()[0])")
-        code, out, err = conn.run(
-            self.login_shell(f"{shlex.quote(self.python)} -c {shlex.quote(check)}"))
+            tmp = f"{runtime_dir}/.{name}.{part_tag()}"
+            try:
+                with sftp.open(tmp, "wbx") as f:
+                    f.write(data)
+                sftp.posix_rename(tmp, f"{runtime_dir}/{name}")
+            except BaseException:
+                try:
+                    sftp.remove(tmp)
+                except OSError:
+                    pass
+                raise
+        imports = (f"import sys; sys.path.insert(0, {runtime_dir + '/' + name!r}); "
+                   "import remote_magic.agent, cloudpickle; print(sys.version.split()[0])")
+        code, out, err = conn.run(self.login_shell(
+            f"{check_command(self.python, workdir)} && "
+            f"{shlex.quote(self.python)} -c {shlex.quote(imports)}"))
+        if code == UNSAFE:
+            raise TransportError(self._unsafe(out))
+        if code in (MISSING, DAMAGED):
+            raise TransportError(self._not_shipped())
         if code in NO_COMMAND:
             raise TransportError(self._no_python(err.strip()[-500:]))
         if code != 0:
@@ -234,6 +263,21 @@ class SSHTransport:
                                  f"import with {self.python}: {err.strip()[-500:]}")
         self.notes.append(f"shipped the runtime {name} ({len(data) // 1024} KiB)")
         return out.strip()
+
+    def _unsafe(self, output: str) -> str:
+        """The refusal for a work directory (or runtime) another user could have written."""
+        problem = unsafe_problem(output)
+        if problem is None:
+            return (f"The work directory {self.host.workdir} on {self.host.name} could not be "
+                    f"checked: {output.strip()[-300:] or 'no output'}.")
+        return workdir_message(problem, self.host.name)
+
+    def _not_shipped(self) -> str:
+        return (f"The runtime shipped to {self.host.name} does not have the content this "
+                "kernel sent (its SHA-256 differs), so it is not run. Something on the host "
+                f"changes files in {self.host.workdir}/runtime: remove that directory and run "
+                f"`remote-magic setup {self.host.name}`; if it happens again, ask the host's "
+                "administrators.")
 
     def _no_python(self, said: str) -> str:
         """What to do about a host where the configured Python does not run at all."""
@@ -272,7 +316,13 @@ class SSHTransport:
         except TransportError as exc:
             yield "SSH connection", False, str(exc)
             return
-        yield "host key known", True, f"{target.key_name} in {target.known_hosts}"
+        yield "host key known", True, conn.host_key or f"{target.key_name} in {target.known_hosts}"
+        if conn.skipped:  # OpenSSH skips them too; worth knowing, not worth failing for
+            shown = "; ".join(str(s) for s in conn.skipped[:5])
+            more = f" (and {len(conn.skipped) - 5} more)" if len(conn.skipped) > 5 else ""
+            yield "known_hosts lines skipped", None, (
+                f"{shown}{more}. They were ignored, as OpenSSH ignores them; fix or remove them "
+                "if they were meant for a host.")
         yield "authenticated", True, f"as {target.user} by {', '.join(conn.methods)}"
         yield from self._shell_checks(conn)
 
@@ -321,8 +371,11 @@ class SSHTransport:
         workdir = shell_path(self.host.workdir)
         probe_file = f"{workdir}/.write-test-{os.getpid()}"
         code, out, err = conn.run(self.login_shell(
-            f"mkdir -p {workdir} && chmod 700 {workdir} && touch {probe_file} && "
-            f"rm {probe_file}"))
+            f"{check_command(self.python, workdir)}; [ $? -eq {UNSAFE} ] && exit {UNSAFE}; "
+            f"touch {probe_file} && rm {probe_file}"))
+        if code == UNSAFE:
+            yield "work directory private", False, self._unsafe(out)
+            return
         if code != 0:
             yield "work directory writable", False, (
                 f"{self.host.workdir}: {err.strip()[-300:] or f'exit status {code}'}. Task "
@@ -354,20 +407,36 @@ class SSHTransport:
 
     def stage(self, task_id: str, source: Path, names: list[str],
               extra: list[tuple[Path, str]] = ()) -> str:
-        """Send a task's files: small ones in one request, large ones streamed after it."""
+        """Send a task's files: small ones in one request, large ones streamed after it, all
+        into a staging directory that the agent puts in place once everything arrived.
+
+        If the identical task is already on the host (another kernel sent it at the same
+        time, or it completed), nothing is sent: the task's start attaches to it.
+        """
         small = [n for n in names if (source / n).stat().st_size <= INLINE_MAX]
         payload = [(source / n).read_bytes() for n in small]
         files = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                  for n, d in zip(small, payload)]
-        root = self.agent().call(
-            "stage", {"task": valid_task_id(task_id), "files": files}, b"".join(payload))[0]
-        for name in names:
-            if name not in small:
-                self.upload(source / name, f"tasks/{task_id}/{name}")
-        for local, destination in extra:
-            self.upload(local, destination if destination.startswith(("/", "~"))
-                        else f"tasks/{task_id}/{destination}")
-        return root
+        inside, outside, size = stage_plan(source, names, extra)
+        answer = self.agent().call(
+            "stage", {"task": valid_task_id(task_id), "files": files, "size": size},
+            b"".join(payload))[0]
+        if answer.get("existing"):
+            return answer["root"]
+        staging = answer["staging"]
+        try:
+            for local, name in inside:
+                if name not in small:
+                    self.upload(local, f"{staging}/{name}")
+            for local, destination in outside:
+                self.upload(local, destination)
+            return self.agent().request("commit", task=task_id, staging=staging)["root"]
+        except BaseException:
+            try:  # the agent also removes it when it exits, or the next one when stale
+                self.agent().request("unstage", task=task_id, staging=staging, timeout=10)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
 
     def upload(self, local: Path, remote: str) -> int:
         """Stream a file to the host; it appears there whole and verified, or not at all."""
@@ -389,7 +458,7 @@ class SSHTransport:
         if self.fallback is not None:
             return sftp_download(self.connection(), self.remote_path(remote), local)
         local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
         try:
             with os.fdopen(fd, "wb") as f:
                 result, _ = self.data_agent().call("get", {"path": remote}, timeout=None,
@@ -411,6 +480,14 @@ class SSHTransport:
             return paths
         listing, payload = self.agent().call(
             "read", {"task": task_id, "names": list(RESULT_FILES), "inline_max": INLINE_MAX})
+        refused = [str(entry.get("name")) for entry in listing
+                   if entry.get("name") not in RESULT_FILES]
+        if refused or len({entry["name"] for entry in listing}) != len(listing):
+            raise TransportError(
+                f"{self.host.name} answered the request for task {task_id}'s results with "
+                f"file names that are not among them: {', '.join(map(repr, refused))}. They "
+                "were refused and nothing was written here. The agent on the host is not the "
+                "one this kernel sent: have the host checked before using it again.")
         view = memoryview(payload)
         for entry in listing:
             target = local / entry["name"]
@@ -422,11 +499,20 @@ class SSHTransport:
         complete.touch()
         return paths
 
-    def collect(self, task_id: str, patterns: list[str], dest: Path) -> list[str]:
-        found = self.agent().request("glob", task=task_id, patterns=patterns)
-        for entry in found:
-            self.download(f"tasks/{task_id}/work/{entry['name']}", dest / entry["name"])
-        return [entry["name"] for entry in found]
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
+        """Copy the matching files back into `dest`; a name that would land outside it (the
+        host decides the names) is refused and listed, never written."""
+        found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
+        collected = Collected(stopped=found.get("stopped"), patterns=patterns)
+        for entry in found["files"]:
+            name = str(entry.get("name", ""))
+            target = safe_target(dest, name)
+            if target is None:
+                collected.refused.append(name)
+                continue
+            self.download(f"tasks/{task_id}/work/{name}", target)
+            collected.append(name)
+        return collected
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         self.download(f"tasks/{valid_task_id(task_id)}/work/{name}", target)
@@ -456,7 +542,7 @@ def shell_path(path: str) -> str:
 
 def _write_file(target: Path, data: memoryview) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target))
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, target)
