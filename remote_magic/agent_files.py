@@ -92,8 +92,9 @@ class FileOps:
         idle for STALE_TEMP, and runs moved aside. Bounded in time: a later start goes on."""
         now, deadline = time.time(), time.monotonic() + SWEEP_SECONDS
         for entry in _entries(self.tasks_dir):
-            if entry.name.startswith(TRASH_PREFIX) or (
-                    entry.name.startswith(STAGE_PREFIX) and now - _newest(entry.path) > STALE_TEMP):
+            stale_stage = entry.name.startswith(STAGE_PREFIX) and \
+                now - last_change(entry.path) > STALE_TEMP
+            if entry.name.startswith(TRASH_PREFIX) or stale_stage:
                 shutil.rmtree(entry.path, ignore_errors=True)
             elif time.monotonic() < deadline and entry.is_dir(follow_symlinks=False):
                 _remove_leftovers(entry.path, now, _OLDER)
@@ -521,9 +522,9 @@ def _is_dir(entry: os.DirEntry[str], follow: bool) -> bool:
         return False
 
 
-def _newest(path: str) -> float:
-    """When a staging directory or anything in it last changed (an upload writes a file in
-    it, which does not touch the directory's own time)."""
+def last_change(path: str) -> float:
+    """When a folder or anything in it last changed (a file written in a subfolder does not
+    touch the folder's own time): how long a leftover has been idle."""
     newest = 0.0
     for folder, dirs, files in os.walk(path):
         for name in [".", *dirs, *files]:

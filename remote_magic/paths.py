@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .agent_files import last_change
 from .errors import RemoteMagicError
 from .taskdir import describe_problem, trust_problem
 
@@ -52,18 +53,8 @@ def sweep_prepares(root: Path, stale: float = STALE_PREPARE) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False) and now - _last_change(entry.path) > stale:
+        if entry.is_dir(follow_symlinks=False) and now - last_change(entry.path) > stale:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.name)
     return removed
 
-
-def _last_change(path: str) -> float:
-    newest = 0.0
-    for folder, dirs, files in os.walk(path):
-        for name in [".", *dirs, *files]:
-            try:
-                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
-            except OSError:
-                pass
-    return newest

@@ -181,6 +181,19 @@ def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+def stage_batch_task(agent: Any, code: str, task: str) -> Any:
+    """A task directory holding `code` with no inputs, made through the agent's own
+    operation, ready for `op_submit` (the batch tests' way to make one)."""
+    from remote_magic.serialization import dump_namespace
+    from remote_magic.taskdir import TaskPaths, write_json
+
+    paths = TaskPaths(agent.op_mkdir(task))
+    dump_namespace({}, paths.inputs)
+    write_json(paths.spec, {"code": code, "filename": "<cell>", "inputs": [], "outputs": [],
+                            "imports": {}, "last_expression": False})
+    return paths
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import stage_batch_task
 
 from remote_magic import agent_batch
 from remote_magic.agent import Agent
@@ -22,7 +23,6 @@ from remote_magic.agent_batch import VERDICT_WAIT, _needs_queue
 from remote_magic.schedulers import JobState
 from remote_magic.schedulers.base import unknown
 from remote_magic.schedulers.slurm import Slurm
-from remote_magic.serialization import dump_namespace
 from remote_magic.taskdir import TaskPaths, read_state, set_state, write_json
 from remote_magic.testing.schedulers import (
     ensure_slurm,
@@ -41,14 +41,6 @@ def agent(tmp_path: Path) -> Agent:
 @pytest.fixture(scope="module")
 def slurm() -> Any:
     return ensure_slurm(accounting=True)
-
-
-def stage(agent: Agent, code: str, task: str) -> TaskPaths:
-    paths = TaskPaths(agent.op_mkdir(task))
-    dump_namespace({}, paths.inputs)
-    write_json(paths.spec, {"code": code, "filename": "<cell>", "inputs": [], "outputs": [],
-                            "imports": {}, "last_expression": False})
-    return paths
 
 
 def task_id(number: int) -> str:
@@ -81,7 +73,7 @@ def test_one_squeue_for_all_jobs_at_most_once_a_second(agent: Agent, slurm: Any)
     before = slurm_rpc_counts()
     start, polls, seen = time.monotonic(), 0, set()
     for count, task in enumerate(tasks, 1):  # each submission wakes the monitor: a poll
-        stage(agent, "import time\ntime.sleep(1)", task)
+        stage_batch_task(agent, "import time\ntime.sleep(1)", task)
         agent.op_submit(task, "slurm", {"cores": 1})
         agent.op_status(dict.fromkeys(tasks[:count]))
         polls += 1
@@ -108,7 +100,7 @@ def test_a_controller_that_does_not_answer_loses_no_job(agent: Agent, slurm: Any
     """squeue failing (slurmctld restarting) says nothing about a job: it is asked again,
     never taken for gone, however old the job (LOST_GRACE 0 here)."""
     task = task_id(100)
-    stage(agent, "import time\nprint('up', flush=True)\ntime.sleep(120)", task)
+    stage_batch_task(agent, "import time\nprint('up', flush=True)\ntime.sleep(120)", task)
     job_id = agent.op_submit(task, "slurm", {})["job_id"]
     wait_states(agent, [task], {"running"})
     monkeypatch.setattr(agent_batch, "LOST_GRACE", 0.0)
@@ -130,7 +122,7 @@ def test_python_that_cannot_start_in_the_job_is_failed_with_its_exit_code(
     """The job script writes the exit-code file itself when Python never runs the task (here
     a `python:` path the compute node lacks): failed at once, with the shell's words."""
     task = task_id(200)
-    stage(agent, "pass", task)
+    stage_batch_task(agent, "pass", task)
     job_id = agent.op_submit(task, "slurm", {}, python="/nonexistent/bin/python3")["job_id"]
     answer = wait_states(agent, [task], {"completed", "failed", "cancelled", "timed_out",
                                          "lost"}, timeout=30)[task]
@@ -153,7 +145,7 @@ def test_squeue_about_one_forgotten_job_is_an_answer(slurm: Any) -> None:
 # ---------------------------------------------------------------- merge rules
 
 def ended(agent: Agent, task: str, state: str, reason: str, seconds_ago: float) -> TaskPaths:
-    paths = stage(agent, "pass", task)
+    paths = stage_batch_task(agent, "pass", task)
     set_state(paths, "submitted", when=time.time() - seconds_ago - 5, launcher="slurm",
               job_id="77")
     set_state(paths, "running", when=time.time() - seconds_ago - 1)
@@ -196,7 +188,7 @@ def test_cancel_by_the_scheduler_and_the_users_own(agent: Agent) -> None:
 
 
 def test_an_unanswered_query_never_makes_an_old_job_lost(agent: Agent) -> None:
-    paths = stage(agent, "pass", task_id(304))
+    paths = stage_batch_task(agent, "pass", task_id(304))
     set_state(paths, "submitted", when=time.time() - 3600, launcher="slurm", job_id="78")
     set_state(paths, "running", when=time.time() - 3500)
     record = read_state(paths)
@@ -207,7 +199,7 @@ def test_an_unanswered_query_never_makes_an_old_job_lost(agent: Agent) -> None:
 
 
 def test_queued_with_the_pending_reason(agent: Agent) -> None:
-    paths = stage(agent, "pass", task_id(305))
+    paths = stage_batch_task(agent, "pass", task_id(305))
     record = set_state(paths, "submitted", launcher="slurm", job_id="79")
     queued = agent._merge(paths, record, JobState("queued", "Resources"))
     assert (queued["state"], queued["reason"]) == ("queued", "Resources")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import stage_batch_task
 
 from remote_magic import agent_batch
 from remote_magic.agent import Agent
@@ -34,7 +35,6 @@ from remote_magic.schedulers.job import started_file
 from remote_magic.schedulers.lsf import job_state as lsf_job_state
 from remote_magic.schedulers.sge import Sge
 from remote_magic.schedulers.slurm import Slurm
-from remote_magic.serialization import dump_namespace
 from remote_magic.taskdir import (
     FINAL_STATES,
     TaskPaths,
@@ -76,14 +76,6 @@ def jobs() -> Any:
         subprocess.run(["scancel", *submitted], capture_output=True)
 
 
-def stage(agent: Agent, code: str, task: str) -> TaskPaths:
-    paths = TaskPaths(agent.op_mkdir(task))
-    dump_namespace({}, paths.inputs)
-    write_json(paths.spec, {"code": code, "filename": "<cell>", "inputs": [], "outputs": [],
-                            "imports": {}, "last_expression": False})
-    return paths
-
-
 def counting_cell(tally: Path, then: str = "") -> str:
     """A cell that adds a line to `tally` each time it runs."""
     return f"with open({str(tally)!r}, 'a') as f:\n    f.write('ran\\n')\n{then}"
@@ -111,7 +103,7 @@ def test_a_batch_task_whose_node_dies_is_lost_within_the_bound_and_not_run_again
     was submitted with --no-requeue, and SLURM does not start it again once slurmd is back."""
     tally = tmp_path / "tally"
     task = f"{0xDEAD01:016x}"
-    paths = stage(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
+    paths = stage_batch_task(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
     job_id = agent.op_submit(task, scheduler="slurm", resources={})["job_id"]
     jobs.append(job_id)
     assert slurm_job_fields(job_id)["Requeue"] == "0"
@@ -177,7 +169,7 @@ def test_a_job_slurm_starts_again_does_not_run_the_cell_twice_and_says_why(
     start runs nothing and writes why, with SLURM's restart count, into the task's state."""
     tally = tmp_path / "tally"
     task = f"{0xDEAD02:016x}"
-    paths = stage(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
+    paths = stage_batch_task(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
     job_id = agent.op_submit(task, scheduler="slurm", resources={})["job_id"]
     jobs.append(job_id)
     wait_states(agent, task, {"running"}, timeout=30)
@@ -203,7 +195,7 @@ def test_a_job_seen_back_in_the_queue_is_reported_requeued_and_cancelled(
     once (no waiting for the signal's verdict) and cancels it, so it never starts again."""
     tally = tmp_path / "tally"
     task = f"{0xDEAD03:016x}"
-    stage(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
+    stage_batch_task(agent, counting_cell(tally, "import time\ntime.sleep(600)"), task)
     job_id = agent.op_submit(task, scheduler="slurm", resources={})["job_id"]
     jobs.append(job_id)
     wait_states(agent, task, {"running"}, timeout=30)
@@ -362,7 +354,7 @@ def run_job(paths: TaskPaths, scheduler: str = "slurm", **env: str) -> subproces
 def test_a_second_start_of_a_job_runs_nothing_and_says_why(agent: Agent,
                                                            tmp_path: Path) -> None:
     tally = tmp_path / "tally"
-    paths = stage(agent, counting_cell(tally, "answer = 42"), f"{0xCE11:016x}")
+    paths = stage_batch_task(agent, counting_cell(tally, "answer = 42"), f"{0xCE11:016x}")
     first = run_job(paths, SLURM_JOB_ID="900")
     assert first.returncode == 0 and read_state(paths)["state"] == "completed"
     assert read_json(started_file(paths))["job_id"] == "900"
@@ -381,7 +373,7 @@ def test_a_task_whose_state_says_it_ran_is_not_run_again(agent: Agent, tmp_path:
     says the runner started: that is enough. The first run left no outcome (its node died),
     so the task is lost, and says why."""
     tally = tmp_path / "tally"
-    paths = stage(agent, counting_cell(tally), f"{0xCE12:016x}")
+    paths = stage_batch_task(agent, counting_cell(tally), f"{0xCE12:016x}")
     set_state(paths, "submitted", launcher="sge", job_id="31")
     set_state(paths, "running", when=time.time() - 600)
     done = run_job(paths, "sge", JOB_ID="31", RESTARTED="1")
@@ -396,7 +388,8 @@ def test_two_starts_at_once_run_the_cell_once(agent: Agent, tmp_path: Path) -> N
     """A node believed dead may still run the job while the scheduler starts it elsewhere:
     the claim file is created with O_EXCL, so exactly one of them runs the cell."""
     tally = tmp_path / "tally"
-    paths = stage(agent, counting_cell(tally, "import time\ntime.sleep(1)"), f"{0xCE13:016x}")
+    paths = stage_batch_task(agent, counting_cell(tally, "import time\ntime.sleep(1)"),
+                             f"{0xCE13:016x}")
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
     starts = [subprocess.Popen([sys.executable, "-m", "remote_magic.schedulers.job", "pbs",
                                 str(paths.root)], env=environment, cwd=paths.work,
@@ -411,7 +404,7 @@ def test_grid_engine_jobs_never_exit_with_the_codes_it_acts_on(agent: Agent) -> 
     """Grid Engine runs a job that exits with 99 again, and holds one that exits with 100 in
     an error state: the job never exits so (1 instead); the exit-code file keeps the real
     code."""
-    paths = stage(agent, "import os\nos._exit(99)", f"{0xCE14:016x}")
+    paths = stage_batch_task(agent, "import os\nos._exit(99)", f"{0xCE14:016x}")
     done = run_job(paths, "sge")
     assert done.returncode not in (99, 100) and paths.exitcode.read_text().strip() == "99"
     assert [Sge().job_exit_code(c) for c in (0, 1, 99, 100, 137)] == [0, 1, 1, 1, 137]

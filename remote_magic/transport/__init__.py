@@ -8,6 +8,7 @@ from typing import Any, Callable, Protocol
 
 from ..agent_client import AgentClient
 from ..config import HostConfig
+from ..files import safe_target
 from ..taskdir import TaskPaths
 
 
@@ -70,6 +71,23 @@ class Collected(list[str]):
             notes.append("--collect: refused file names from the host that point outside this "
                          f"folder: {', '.join(self.refused)}")
         return notes
+
+
+def collect_found(found: dict[str, Any], patterns: list[str], dest: Path,
+                  copy: Callable[[str, Path], None]) -> Collected:
+    """Copy what the agent's `glob` found into `dest` with `copy(name, target)`: a name that
+    would land outside `dest` (the host decides the names) is refused and listed, never
+    written."""
+    collected = Collected(stopped=found.get("stopped"), patterns=patterns)
+    for entry in found["files"]:
+        name = str(entry.get("name", ""))
+        target = safe_target(dest, name)
+        if target is None:
+            collected.refused.append(name)
+            continue
+        copy(name, target)
+        collected.append(name)
+    return collected
 
 
 def stage_plan(source: Path, names: list[str], extra: Iterable[tuple[Path, str]]

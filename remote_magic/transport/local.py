@@ -23,12 +23,11 @@ from ..agent_client import AgentClient
 from ..agent_files import disk_full, no_room
 from ..config import HostConfig
 from ..errors import TransportError
-from ..files import safe_target
 from ..paths import data_dir
 from ..protocol import MARKER
 from ..taskdir import Refusal, TaskPaths, trust_problem, valid_task_id, workdir_message
 from ..tempnames import part_tag, temp_beside
-from . import RESULT_FILES, Collected, stage_plan
+from . import RESULT_FILES, Collected, collect_found, stage_plan
 
 
 class LocalTransport:
@@ -115,16 +114,8 @@ class LocalTransport:
         self._trusted(task_id)
         found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
         work = TaskPaths(self.task_dir(task_id)).work
-        collected = Collected(stopped=found.get("stopped"), patterns=patterns)
-        for entry in found["files"]:
-            name = str(entry.get("name", ""))
-            target = safe_target(dest, name)
-            if target is None:
-                collected.refused.append(name)
-                continue
-            _copy_file(work / name, target)
-            collected.append(name)
-        return collected
+        return collect_found(found, patterns, dest, lambda name, target: _copy_file(
+            work / name, target))
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         self._trusted(task_id)

@@ -28,11 +28,10 @@ import paramiko
 from ..agent_client import AgentClient
 from ..config import HostConfig
 from ..errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
-from ..files import safe_target
 from ..protocol import MARKER
 from ..taskdir import TaskPaths, valid_task_id, workdir_message
 from ..tempnames import part_tag, temp_prefix
-from . import RESULT_FILES, Collected, stage_plan
+from . import RESULT_FILES, Collected, collect_found, stage_plan
 from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
@@ -503,16 +502,8 @@ class SSHTransport:
         """Copy the matching files back into `dest`; a name that would land outside it (the
         host decides the names) is refused and listed, never written."""
         found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
-        collected = Collected(stopped=found.get("stopped"), patterns=patterns)
-        for entry in found["files"]:
-            name = str(entry.get("name", ""))
-            target = safe_target(dest, name)
-            if target is None:
-                collected.refused.append(name)
-                continue
-            self.download(f"tasks/{task_id}/work/{name}", target)
-            collected.append(name)
-        return collected
+        return collect_found(found, patterns, dest, lambda name, target: self.download(
+            f"tasks/{task_id}/work/{name}", target))
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         self.download(f"tasks/{valid_task_id(task_id)}/work/{name}", target)
