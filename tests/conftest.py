@@ -245,3 +245,59 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
     k.root = root  # type: ignore[attr-defined]
     yield k
     k.shutdown()
+
+
+# -- markers: what a test needs, so that a part of the suite can run alone -------------------
+# e.g. `pytest -m "not slurm and not sge and not browser"`. Set from what each test uses:
+# its fixtures (sshd, slurm, sge), and whether its code or its fixtures start a kernel.
+
+NEEDS = {"sshd": {"sshd", "bastion"}, "slurm": {"slurm"}, "sge": {"sge"}}
+STARTS_KERNEL = ("start_kernel(", "Kernel(", "NotebookClient(", "run_notebook(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in NEEDS.items():
+            if used & fixtures:
+                item.add_marker(marker)
+        if item.module is not None and item.module.__name__ == "test_browser":
+            item.add_marker("browser")
+        if _starts_kernel(item):
+            item.add_marker("kernel")
+
+
+def _starts_kernel(item: pytest.Item) -> bool:
+    """The test, one of its fixtures, or a helper of its module that either calls, starts a
+    kernel (read from their source)."""
+    info = getattr(item, "_fixtureinfo", None)
+    functions = [getattr(item, "function", None)] + [
+        definition.func for definitions in (info.name2fixturedefs.values() if info else ())
+        for definition in definitions]
+    helpers = {name: value for name, value in vars(item.module).items()
+               if callable(value) and getattr(value, "__module__", None) == item.module.__name__}
+    for function in functions:
+        source = _source(function)
+        if _calls_kernel(source) or any(
+                f"{name}(" in source and _calls_kernel(_source(helper))
+                for name, helper in helpers.items() if helper is not function):
+            return True
+    return False
+
+
+def _calls_kernel(source: str) -> bool:
+    return any(call in source for call in STARTS_KERNEL)
+
+
+_sources: dict[Any, str] = {}
+
+
+def _source(function: Any) -> str:
+    if function not in _sources:
+        import inspect
+
+        try:
+            _sources[function] = inspect.getsource(function)
+        except (OSError, TypeError):
+            _sources[function] = ""
+    return _sources[function]
