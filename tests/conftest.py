@@ -181,6 +181,22 @@ def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def slurm() -> Any:
+    """The live single-node SLURM, started (and its accounting) if it is not running."""
+    from remote_magic.testing.schedulers import ensure_slurm
+
+    return ensure_slurm(accounting=True)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Any:
+    """The agent's own code, in this process: its scheduler commands run for real."""
+    from remote_magic.agent import Agent
+
+    return Agent(str(tmp_path / "work"))
+
+
 def stage_batch_task(agent: Any, code: str, task: str) -> Any:
     """A task directory holding `code` with no inputs, made through the agent's own
     operation, ready for `op_submit` (the batch tests' way to make one)."""

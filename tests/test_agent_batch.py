@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,22 +24,10 @@ from remote_magic.schedulers.base import unknown
 from remote_magic.schedulers.slurm import Slurm
 from remote_magic.taskdir import TaskPaths, read_state, set_state, write_json
 from remote_magic.testing.schedulers import (
-    ensure_slurm,
     sacct_fields,
     slurm_daemon_stopped,
     slurm_rpc_counts,
 )
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Agent:
-    """The agent's own code, in this process: its scheduler commands run for real."""
-    return Agent(str(tmp_path / "work"))
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Any:
-    return ensure_slurm(accounting=True)
 
 
 def task_id(number: int) -> str:

@@ -45,7 +45,6 @@ from remote_magic.taskdir import (
 )
 from remote_magic.testing.schedulers import (
     SLURM_TERMINAL_STATES,
-    ensure_slurm,
     require_sge,
     slurm_job_fields,
     slurm_node_killed,
@@ -53,17 +52,6 @@ from remote_magic.testing.schedulers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Agent:
-    """The agent's own code, in this process: its scheduler commands run for real."""
-    return Agent(str(tmp_path / "work"))
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Any:
-    return ensure_slurm(accounting=True)
 
 
 @pytest.fixture

@@ -20,12 +20,6 @@ from remote_magic.testing.schedulers import (
     wait_job_state,
 )
 
-
-@pytest.fixture(scope="module")
-def slurm() -> Any:
-    return ensure_slurm(accounting=True)
-
-
 # A host's own job script, kept in a file: the hosts file names the path.
 TEMPLATE = """#!/bin/bash
 {directives}
