@@ -25,8 +25,8 @@ import pandas as pd
 
 
 def run_cell(client: Any, code: str, ns: dict[str, Any]) -> tuple[float, float]:
-    from remote_magic.task import TaskOptions, prepare_cell
-    from remote_magic.taskdir import TaskPaths, read_json
+    from remote_magic.client.prepare import TaskOptions, prepare_cell
+    from remote_magic.wire.taskdir import TaskPaths, read_json
 
     start = time.perf_counter()
     options = TaskOptions(rerun=True)
@@ -58,7 +58,7 @@ def main() -> None:
         os.environ.update(REMOTE_MAGIC_HOME=str(root / "data"),
                           REMOTE_MAGIC_CONFIG=str(root / "hosts.yaml"))
         os.chdir(tmp)
-        from remote_magic.core import Client
+        from remote_magic.client.core import Client
 
         client = Client()
         columns = 8

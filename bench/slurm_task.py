@@ -26,7 +26,7 @@ from pathlib import Path
 from jupyter_client.manager import start_new_kernel
 
 from remote_magic import RemoteExecutor
-from remote_magic.core import Client
+from remote_magic.client.core import Client
 from remote_magic.testing.schedulers import slurm_rpc_counts
 from remote_magic.testing.sshd import start_sshd
 

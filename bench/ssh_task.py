@@ -29,12 +29,12 @@ import numpy as np
 from jupyter_client.manager import start_new_kernel
 
 from remote_magic import RemoteExecutor
-from remote_magic.config import HostConfig
-from remote_magic.core import Client
-from remote_magic.serialization import dump_namespace
+from remote_magic.client.core import Client
+from remote_magic.client.transport.connection import connect, target_for
+from remote_magic.client.transport.ssh import SSHTransport
+from remote_magic.config.hosts import HostConfig
 from remote_magic.testing.sshd import start_sshd
-from remote_magic.transport.connection import connect, target_for
-from remote_magic.transport.ssh import SSHTransport
+from remote_magic.wire.serialization import dump_namespace
 
 
 def timed(fn, n: int) -> list[float]:

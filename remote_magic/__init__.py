@@ -11,24 +11,24 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["RemoteExecutor", "load_ipython_extension", "progress", "unload_ipython_extension"]
 
-from .reporting import progress
+from .host.reporting import progress
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import load
+    from .notebook.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .magics import unload
+    from .notebook.magics import unload
 
     unload(ipython)
 
 
 def __getattr__(name: str) -> Any:
     if name == "RemoteExecutor":
-        from .executor import RemoteExecutor
+        from .client.executor import RemoteExecutor
 
         return RemoteExecutor
     raise AttributeError(f"module 'remote_magic' has no attribute {name!r}")

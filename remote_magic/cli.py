@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .arguments import id_prefix
-from .core import Client, parse_age
+from .client.core import Client, parse_age
+from .client.hostcheck import check_host, hosts_table
 from .errors import RemoteMagicError
-from .hostcheck import check_host, hosts_table
-from .views import status_table
+from .notebook.arguments import id_prefix
+from .notebook.views import status_table
 
 
 def main(argv: list[str] | None = None) -> int:

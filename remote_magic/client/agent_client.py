@@ -1,0 +1,153 @@
+"""The kernel's end of a resident agent: requests, responses and pushed events.
+
+Transport-neutral: it needs only a byte channel to a running `python -m remote_magic.host.agent`
+(a local pipe, or an SSH channel). One reader thread routes responses to the requests
+waiting for them and hands events (a task finished) to a callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any, Callable, Protocol
+
+from ..errors import TransportError
+from ..wire.protocol import FrameReader, encode_header
+from ..wire.taskdir import Refusal
+
+
+class Channel(Protocol):
+    """A bidirectional byte stream to the agent's stdin/stdout, past the agent's marker."""
+
+    def send(self, data: bytes) -> None: ...
+    def recv(self) -> bytes: ...  # blocks; b"" at end of stream
+    def close(self) -> None: ...
+    def describe_failure(self) -> str: ...  # why the stream ended, for the error message
+
+
+class AgentClient:
+    def __init__(self, channel: Channel, on_event: Callable[[dict[str, Any]], None],
+                 label: str, host: str | None = None) -> None:
+        self._channel = channel
+        self._on_event = on_event
+        self._label = label
+        self._host = host or label  # the name refusals give the host (the label may say more)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._closed: str | None = None
+        self._reader = threading.Thread(target=self._read, name=f"agent-{label}", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._closed is None
+
+    def request(self, op: str, timeout: float | None = 60.0, **args: Any) -> Any:
+        """Send one request and wait for its answer; agent-side errors raise TransportError."""
+        return self.call(op, args, timeout=timeout)[0]
+
+    def call(self, op: str, args: dict[str, Any], payload: bytes = b"",
+             timeout: float | None = 60.0,
+             sink: Callable[[bytes], None] | None = None) -> tuple[Any, bytes]:
+        """A request with a payload; returns the result and the reply's payload.
+
+        `sink` receives the chunks of a streamed answer as they arrive, in order.
+        """
+        waiter = _Pending(sink)
+        with self._lock:
+            request_id = next(self._ids)
+            self._pending[request_id] = waiter
+        try:
+            self._send({"id": request_id, "op": op, "args": args}, payload)
+        except TransportError:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise
+        if not waiter.done.wait(timeout):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise TransportError(f"{self._label} did not answer '{op}' within {timeout:.0f} s")
+        reply = waiter.reply
+        if reply is None:
+            raise TransportError(self._closed or f"lost the connection to {self._label}")
+        if not reply.get("ok"):
+            raise failure(reply, op, self._label, self._host)
+        return reply.get("result"), waiter.payload
+
+    def send_oneway(self, op: str, args: dict[str, Any], payload: bytes = b"") -> None:
+        """A message the agent does not answer (a chunk of an upload)."""
+        self._send({"op": op, "args": args}, payload)
+
+    def _send(self, message: dict[str, Any], payload: bytes) -> None:
+        with self._send_lock:
+            if self._closed is not None:
+                raise TransportError(self._closed)
+            try:
+                self._channel.send(encode_header(message, len(payload)))
+                if payload:
+                    self._channel.send(payload)
+            except OSError as exc:
+                raise TransportError(f"lost the connection to {self._label}: {exc}") from exc
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _read(self) -> None:
+        frames = FrameReader()
+        reason = ""
+        try:
+            while True:
+                data = self._channel.recv()
+                if not data:
+                    break
+                for message, payload in frames.feed(data):
+                    self._dispatch(message, payload)
+        except Exception as exc:  # noqa: BLE001 - any failure ends this connection
+            reason = f"{type(exc).__name__}: {exc}"
+        detail = reason or self._channel.describe_failure()
+        with self._lock:
+            self._closed = f"the agent on {self._label} stopped" + (f": {detail}" if detail else "")
+            pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.done.set()
+        self._on_event({"event": "closed"})
+
+    def _dispatch(self, message: dict[str, Any], payload: bytes) -> None:
+        if "event" in message:
+            self._on_event(message)
+            return
+        streamed = "stream" in message
+        with self._lock:
+            if streamed:
+                waiter = self._pending.get(message["stream"])
+            else:
+                waiter = self._pending.pop(message.get("id"), None)
+        if waiter is None:
+            return
+        if streamed:
+            if waiter.sink is not None:
+                waiter.sink(payload)
+            return
+        waiter.reply, waiter.payload = message, payload
+        waiter.done.set()
+
+
+def failure(reply: dict[str, Any], op: str, label: str, host: str) -> TransportError:
+    """The error for a failed request. A refusal (an unsafe work directory, a full disk) is
+    the agent's message to the user, whole, with the host's name put in; anything else is
+    an internal failure, shown with the operation that failed."""
+    if reply.get("refused"):
+        return TransportError(Refusal(str(reply.get("error"))).for_host(host))
+    return TransportError(f"{label}: {op} failed: {reply.get('error')}")
+
+
+class _Pending:
+    __slots__ = ("done", "payload", "reply", "sink")
+
+    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.payload = b""
+        self.sink = sink

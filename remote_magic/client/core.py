@@ -1,0 +1,363 @@
+"""The core: submit, follow, retrieve, and manage tasks on any configured host.
+
+The magics, the executor and the command line are thin layers over `Client`; nothing here
+imports IPython.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import shutil
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..config.hosts import Config, HostConfig, load_config
+from ..errors import RemoteMagicError, TaskNotFoundError
+from ..wire.taskdir import TaskPaths, read_json
+from .files import limit_bytes, plan_return
+from .prepare import PreparedTask, TaskOptions, commit
+from .results import TaskResult, load_result
+from .session import HostMonitor, Update, Watch
+from .store import TaskRecord, TaskStore
+
+FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
+
+
+@dataclass
+class Submission:
+    record: TaskRecord
+    reused: bool = False  # an identical task had completed: its results are reused
+    attached: bool = False  # an identical task is still running: we wait for that one
+
+
+class Client:
+    def __init__(self, store: TaskStore | None = None, config_path: str | None = None) -> None:
+        self._store = store
+        self._config_path = config_path
+        self._monitors: dict[str, HostMonitor] = {}
+        self._launching = threading.RLock()  # submit and dispatch must not race for slots
+
+    # ------------------------------------------------------------ configuration
+
+    @property
+    def store(self) -> TaskStore:
+        if self._store is None:
+            self._store = TaskStore()
+        return self._store
+
+    def config(self) -> Config:
+        return load_config(self._config_path)
+
+    def host(self, name: str | None = None) -> HostConfig:
+        return self.config().host(name)
+
+    def monitor(self, host: str | HostConfig) -> HostMonitor:
+        """The host's monitor, kept for the kernel's life; renewed if its config changed."""
+        config = host if isinstance(host, HostConfig) else self.host(host)
+        current = self._monitors.get(config.name)
+        if current is not None and current.host != config:
+            current.close()
+            current = None
+        if current is None:
+            current = self._monitors[config.name] = HostMonitor(config, self.store)
+            if config.max_running:
+                current.dispatcher = self._dispatch
+        return current
+
+    def close(self) -> None:
+        for monitor in self._monitors.values():
+            monitor.close()
+        self._monitors.clear()
+
+    # ------------------------------------------------------------ the life of a task
+
+    def submit(self, prepared: PreparedTask, options: TaskOptions) -> Submission:
+        """Stage and start a prepared task, unless an identical one can stand in for it."""
+        monitor = self.monitor(prepared.host)
+        if not options.rerun:
+            done = self.store.find_completed(prepared.content_hash, prepared.host)
+            if done is not None and self._results(done).result.exists():
+                prepared.discard()
+                return Submission(done, reused=True)
+            same = self._find(prepared.id)
+            if same is not None and not same.final and same.state != "prepared":
+                prepared.discard()
+                return Submission(same, attached=True)
+        commit(prepared)
+        record = TaskRecord(id=prepared.id, content_hash=prepared.content_hash,
+                            host=prepared.host, name=prepared.name, nowait=options.nowait,
+                            local_dir=str(prepared.local_dir))
+        self.store.add(record)
+        try:
+            monitor.agent()  # connects, and checks the host's Python once per connection
+            record.remote_dir = monitor.transport.stage(prepared.id, prepared.local_dir,
+                                                        prepared.files, prepared.extra)
+            self.store.update(record.id, remote_dir=record.remote_dir)
+            with self._launching:
+                if self._slots(monitor.host) > 0:
+                    self._launch(monitor, record)
+                else:
+                    record.reason = (f"waiting for a free slot: {monitor.host.name} runs at "
+                                     f"most {monitor.host.max_running} tasks at once")
+                    self.store.update(record.id, reason=record.reason)
+        except BaseException as exc:
+            self.store.update(record.id, state="failed", reason=f"not started: {exc}",
+                              finished=time.time())
+            raise
+        return Submission(self.store.get(record.id))
+
+    def _slots(self, host: HostConfig) -> int:
+        """How many more tasks the host may start now (its max_running)."""
+        if not host.max_running:
+            return 1
+        active = self.store.list(host=host.name, active_only=True)
+        return host.max_running - sum(r.state != "prepared" for r in active)
+
+    def _launch(self, monitor: HostMonitor, record: TaskRecord) -> None:
+        """Start a staged task: as a process, or as a job of the host's scheduler."""
+        host = monitor.host
+        if host.scheduler == "process":
+            monitor.request("start", task=record.id)
+            job_id = None
+        else:
+            spec = read_json(Path(record.local_dir or ".") / "spec.json", {})
+            answer = monitor.request(
+                "submit", task=record.id, scheduler=host.scheduler,
+                resources={**host.resources, **spec.get("resources", {})}, setup=host.setup,
+                python=host.python, template=_template(host))
+            job_id = answer["job_id"]
+        record.state, record.submitted, record.job_id = "submitted", time.time(), job_id
+        self.store.update(record.id, state="submitted", submitted=record.submitted,
+                          job_id=job_id, reason=None)
+
+    def _dispatch(self, monitor: HostMonitor) -> None:
+        """Start waiting tasks as slots free (called by the monitor after each poll)."""
+        with self._launching:
+            waiting = [r for r in self.store.list(host=monitor.host.name, active_only=True)
+                       if r.state == "prepared" and r.remote_dir]
+            for record in reversed(waiting):  # oldest first
+                if self._slots(monitor.host) <= 0:
+                    return
+                try:
+                    self._launch(monitor, record)
+                except RemoteMagicError as exc:
+                    self.store.update(record.id, state="failed", finished=time.time(),
+                                      reason=f"not started: {exc}")
+
+    def follow(self, record: TaskRecord) -> Iterator[Update]:
+        """Updates of a task as they come (state, progress, output), until it ends.
+
+        While nothing changes, the last update comes again every FOLLOW_TICK (without its
+        output), so that a view can show the time going by. Interrupting the iteration (Ctrl-C)
+        detaches: the task runs on, followed quietly.
+        """
+        monitor = self.monitor(record.host)
+        watch = monitor.watch(record.id, live_output=True, state=record.state)
+        updates = watch.updates
+        assert updates is not None
+        last = Update(record.id, record.state, record.reason, record.progress,
+                      job_id=record.job_id)
+        ended = False
+        try:
+            while not ended:
+                try:
+                    last = update = updates.get(timeout=FOLLOW_TICK)
+                except queue.Empty:
+                    yield replace(last, stdout="", stderr="", events=[], changed=False)
+                    continue
+                ended = update.final
+                yield update
+        finally:
+            if not ended:
+                monitor.unwatch_output(record.id)
+
+    def result(self, record: TaskRecord, collect_into: Path | None = None, *,
+               namespace: dict[str, Any] | None = None,
+               originals: Mapping[str, Any] | None = None) -> TaskResult:
+        """Load the results of a task that has ended; copy its `--collect` files back.
+
+        `namespace` and `originals` are the notebook's and the objects sent from it, for a
+        cell's results to land as the cell would have left them (see `load_result`).
+        """
+        local = Path(record.local_dir or ".")
+        result = load_result(self._results(record), record.id, record.host,
+                             namespace=namespace, originals=originals,
+                             inputs=TaskPaths(local).inputs)
+        spec = read_json(TaskPaths(local).spec, {})
+        transport = self.monitor(record.host).transport
+        if spec.get("collect") and spec.get("cwd"):
+            result.file_notes.append(f"--collect: the task ran in {spec['cwd']}, which is "
+                                     "this notebook's folder: its files are already here")
+        elif spec.get("collect"):
+            collected = transport.collect(record.id, spec["collect"], collect_into or Path.cwd())
+            result.collected = collected
+            result.file_notes += collected.notes()  # names refused, a search cut short
+        if spec.get("not_staged"):
+            shown = ", ".join(f"{n} ({size / 1e6:.1f} MB)" for n, size in spec["not_staged"])
+            result.file_notes.append(f"not sent (over the host's auto_files limit): {shown}; "
+                                     "send them with --files, or raise auto_files")
+        written = [w for w in result.written if w.get("name") not in result.collected]
+        if written and spec.get("return_files"):
+            host = self.monitor(record.host).host
+            copies, returned = plan_return(
+                written, Path(spec.get("cwd_local") or Path.cwd()),
+                spec.get("prepared_at", 0.0), limit_bytes(host), record.id)
+            for name, target in copies:
+                transport.fetch(record.id, name, target)
+            result.file_notes += returned.notes()
+        self.store.update(record.id, outputs=sorted(result.values))
+        return result
+
+    def output(self, record: TaskRecord, offsets: dict[str, int] | None = None
+               ) -> Iterator[Update]:
+        """The task's printed output and displays from `offsets` on (from the start if
+        None), in as many requests as it takes: for output that was not streamed live."""
+        monitor = self.monitor(record.host)
+        offsets = dict(offsets or {"stdout": 0, "stderr": 0, "events": 0})
+        while True:
+            status = monitor.request("status", tasks={record.id: offsets})[record.id]
+            update = Update(record.id, status["state"], stdout=status.get("stdout", ""),
+                            stderr=status.get("stderr", ""), stdout_at=offsets["stdout"],
+                            stderr_at=offsets["stderr"], events=status.get("events", []),
+                            events_more=status.get("events_more", False),
+                            events_end=status.get("events_end"),
+                            output_more=status.get("output_more", False))
+            for stream in ("stdout", "stderr", "events"):
+                offsets[stream] = status.get(f"{stream}_end", offsets[stream])
+            yield update
+            if not (update.stdout or update.stderr or update.events):
+                return
+
+    def _results(self, record: TaskRecord) -> Any:
+        monitor = self.monitor(record.host)
+        return monitor.transport.results(record.id, Path(record.local_dir or "."))
+
+    def _find(self, task_id: str) -> TaskRecord | None:
+        try:
+            return self.store.get(task_id)
+        except TaskNotFoundError:
+            return None
+
+    # ------------------------------------------------------------ managing tasks
+
+    def find(self, prefix: str) -> TaskRecord:
+        return self.store.resolve(prefix)
+
+    def status(self, ids: list[str] | None = None, host: str | None = None,
+               include_done: bool = True, limit: int | None = None) -> list[TaskRecord]:
+        """Task records, with every unfinished one refreshed (one request per host)."""
+        if ids:
+            records = [self.find(i) for i in ids]
+        else:
+            records = self.store.list(host=host, active_only=not include_done, limit=limit)
+        active: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            if not record.final and record.state != "prepared":
+                active[record.host].append(record)
+        known = self.config().hosts
+        for host_name, group in active.items():
+            if host_name not in known:  # its last known state stands, and says why
+                for record in group:
+                    self.store.update(record.id, reason=_gone(host_name))
+                continue
+            self.monitor(host_name).poll(
+                {r.id: Watch(r.id, False, r.state, r.progress) for r in group})
+        return [self.store.get(r.id) for r in records]
+
+    def log(self, record: TaskRecord, stream: str = "stdout") -> str:
+        return self.monitor(record.host).request("log", task=record.id, stream=stream)
+
+    def kill(self, records: list[TaskRecord]) -> dict[str, str]:
+        outcome: dict[str, str] = {}
+        by_host: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            if record.state == "prepared" and not record.remote_dir:  # never reached the host
+                self.store.update(record.id, state="cancelled", reason="cancelled by the user",
+                                  finished=time.time())
+                outcome[record.id] = "cancelled"
+            elif record.final:
+                outcome[record.id] = f"already {record.state}"
+            else:
+                by_host[record.host].append(record)
+        known = self.config().hosts
+        for host_name, group in by_host.items():
+            if host_name not in known:
+                outcome.update({r.id: f"not cancelled: {_gone(host_name)}; add it back to "
+                                      "cancel the task there, or %remote_purge it to forget "
+                                      "it here" for r in group})
+                continue
+            monitor = self.monitor(host_name)
+            outcome.update(monitor.request("kill", tasks=[r.id for r in group]))
+            monitor.poke()
+        return outcome
+
+    def purge(self, records: list[TaskRecord]) -> dict[str, str]:
+        """Remove finished tasks everywhere: host directory, local copy, store entry."""
+        outcome: dict[str, str] = {}
+        by_host: dict[str, list[TaskRecord]] = defaultdict(list)
+        for record in records:
+            by_host[record.host].append(record)
+        known = self.config().hosts
+        for host_name, group in by_host.items():
+            if host_name not in known:  # nothing to ask there: forget the tasks here
+                done = {r.id: "absent" for r in group}
+            else:
+                try:
+                    done = self.monitor(host_name).request("purge",
+                                                           tasks=[r.id for r in group])
+                except RemoteMagicError as exc:
+                    done = {r.id: f"not purged: {exc}" for r in group}
+            for record in group:
+                said = done.get(record.id, "absent")
+                if said in ("removed", "absent"):
+                    if record.local_dir:
+                        shutil.rmtree(record.local_dir, ignore_errors=True)
+                    self.store.delete([record.id])
+                    said = "removed" if host_name in known else \
+                        f"removed here; {_gone(host_name)}, so its files there stay"
+                outcome[record.id] = said
+        return outcome
+
+    def older_than(self, seconds: float, host: str | None = None) -> list[TaskRecord]:
+        cutoff = time.time() - seconds
+        return [r for r in self.store.list(host=host) if r.final and r.created < cutoff]
+
+
+def _gone(host: str) -> str:
+    return f"host '{host}' is no longer in the hosts file"
+
+
+def parse_age(text: str) -> float:
+    """'7d', '12h', '30m', '45s' (or a bare number of days) in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not match:
+        raise RemoteMagicError(f"--older {text!r}: write an age such as 7d, 12h, 30m or 45s.")
+    unit = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def _template(host: HostConfig) -> str | None:
+    """The host's job script template: its text, or the file it names."""
+    if host.template is None:
+        return None
+    path = Path(host.template).expanduser()
+    if "\n" not in host.template and path.is_file():
+        return path.read_text()
+    return host.template
+
+
+_client: Client | None = None
+
+
+def get_client() -> Client:
+    """The process-wide client shared by the magics and executors."""
+    global _client
+    if _client is None:
+        _client = Client()
+    return _client

@@ -1,0 +1,249 @@
+"""Monitor: one thread per host that follows every task the kernel is waiting for.
+
+Each poll is ONE request to the host's agent covering all watched tasks (state, progress and
+new output). The agent also pushes an event when one of its tasks ends, which wakes the poll
+at once, so a short task is not held back by the poll interval. Updates go to the store and
+to whoever watches the task: a queue for a waiting cell, callbacks for futures.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..config.hosts import HostConfig
+from ..errors import RemoteMagicError, TransportError
+from ..wire.taskdir import FINAL_STATES
+from .agent_client import AgentClient
+from .store import TaskStore
+from .transport import open_transport
+
+FAST_POLL = 0.1  # seconds between polls while a cell waits and streams output
+VIEW_POLL = 0.5  # while a live view shows a task in the background
+SLOW_POLL = 2.0  # at most this long between polls otherwise
+MAX_BACKOFF = 30.0
+QUEUED_POLL = 5.0  # batch jobs that all wait in the queue: polls slow down to this
+WAITING_STATES = ("prepared", "submitted", "queued")
+
+
+@dataclass
+class Update:
+    """What changed for one task since the previous poll."""
+
+    task_id: str
+    state: str
+    reason: str | None = None
+    progress: dict[str, Any] | None = None
+    stdout: str = ""
+    stderr: str = ""
+    changed: bool = False  # the state or progress moved
+    problem: str | None = None  # the host could not be asked; the task itself may be fine
+    job_id: str | None = None  # the scheduler's, once the task was submitted as a job
+    # where stdout and stderr above start in the task's files, the displays made meanwhile
+    # (stamped with the output offsets at which they happened), and whether more are waiting
+    stdout_at: int = 0
+    stderr_at: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_more: bool = False
+    events_end: int | None = None  # where the next events start in the task's events file
+    output_more: bool = False  # stdout or stderr had more than one reply carries
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass
+class Watch:
+    task_id: str
+    live_output: bool
+    state: str = "submitted"
+    progress: dict[str, Any] | None = None
+    offsets: dict[str, int] = field(
+        default_factory=lambda: {"stdout": 0, "stderr": 0, "events": 0})
+    updates: queue.Queue[Update] | None = None
+    on_final: list[Callable[[Update], None]] = field(default_factory=list)
+    listeners: list[Callable[[Update], None]] = field(default_factory=list)  # every poll
+
+    @property
+    def wants_output(self) -> bool:
+        return self.live_output or bool(self.listeners)
+
+
+class HostMonitor:
+    def __init__(self, host: HostConfig, store: TaskStore) -> None:
+        self.host = host
+        self.store = store
+        self.transport = open_transport(host, self._on_event)
+        self._watches: dict[str, Watch] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked: AgentClient | None = None
+        self.dispatcher: Callable[[HostMonitor], None] | None = None  # starts waiting tasks
+        self.polls = 0  # status round trips so far (what a poll costs the host)
+        self._info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ requests
+
+    def agent(self) -> AgentClient:
+        """The host's agent; a new one is checked once for a matching Python version."""
+        agent = self.transport.agent()
+        if agent is not self._checked:
+            self._info = agent.request("hello")
+            ours = "{}.{}".format(*sys.version_info[:2])
+            theirs = ".".join(self._info["python"].split(".")[:2])
+            if theirs != ours:
+                agent.close()
+                raise RemoteMagicError(
+                    f"Host '{self.host.name}' runs Python {self._info['python']} "
+                    f"({self._info['executable']}) but this kernel runs Python {ours}: pickled "
+                    "data does not cross Python versions reliably. Set 'python:' for this host "
+                    f"to a Python {ours} interpreter.")
+            self._checked = agent
+        return agent
+
+    def hello(self) -> dict[str, Any]:
+        """What the agent said about itself when it started (Python, host name, workdir)."""
+        self.agent()
+        return self._info
+
+    def request(self, op: str, **args: Any) -> Any:
+        return self.agent().request(op, **args)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ watching
+
+    def watch(self, task_id: str, live_output: bool = False, state: str = "submitted",
+              on_final: Callable[[Update], None] | None = None,
+              listener: Callable[[Update], None] | None = None) -> Watch:
+        """Follow a task; a foreground waiter reads `watch.updates`, a live view listens
+        (called from the monitor's thread on every poll, so it can tick)."""
+        with self._lock:
+            watch = self._watches.get(task_id)
+            if watch is None:
+                watch = self._watches[task_id] = Watch(task_id, live_output, state)
+            watch.live_output = watch.live_output or live_output
+            if live_output and watch.updates is None:
+                watch.updates = queue.Queue()
+            if on_final is not None:
+                watch.on_final.append(on_final)
+            if listener is not None:
+                watch.listeners.append(listener)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"remote-monitor-{self.host.name}")
+                self._thread.start()
+        self._wake.set()
+        return watch
+
+    def unwatch_output(self, task_id: str) -> None:
+        """The cell stopped waiting (interrupt): keep following the task, quietly."""
+        with self._lock:
+            watch = self._watches.get(task_id)
+            if watch is not None:
+                watch.live_output = False
+                watch.updates = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = FAST_POLL
+        while True:
+            with self._lock:
+                watches = dict(self._watches)
+            if not watches:
+                self._wake.wait(SLOW_POLL)
+                self._wake.clear()
+                continue
+            try:
+                self.poll(watches)
+                if self.dispatcher is not None:
+                    self.dispatcher(self)
+            except TransportError as exc:
+                for watch in watches.values():
+                    self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
+                # When the transport is backing off its reconnects, poll again just when the
+                # next attempt is due: one schedule, not the product of two back-offs.
+                due = self.transport.retry_delay()
+                backoff = due + 0.01 if due > 0 else min(MAX_BACKOFF, backoff * 2)
+                self._wake.wait(backoff)
+                self._wake.clear()
+                continue
+            if self.host.scheduler != "process" and all(
+                    w.state in WAITING_STATES for w in watches.values()):
+                # Queue waits last minutes, and every poll makes the agent read each task's
+                # files on the login node: slow down step by step, so that a job which starts
+                # at once (a quiet cluster) is still seen at once.
+                backoff = min(QUEUED_POLL, backoff * 1.5)
+            elif any(w.live_output for w in watches.values()):
+                backoff = FAST_POLL
+            elif any(w.listeners for w in watches.values()):
+                backoff = VIEW_POLL
+            else:
+                backoff = min(SLOW_POLL, backoff * 1.5)
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+    def poll(self, watches: dict[str, Watch]) -> None:
+        """One round trip for all watched tasks."""
+        query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
+                 for w in watches.values()}
+        statuses = self.request("status", tasks=query)
+        self.polls += 1
+        for task_id, status in statuses.items():
+            watch = watches[task_id]
+            update = self._apply(watch, status)
+            if update.final:
+                with self._lock:
+                    if self._watches.get(task_id) is watch:
+                        del self._watches[task_id]
+            self._deliver(watch, update)
+
+    def _apply(self, watch: Watch, status: dict[str, Any]) -> Update:
+        update = Update(watch.task_id, status["state"], status.get("reason"),
+                        status.get("progress"), status.get("stdout", ""),
+                        status.get("stderr", ""), job_id=status.get("job_id"),
+                        stdout_at=watch.offsets["stdout"], stderr_at=watch.offsets["stderr"],
+                        events=status.get("events", []),
+                        events_more=status.get("events_more", False),
+                        events_end=status.get("events_end"),
+                        output_more=status.get("output_more", False))
+        for stream in ("stdout", "stderr", "events"):
+            if f"{stream}_end" in status:
+                watch.offsets[stream] = status[f"{stream}_end"]
+        update.changed = update.state != watch.state or update.progress != watch.progress
+        if update.changed:
+            watch.state, watch.progress = update.state, update.progress
+            history = status.get("history", {})
+            times = {"submitted": history.get("submitted"), "started": history.get("running"),
+                     "finished": max((history[s] for s in FINAL_STATES if s in history),
+                                     default=None)}
+            known = {**times, "job_id": update.job_id}
+            self.store.update(watch.task_id, state=update.state, reason=update.reason,
+                              progress=update.progress,
+                              **{k: v for k, v in known.items() if v is not None})
+        return update
+
+    def _deliver(self, watch: Watch, update: Update) -> None:
+        if watch.updates is not None and (update.changed or update.stdout or update.stderr
+                                          or update.events or update.problem or update.final):
+            watch.updates.put(update)
+        for listener in list(watch.listeners):
+            try:
+                listener(update)
+            except Exception:  # noqa: BLE001 - a broken view must not stop the monitor
+                watch.listeners.remove(listener)
+        if update.final:
+            for callback in watch.on_final:
+                callback(update)
+
+    def close(self) -> None:
+        self.transport.close()
+

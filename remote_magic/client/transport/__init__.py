@@ -1,0 +1,113 @@
+"""How the kernel reaches a host: its agent, staging in, and results back out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ...config.hosts import HostConfig
+from ...wire.taskdir import TaskPaths
+from ..agent_client import AgentClient
+from ..files import safe_target
+
+
+class Transport(Protocol):
+    """What the core needs of a host, whether it is this machine or one behind SSH."""
+
+    host: HostConfig
+    notes: list[str]
+
+    def agent(self) -> AgentClient: ...
+
+    def stage(self, task_id: str, source: Path, names: list[str],
+              extra: list[tuple[Path, str]] = ...) -> str:
+        """Put the task's files (and `--files`: local path, destination) on the host."""
+
+    def results(self, task_id: str, local: Path) -> TaskPaths:
+        """Where the finished task's result files can be read on this machine."""
+
+    def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
+        """Copy files matching `patterns` in the task's working directory into `dest`."""
+
+    def fetch(self, task_id: str, name: str, target: Path) -> None:
+        """Copy one file of the task's working directory to `target`, atomically."""
+
+    def setup(self) -> str: ...
+
+    def checks(self) -> Iterator[tuple[str, bool | None, str]]:
+        """Steps of `remote-magic test`: (step, ok, detail); ok None is a warning."""
+
+    def retry_delay(self) -> float:
+        """Seconds until the host may be tried again after failures to reach it (0: now)."""
+
+    def close(self) -> None: ...
+
+
+# the files of a task directory the kernel reads a finished task's results from
+RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
+                "outputs.rmns", "result.json")
+
+
+class Collected(list[str]):
+    """The names `collect` copied back (a list of them), and what the user should hear about
+    the rest: names refused because they would land outside the folder, and a search that
+    stopped early (too many matches, or too long)."""
+
+    def __init__(self, names: Iterable[str] = (), stopped: str | None = None,
+                 patterns: Iterable[str] = ()) -> None:
+        super().__init__(names)
+        self.refused: list[str] = []
+        self.stopped = stopped
+        self.patterns = list(patterns)
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.stopped:
+            notes.append(f"--collect {' '.join(self.patterns)} stopped early ({self.stopped}): "
+                         f"the {len(self)} files found by then were copied; narrow the "
+                         "pattern to get the others")
+        if self.refused:
+            notes.append("--collect: refused file names from the host that point outside this "
+                         f"folder: {', '.join(self.refused)}")
+        return notes
+
+
+def collect_found(found: dict[str, Any], patterns: list[str], dest: Path,
+                  copy: Callable[[str, Path], None]) -> Collected:
+    """Copy what the agent's `glob` found into `dest` with `copy(name, target)`: a name that
+    would land outside `dest` (the host decides the names) is refused and listed, never
+    written."""
+    collected = Collected(stopped=found.get("stopped"), patterns=patterns)
+    for entry in found["files"]:
+        name = str(entry.get("name", ""))
+        target = safe_target(dest, name)
+        if target is None:
+            collected.refused.append(name)
+            continue
+        copy(name, target)
+        collected.append(name)
+    return collected
+
+
+def stage_plan(source: Path, names: list[str], extra: Iterable[tuple[Path, str]]
+               ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], int]:
+    """Which files go into the task's directory (local path, name there), which go elsewhere
+    on the host (an absolute or `~` destination of `--files`), and the bytes of the first."""
+    inside = [(source / name, name) for name in names]
+    outside = []
+    for local, destination in extra:
+        (outside if destination.startswith(("/", "~")) else inside).append((local, destination))
+    return inside, outside, sum(local.stat().st_size for local, _ in inside)
+
+
+def open_transport(host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> Transport:
+    """The transport for `host`; nothing is started until the first request. `on_event`
+    hears the agent's pushed events (a task ended, the connection closed)."""
+    if host.is_local:
+        from .local import LocalTransport
+
+        return LocalTransport(host, on_event)
+    from .ssh import SSHTransport
+
+    return SSHTransport(host, on_event)

@@ -1,0 +1,470 @@
+"""The resident agent: one small process per host and kernel, serving every request.
+
+Started once per connection (a local pipe for `localhost`, an SSH channel otherwise), it
+answers requests over stdin/stdout: start a task, report the state and new output of many
+tasks at once, kill, purge, read logs. A request costs a message on an open pipe instead of a
+process or remote-shell start. It forks tasks from itself (the runner is already imported), each
+in a new session so that they outlive the agent; when one of its children ends it tells the
+kernel at once, without waiting for the next poll.
+
+Single-threaded on purpose: it forks, and forking a threaded process is unsafe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..wire.protocol import MARKER, FrameReader, encode_header
+from ..wire.taskdir import (
+    FINAL_STATES,
+    HEARTBEAT_INTERVAL,
+    Refusal,
+    TaskPaths,
+    make_task_dir,
+    path_problem,
+    read_exitcode,
+    read_json,
+    read_state,
+    set_state,
+    valid_task_id,
+    workdir_message,
+    workdir_refusal,
+)
+from . import runner
+from .batchops import BatchOps
+from .fileops import FileOps
+from .proctitle import set_name
+
+MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
+MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
+STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL  # a running task silent this long has lost its node
+START_GRACE = 30.0  # a submitted process task with no supervisor after this long is lost
+
+try:  # the runner pickles with it: import once here, not once per task
+    import cloudpickle  # noqa: F401
+except ImportError:  # pragma: no cover - reported by `remote-magic test`
+    pass
+
+
+class Agent(FileOps, BatchOps):
+    def __init__(self, workdir: str, resident: bool = True) -> None:
+        self.workdir = Path(os.path.expanduser(workdir)).absolute()
+        self.tasks_dir = self.workdir / "tasks"
+        self.resident = resident
+        self.children: dict[int, str] = {}  # supervisor pid -> task id
+        self.staged: set[str] = set()
+        self.hostname = socket.gethostname()
+        # A work directory another user could have written is never used: every request is
+        # answered with why, and how to fix it (nothing in it is read, nothing is written).
+        self.refusal = workdir_refusal(self.workdir, [("tasks", "dir")], create=True)
+        if self.refusal is None:  # not created: say why now (no permission, say)
+            self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # ------------------------------------------------------------ plumbing
+
+    def paths(self, task_id: str) -> TaskPaths:
+        """The task's files, once its directory is known to be ours alone (0700): what the
+        runner unpickles, and the pids a kill signals, come from there."""
+        root = self.tasks_dir / valid_task_id(task_id)
+        problem = path_problem(str(root), "private")
+        if problem is not None:
+            raise Refusal(workdir_message({**problem, "workdir": str(self.workdir)}))
+        return TaskPaths(root)
+
+    def handle(self, message: dict[str, Any], payload: bytes,
+               send: Callable[[dict[str, Any], bytes], None]) -> None:
+        """Run one request; answer it unless it is one-way (no id). A refusal is answered as
+        such: its message is for the user as it stands."""
+        request_id = message.get("id")
+        self.payload, self.payload_out = payload, b""
+        self.reply_stream = lambda chunk: send({"stream": request_id}, chunk)
+        method = getattr(self, f"op_{message.get('op', '')}", None)
+        if self.refusal is not None:
+            reply = {"ok": False, "error": str(self.refusal), "refused": True}
+        elif method is None:
+            reply = {"ok": False, "error": f"unknown operation {message.get('op')!r}"}
+        else:
+            try:
+                reply = {"ok": True, "result": method(**message.get("args", {}))}
+            except Refusal as exc:
+                reply = {"ok": False, "error": str(exc), "refused": True}
+            except Exception as exc:  # noqa: BLE001 - the kernel shows it; the agent lives on
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if request_id is not None:
+            reply["id"] = request_id
+            send(reply, self.payload_out)
+        self.payload = self.payload_out = b""
+
+    # ------------------------------------------------------------ operations
+
+    def op_hello(self) -> dict[str, Any]:
+        return {"python": "{}.{}.{}".format(*sys.version_info[:3]), "executable": sys.executable,
+                "pid": os.getpid(), "hostname": self.hostname, "workdir": str(self.workdir),
+                "home": os.path.expanduser("~")}
+
+    def op_mkdir(self, task: str) -> str:
+        return str(make_task_dir(self.paths(task).root).root)
+
+    def op_start(self, task: str) -> dict[str, Any]:
+        """Start a staged task; if another kernel started the identical task first, answer
+        with its state ("attached"), and the caller follows that run."""
+        paths = self.paths(task)
+        if not paths.spec.exists():
+            raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
+        found = self.claim(paths, task)
+        if found is not None:
+            return {"pid": None, "attached": found}
+        try:
+            set_state(paths, "submitted", launcher="process", host=self.hostname)
+            sys.stdout.flush()
+            pid = os.fork()
+        except BaseException:
+            paths.claim.unlink(missing_ok=True)  # not started: a retry may claim it again
+            raise
+        if pid == 0:
+            self._become_supervisor(paths)
+        self.children[pid] = task
+        return {"pid": pid}
+
+    def op_submit(self, task: str, *args: Any, **options: Any) -> dict[str, Any]:
+        """Submit a staged task as a batch job, once, however many kernels staged it."""
+        paths = self.paths(task)
+        if not paths.spec.exists():
+            raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
+        found = self.claim(paths, task)
+        if found is not None:
+            return {"job_id": read_state(paths).get("job_id"), "attached": found}
+        try:
+            return BatchOps.op_submit(self, task, *args, **options)
+        except BaseException:
+            paths.claim.unlink(missing_ok=True)  # not submitted: a retry may claim it again
+            raise
+
+    def _become_supervisor(self, paths: TaskPaths) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            log = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.closerange(3, _max_fd())
+            code = runner.supervise(str(paths.root))
+        finally:
+            os._exit(code)
+
+    def op_status(self, tasks: dict[str, Any]) -> dict[str, Any]:
+        """State, progress and new output of many tasks: one request, one poll."""
+        records: dict[str, dict[str, Any]] = {}
+        answers: dict[str, Any] = {}
+        for task_id in tasks:
+            paths = self.paths(task_id)
+            if not paths.root.is_dir():
+                answers[task_id] = {"state": "lost", "history": {},
+                                    "reason": "the task directory is gone from the host"}
+                continue
+            record = read_state(paths)
+            if record.get("launcher") in (None, "process") and \
+                    record["state"] not in FINAL_STATES:
+                record = self._check_alive(paths, record)
+            records[task_id] = record
+        batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
+        records.update(self.batch_states(batch))
+        for task_id, record in records.items():
+            answers[task_id] = self._report(self.paths(task_id), record, tasks[task_id])
+        return answers
+
+    def _report(self, paths: TaskPaths, record: dict[str, Any],
+                offsets: dict[str, int] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": record["state"], "reason": record.get("reason"),
+            "history": record.get("history", {}), "progress": read_json(paths.progress),
+            "exitcode": read_exitcode(paths), "job_id": record.get("job_id"),
+        }
+        if offsets is not None:
+            out["output_more"] = False
+            for stream in ("stdout", "stderr"):
+                path = getattr(paths, stream)
+                text, end = read_chunk(path, offsets.get(stream, 0))
+                out[stream] = text
+                out[f"{stream}_end"] = end
+                out["output_more"] |= bool(text) and end < _file_size(path)
+            # Read after the streams: a display stamped before the end of the output read
+            # above was written before that output, so it is in the file by now.
+            out["events"], out["events_end"], out["events_more"] = read_events(
+                paths.events, offsets.get("events", 0))
+        return out
+
+    def _check_alive(self, paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
+        """Say `lost` only when neither the process nor its files can say anything else."""
+        if record.get("launcher") != "process" or record.get("host") != self.hostname:
+            return self._check_heartbeat(paths, record)
+        pids = read_json(paths.pids)
+        if pids is None:
+            started = record.get("history", {}).get("submitted", time.time())
+            if time.time() - started < START_GRACE:
+                return record
+        elif _alive(pids["supervisor"]) or _alive(pids["runner"]):
+            return record
+        record = read_state(paths)  # it may have ended between the two reads
+        if record["state"] in FINAL_STATES:
+            return record
+        code = read_exitcode(paths)
+        if code is not None:
+            return runner.settle(paths, code)
+        return set_state(paths, "lost", "the task's processes are gone and left no outcome")
+
+    def _check_heartbeat(self, paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
+        if record["state"] != "running":
+            return record
+        try:
+            age = time.time() - paths.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            return record
+        if age > STALE_HEARTBEAT and read_state(paths)["state"] == "running":
+            return set_state(paths, "lost", f"no heartbeat for {age:.0f} s: the node died")
+        return record
+
+    def op_kill(self, tasks: list[str]) -> dict[str, str]:
+        outcome = {}
+        for task_id in tasks:
+            paths = self.paths(task_id)
+            record = read_state(paths)
+            if record["state"] in FINAL_STATES:
+                outcome[task_id] = f"already {record['state']}"
+                continue
+            if record.get("launcher") not in (None, "process") and record.get("job_id"):
+                outcome[task_id] = self.batch_cancel(paths, record)
+                continue
+            paths.cancel.touch()
+            pids = read_json(paths.pids)
+            supervisor = pids["supervisor"] if pids else self._child_of(task_id)
+            if supervisor is not None and _alive(supervisor):
+                os.kill(supervisor, signal.SIGTERM)
+                outcome[task_id] = "cancelling"
+            else:
+                runner.settle(paths, read_exitcode(paths))
+                outcome[task_id] = read_state(paths)["state"]
+        return outcome
+
+    def _child_of(self, task_id: str) -> int | None:
+        return next((pid for pid, task in self.children.items() if task == task_id), None)
+
+    def op_purge(self, tasks: list[str], force: bool = False) -> dict[str, str]:
+        outcome = {}
+        for task_id in tasks:
+            paths = self.paths(task_id)
+            if not paths.root.exists():
+                outcome[task_id] = "absent"
+                continue
+            state = read_state(paths)["state"]
+            if state not in FINAL_STATES and state != "prepared" and not force:
+                outcome[task_id] = f"still {state}: kill it first"
+                continue
+            shutil.rmtree(paths.root)
+            outcome[task_id] = "removed"
+        return outcome
+
+    def op_list(self) -> list[dict[str, Any]]:
+        found = []
+        for entry in sorted(self.tasks_dir.iterdir()):
+            try:
+                paths = self.paths(entry.name)
+            except ValueError:
+                continue
+            record = read_state(paths)
+            found.append({"task": entry.name, "state": record["state"],
+                          "mtime": entry.stat().st_mtime})
+        return found
+
+    def op_log(self, task: str, stream: str = "stdout", tail: int = 1 << 20) -> str:
+        if stream not in ("stdout", "stderr"):
+            raise ValueError("stream must be stdout or stderr")
+        path = getattr(self.paths(task), stream)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return ""
+        return read_chunk(path, max(0, size - tail), limit=tail)[0]
+
+    # ------------------------------------------------------------ children
+
+    def reap(self) -> list[str]:
+        """Collect ended supervisors; their tasks are reported as finished at once."""
+        finished = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            task_id = self.children.pop(pid, None)
+            if task_id is None:
+                continue
+            paths = self.paths(task_id)
+            pids = read_json(paths.pids)
+            if read_exitcode(paths) is None and not (pids and _alive(pids["runner"])):
+                runner.settle(paths, None)
+            finished.append(task_id)
+        return finished
+
+
+def read_chunk(path: Path, offset: int, limit: int = MAX_CHUNK) -> tuple[str, int]:
+    """Text from `offset`, cut at a character boundary; returns it and the next offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return "", offset
+    keep = _utf8_complete(data)
+    return data[:keep].decode("utf-8", errors="replace"), offset + keep
+
+
+def read_events(path: Path, offset: int, limit: int = MAX_EVENTS
+                ) -> tuple[list[dict[str, Any]], int, bool]:
+    """Whole lines of the events file from `offset` (at least one, however long): the events,
+    the next offset, and whether more lines follow."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(limit)
+            while data and not data.endswith(b"\n") and b"\n" not in data:
+                more = f.read(limit)
+                if not more:
+                    break
+                data += more
+            more_follow = bool(f.read(1))
+    except FileNotFoundError:
+        return [], offset, False
+    complete = data[:data.rfind(b"\n") + 1]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return events, offset + len(complete), more_follow or len(complete) < len(data)
+
+
+def _utf8_complete(data: bytes) -> int:
+    """Length of `data` without a multi-byte character cut off at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte or ASCII
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 6 else 3 if byte >> 4 == 14 else 4
+            return len(data) if need <= back else len(data) - back
+    return len(data)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        return 4096
+
+
+def serve_once(workdir: str) -> int:
+    """Answer the requests of one remote command (stdin holds them all), then exit.
+
+    The fallback for hosts where the resident agent cannot run: each request costs a remote
+    command, but every operation is the same code.
+    """
+    agent = Agent(workdir, resident=False)
+    out = sys.stdout.buffer
+    out.write(MARKER)
+
+    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+        out.write(encode_header(message, len(payload)))
+        out.write(payload)
+
+    for message, payload in FrameReader().feed(sys.stdin.buffer.read()):
+        agent.handle(message, payload, send)
+    out.flush()
+    return 0
+
+
+def serve(workdir: str) -> int:
+    """Answer framed requests on stdin until it closes."""
+    agent = Agent(workdir)
+    wake_r, wake_w = socket.socketpair()
+    for sock in (wake_r, wake_w):
+        sock.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    os.set_blocking(0, False)
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    reader = FrameReader()
+    out = sys.stdout.buffer
+    set_name("rm-agent")  # `pkill rm-agent` stops the agent, not the tasks (see proctitle)
+    out.write(MARKER)  # whatever a login shell printed before us ends here
+    out.flush()
+    if agent.refusal is None:
+        agent.sweep()
+
+    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+        out.write(encode_header(message, len(payload)))
+        if payload:
+            out.write(payload)
+        out.flush()
+
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == 0:
+                try:
+                    data = os.read(0, 1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return 0
+                for message, payload in reader.feed(data):
+                    agent.handle(message, payload, send)
+            else:
+                try:
+                    wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+                for task_id in agent.reap():
+                    send({"event": "finished", "task": task_id})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m remote_magic.host.agent")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--once", action="store_true",
+                        help="answer the requests on stdin, then exit (no resident process)")
+    args = parser.parse_args(argv)
+    return serve_once(args.workdir) if args.once else serve(args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The agent's batch-job operations: submit a task as a job, and say how jobs are doing.
+
+The task directory stays the truth about a task; the scheduler is asked only what the files
+cannot say: whether a job still waits in the queue, and how a job ended when the task could not
+write it down (a walltime kill, a cancellation, an out-of-memory kill). All jobs of a scheduler
+are asked about in ONE command, at most once per QUERY_INTERVAL however often the kernel polls,
+so a notebook with hundreds of queued tasks does not hammer the login node.
+
+A running task whose heartbeat has been silent for STALE_HEARTBEAT may have lost its node,
+which the queue may not notice for minutes: the scheduler must then vouch for the job (its
+queue says it runs and, where the scheduler can ask, the node's own daemon answers for it), or
+the task is `lost`, with what the scheduler said. A scheduler that cannot be asked at all is
+waited for SCHEDULER_SILENCE longer. A job that the queue shows waiting again after its task
+ran was requeued; that is said too, and the job itself refuses to run the cell again
+(`schedulers/job.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..wire.taskdir import (
+    FINAL_STATES,
+    HEARTBEAT_INTERVAL,
+    TaskPaths,
+    read_exitcode,
+    read_state,
+    set_state,
+    write_atomic,
+)
+from . import runner
+from .schedulers import BatchScheduler, JobState, scheduler_for
+from .schedulers.base import Vouch, last_line, unknown
+
+QUERY_INTERVAL = 1.0  # seconds: the most often the queue is asked, per scheduler
+COMMAND_TIMEOUT = 60.0
+LOST_GRACE = 30.0  # a job may take this long to show up in the queue after submission
+VERDICT_WAIT = 30.0  # how long a task killed by a signal waits for the scheduler to say why
+# A running task silent this long (15 missed beats) is checked with the scheduler: long enough
+# for a shared filesystem that stalls for a while, short enough to matter to someone waiting.
+STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL
+SCHEDULER_SILENCE = 60.0  # ... and if the scheduler cannot be asked, lost this much later
+PROBE_TIMEOUT = 30.0  # the longest a node probe may take (sstat waits ~10 s for a dead slurmd)
+PROBE_INTERVAL = 10.0  # a node that answered for its job is asked again after this long
+# Probes per poll, at most: when a shared filesystem stalls, every task goes silent at once,
+# and hundreds of probes at a time would hammer the scheduler; the others wait their turn.
+MAX_PROBES = 8
+CLOCK_SKEW = 5.0  # seconds by which the clocks of the login and compute nodes may differ
+
+
+class BatchOps:
+    """Mixed into the Agent."""
+
+    paths: Callable[[str], TaskPaths]
+
+    def _batch_cache(self) -> dict[str, tuple[float, frozenset[str], dict[str, JobState],
+                                              float]]:
+        """Per scheduler: when it was last asked (monotonic), about which jobs, its answers,
+        and when (wall clock, to compare with the times in state records)."""
+        if not hasattr(self, "_queue_cache"):
+            self._queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState],
+                                               float]] = {}
+        return self._queue_cache
+
+    def op_submit(self, task: str, scheduler: str, resources: dict[str, Any], setup: str = "",
+                  python: str | None = None, template: str | None = None) -> dict[str, Any]:
+        """Write the task's job script and hand it to the scheduler."""
+        paths = self.paths(task)
+        if not paths.spec.exists():
+            raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
+        if read_state(paths)["state"] != "prepared":
+            raise RuntimeError(f"task {task} was already started")
+        batch = scheduler_for(scheduler)
+        runtime = str(Path(runner.__file__).resolve().parent.parent)
+        # The job's entry point runs the task at most once, however often the job starts.
+        command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
+                   f"{shlex.quote(python or sys.executable)} -m remote_magic.host.schedulers.job "
+                   f"{batch.name} {shlex.quote(str(paths.root))}")
+        script = batch.render(template, resources, f"rm-{task[:12]}", str(paths.root),
+                              setup, command)
+        job_script = paths.job_script
+        write_atomic(job_script, script, mode=0o700)
+        done = _run(batch.submit_command(str(job_script)), cwd=paths.work)
+        if done.returncode != 0:
+            raise RuntimeError(f"{batch.submit_command(str(job_script))[0]} refused the job: "
+                               f"{(done.stderr or done.stdout).strip()[-800:]}")
+        job_id = batch.job_id(done.stdout)
+        set_state(paths, "submitted", launcher=scheduler, job_id=job_id)
+        return {"job_id": job_id}
+
+    def batch_states(self, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Settle the state records of batch tasks with what their schedulers say."""
+        by_scheduler: dict[str, dict[str, str]] = {}
+        for task_id, record in tasks.items():
+            if _needs_queue(record):
+                by_scheduler.setdefault(record["launcher"], {})[record["job_id"]] = task_id
+        for name, jobs in by_scheduler.items():
+            batch = scheduler_for(name)
+            answers = self._ask(batch, sorted(jobs))
+            asked_at = self._batch_cache()[batch.name][3]
+            silent = {job_id: age for job_id, task_id in jobs.items()
+                      if (age := _silence(self.paths(task_id), tasks[task_id])) is not None}
+            vouches = self._probe(batch, {j: answers[j] for j in silent if j in answers
+                                          and answers[j].state == "running"
+                                          and not answers[j].unreachable})
+            for job_id, task_id in jobs.items():
+                paths = self.paths(task_id)
+                if job_id in silent:
+                    why = _doubt(batch, job_id, silent[job_id], answers.get(job_id),
+                                 vouches.get(job_id))
+                    if why is not None:
+                        tasks[task_id] = _lose(batch, job_id, paths, why)
+                        continue
+                tasks[task_id] = self._merge(paths, tasks[task_id], answers.get(job_id),
+                                             asked_at)
+        return tasks
+
+    def _probe(self, batch: BatchScheduler, jobs: dict[str, JobState]) -> dict[str, Vouch]:
+        """Ask the nodes of these silent running jobs whether they still run them: one
+        command per job, at most MAX_PROBES at once, none longer than PROBE_TIMEOUT. A node
+        that answered is believed for PROBE_INTERVAL."""
+        if not hasattr(self, "_probe_cache"):
+            self._probe_cache: dict[tuple[str, str], tuple[float, Vouch]] = {}
+        now = time.monotonic()
+        found: dict[str, Vouch] = {}
+        commands: dict[str, list[str]] = {}
+        for job_id, job in jobs.items():
+            cached = self._probe_cache.get((batch.name, job_id))
+            if cached is not None and now - cached[0] < PROBE_INTERVAL:
+                found[job_id] = cached[1]
+                continue
+            command = batch.probe_command(job_id, job)
+            if command is not None and len(commands) < MAX_PROBES:
+                commands[job_id] = command
+        for job_id, done in _run_all(commands, PROBE_TIMEOUT).items():
+            vouch = batch.read_probe(job_id, jobs[job_id], done.returncode, done.stdout,
+                                     done.stderr)
+            self._probe_cache[(batch.name, job_id)] = (time.monotonic(), vouch)
+            found[job_id] = vouch
+        return found
+
+    def _ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
+        """What the scheduler says about these jobs: ONE status command (plus one accounting
+        command for the jobs that left the queue), reused for QUERY_INTERVAL.
+
+        A job left out is one the scheduler no longer knows; a job it could not be asked
+        about (the command failed, or it was submitted after the last query) is `unknown`,
+        never left out, so that a controller restart does not make every job look gone.
+        """
+        cache = self._batch_cache()
+        asked_at, asked_for, answers, _ = cache.get(batch.name, (0.0, frozenset(), {}, 0.0))
+        if time.monotonic() - asked_at < QUERY_INTERVAL:
+            # Jobs submitted since are asked about next time: while a notebook submits
+            # hundreds of tasks, every poll has new ones, and must not cost a query each.
+            later = unknown("not asked about yet")
+            return {**{j: later for j in job_ids if j not in asked_for}, **answers}
+        command = batch.status_command(job_ids)
+        wall = time.time()
+        queued = _run(command)
+        listed = batch.read_status(job_ids, queued.returncode, queued.stdout, queued.stderr)
+        if listed is None:
+            why = unknown(f"{command[0]} failed ({queued.returncode}): "
+                          f"{last_line(queued.stderr or queued.stdout)}")
+            answers = dict.fromkeys(job_ids, why)
+        else:
+            answers = listed
+            gone = [j for j in job_ids if j not in answers or answers[j].state in FINAL_STATES]
+            outcome = batch.outcome_command(gone) if gone else None
+            if outcome is not None:
+                done = _run(outcome)
+                for job_id, job in batch.read_outcome(gone, done.returncode, done.stdout,
+                                                      done.stderr).items():
+                    # accounting adds detail to a final answer, never takes one back (it
+                    # lags: it may still say RUNNING for a job the queue says ended)
+                    if job.state in FINAL_STATES or job_id not in answers:
+                        answers[job_id] = job
+        cache[batch.name] = (time.monotonic(), frozenset(job_ids), answers, wall)
+        return answers
+
+    def _merge(self, paths: TaskPaths, record: dict[str, Any], job: JobState | None,
+               asked_at: float | None = None) -> dict[str, Any]:
+        """The task's state from its files and the scheduler's word (None: it does not know
+        the job; state "": it could not be asked), asked at `asked_at` (default: now)."""
+        asked_at = time.time() if asked_at is None else asked_at
+        if record["state"] in FINAL_STATES:
+            return _confirm(paths, record, job, asked_at)
+        code = read_exitcode(paths)
+        if code is not None:  # the job's work is over: the files say how
+            return _confirm(paths, _settle(paths, record, code), job, asked_at)
+        if job is not None and job.state not in FINAL_STATES:
+            # still in the queue, or the scheduler could not say: ask again later
+            if job.state == "queued" and record["state"] in ("submitted", "queued"):
+                if record["state"] != "queued" or record.get("reason") != job.reason:
+                    return set_state(paths, "queued", job.reason)
+            return record
+        if job is not None:  # it ended without a word in its files: the scheduler says how
+            if paths.cancel.exists() and job.state != "completed":
+                return set_state(paths, "cancelled", "cancelled by the user", checked=True)
+            return set_state(paths, job.state, job.reason, checked=True)
+        submitted = record.get("history", {}).get("submitted", 0)
+        if time.time() - submitted < LOST_GRACE:
+            return record
+        return set_state(paths, "lost", "the job left the queue and its task directory does "
+                                        "not say how it ended", checked=True)
+
+    def batch_cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
+        batch = scheduler_for(record["launcher"])
+        paths.cancel.touch()
+        done = _run(batch.cancel_command([record["job_id"]]))
+        if done.returncode != 0:
+            raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
+                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+        self._batch_cache().pop(batch.name, None)
+        return "cancelling"
+
+
+def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None,
+             asked_at: float) -> dict[str, Any]:
+    """A task whose files say it ended, given the scheduler's word on why where it has one.
+
+    A kill from outside (walltime, scancel, memory) reaches the runner as a signal; only the
+    scheduler can say which. Such a task is reported as still running until the scheduler
+    says, for at most VERDICT_WAIT, then as the files have it. A queue that shows the job
+    waiting again, asked after the task ended, means it was requeued: said at once.
+    """
+    state, reason = record["state"], record.get("reason")
+    if state == "completed" or record.get("checked"):
+        return record
+    ended = record.get("history", {}).get(state, 0)
+    if job is not None and job.state == "queued" and asked_at > ended + CLOCK_SKEW:
+        note = _requeued(record, job) + _cancel(scheduler_for(record["launcher"]),
+                                                record["job_id"])
+        return set_state(paths, state, f"{reason or state}; then {note}", when=ended or None,
+                         checked=True)
+    if job is not None and job.state in ("timed_out", "cancelled") and \
+            not paths.cancel.exists():
+        return set_state(paths, job.state, job.reason, checked=True)
+    if job is not None and job.state == "failed" and job.reason:
+        return set_state(paths, "failed", f"{job.reason}; {reason}", checked=True)
+    if job is not None and job.state in FINAL_STATES:
+        return _checked(paths, record)
+    # The scheduler no longer knows the job, could not be asked, or still lists it.
+    if (reason or "").startswith("killed by signal"):
+        if time.time() - record.get("history", {}).get(state, 0) < VERDICT_WAIT:
+            return {**record, "state": "running"}
+        return _checked(paths, record)
+    return _checked(paths, record) if job is None else record
+
+
+def _checked(paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
+    """Keep the files' outcome (and when it was recorded); the scheduler has nothing to add."""
+    state = record["state"]
+    return set_state(paths, state, record.get("reason"), when=record.get("history", {}).get(state),
+                     checked=True)
+
+
+def _settle(paths: TaskPaths, record: dict[str, Any], code: int) -> dict[str, Any]:
+    """The outcome of a job whose exit-code file exists but whose runner recorded none."""
+    if code != 0 and "running" not in record.get("history", {}) and not paths.cancel.exists():
+        # The job script wrote the code: Python died before the runner started (a `python`
+        # missing on the compute node, a broken environment). Its own words are in job.err.
+        try:
+            words = last_line(paths.job_err.read_text(errors="replace"))
+        except FileNotFoundError:
+            words = "no job.err"
+        return set_state(paths, "failed", f"the job's Python never started the task (exit "
+                                          f"code {code}): {words}", exitcode=code)
+    return runner.settle(paths, code)
+
+
+def _needs_queue(record: dict[str, Any]) -> bool:
+    """Only the scheduler can add to these: unfinished tasks, and outcomes not yet confirmed
+    (a completed task has nothing to confirm)."""
+    if record.get("launcher") in (None, "process") or not record.get("job_id"):
+        return False
+    if record["state"] == "completed":
+        return False
+    return record["state"] not in FINAL_STATES or not record.get("checked")
+
+
+def _silence(paths: TaskPaths, record: dict[str, Any]) -> float | None:
+    """How long a running task has not been heard from, once that is over STALE_HEARTBEAT;
+    None while it beats, and for tasks not running or whose exit-code file exists."""
+    if record["state"] != "running" or paths.exitcode.exists():
+        return None
+    try:
+        beat = paths.heartbeat.stat().st_mtime
+    except FileNotFoundError:
+        beat = 0.0
+    age = time.time() - max(beat, record.get("history", {}).get("running", 0.0))
+    return age if age > STALE_HEARTBEAT else None
+
+
+def _doubt(batch: BatchScheduler, job_id: str, age: float, job: JobState | None,
+           vouch: Vouch | None) -> str | None:
+    """Why a silent running task is lost, or None while the scheduler vouches for its job
+    (or has the last word anyway: a job gone from the queue, or ended, is settled as usual)."""
+    silent = f"no heartbeat for {age:.0f} s"
+    if job is None or job.state in FINAL_STATES:
+        return None
+    if job.state == "queued":
+        return f"{silent}, and {_requeued({'launcher': batch.name, 'job_id': job_id}, job)}"
+    if job.state == "" or (vouch is not None and vouch.alive is None):
+        if age < STALE_HEARTBEAT + SCHEDULER_SILENCE:
+            return None
+        words = job.reason if job.state == "" else vouch.reason if vouch else ""
+        return f"{silent}, and {batch.title} could not be asked about job {job_id}: {words}"
+    if job.unreachable:
+        return f"{silent}, and {batch.title} has lost contact with the job's host ({job.reason})"
+    if vouch is not None and vouch.alive is False:
+        return f"{silent}, and {vouch.reason}"
+    return None
+
+
+def _lose(batch: BatchScheduler, job_id: str, paths: TaskPaths, why: str) -> dict[str, Any]:
+    """Record `lost`, unless the task spoke up since it was read (it may have just ended), and
+    cancel the job: its allocation is of no use now, and a cancelled job cannot be requeued
+    (a site policy, or the node coming back) to run the cell again behind the user's back."""
+    record = read_state(paths)
+    if record["state"] != "running" or paths.exitcode.exists():
+        return record
+    return set_state(paths, "lost", why + _cancel(batch, job_id), checked=True)
+
+
+def _cancel(batch: BatchScheduler, job_id: str) -> str:
+    """Cancel a job that must not run (again); what to add to the task's reason."""
+    done = _run(batch.cancel_command([job_id]), timeout=PROBE_TIMEOUT)
+    if done.returncode == 0:
+        return f"; job {job_id} was cancelled, so that it cannot run the cell later"
+    return (f"; cancelling job {job_id} failed ({last_line(done.stderr or done.stdout)}), "
+            "but should it start again it will not run the cell")
+
+
+def _requeued(record: dict[str, Any], job: JobState) -> str:
+    title = scheduler_for(record["launcher"]).title
+    return (f"{title} has put job {record['job_id']} back in the queue "
+            f"({job.reason or 'queued'}) after it had started: it was requeued")
+
+
+def _run(argv: list[str], cwd: Path | None = None,
+         timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ))
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]} took over "
+                                                          f"{timeout:.0f} s")
+
+
+def _run_all(commands: dict[str, list[str]],
+             timeout: float) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run commands side by side (no threads: the agent forks), each cut off after
+    `timeout`; a command that timed out gives 124, one that is missing 127, as in `_run`."""
+    started: dict[str, subprocess.Popen[str]] = {}
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    for key, argv in commands.items():
+        try:
+            started[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            done[key] = subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
+    deadline = time.monotonic() + timeout
+    for key, process in started.items():
+        try:
+            out, err = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            done[key] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            done[key] = subprocess.CompletedProcess(process.args, 124, "", f"{commands[key][0]} "
+                                                    f"took over {timeout:.0f} s")
+    return done

@@ -1,0 +1,113 @@
+"""What a batch job runs: the task's runner, at most once per task directory.
+
+Jobs are submitted as not to be requeued, yet a scheduler may start one again all the same (a
+site policy, an administrator's requeue, a node coming back). A cell must not run twice behind
+the user's back: it may have written files, sent messages or spent hours. So before it runs
+anything the job claims the task directory by creating `job.started` (O_EXCL: of two starts,
+exactly one creates it). A later start finds it, or a state record that says the task already
+ran, runs nothing, and writes why into the task's state, where the kernel shows it.
+
+`python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR` is the `{runner}` of every job
+script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ...wire.taskdir import FINAL_STATES, TaskPaths, read_json, read_state, set_state
+from .. import runner
+from . import BatchScheduler, scheduler_for
+
+STARTED = "job.started"  # the claim of the first start: when, where, which job
+
+
+def started_file(paths: TaskPaths) -> Path:
+    return paths.root / STARTED
+
+
+def run_once(root: str, scheduler: str) -> int:
+    """Run the task unless a job has started it before; the job's exit code."""
+    paths = TaskPaths(root)
+    batch = scheduler_for(scheduler)
+    this = _this_start(batch)
+    if not _claim(paths, this):
+        return refuse(paths, batch, read_json(started_file(paths)) or {}, this)
+    record = read_state(paths)
+    if "running" in record.get("history", {}) or record["state"] in FINAL_STATES:
+        # ran before, without leaving a claim (started by an older runtime, or a claim
+        # removed by hand): the state record is enough to say no
+        return refuse(paths, batch, {}, this)
+    return batch.job_exit_code(runner.supervise(str(paths.root)))
+
+
+def refuse(paths: TaskPaths, batch: BatchScheduler, first: dict[str, Any],
+           this: dict[str, Any]) -> int:
+    """Record a start that must not run the cell; 0, so that no requeue-on-failure policy
+    starts the job yet again."""
+    record = read_state(paths)
+    why = _why(batch, first, this, record)
+    starts = [*record.get("refused_starts", []), this]
+    state = record["state"]
+    if state in FINAL_STATES:  # the first run's outcome stands; say what happened since
+        reason = f"{record['reason']}; then {why}" if record.get("reason") else why
+        set_state(paths, state, reason, when=record.get("history", {}).get(state),
+                  refused_starts=starts)
+    else:
+        set_state(paths, "lost", "its first run left no outcome (its node failed, or it was "
+                                 f"killed with it); {why}", checked=True, refused_starts=starts)
+    print(f"remote_magic: {why}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _why(batch: BatchScheduler, first: dict[str, Any], this: dict[str, Any],
+         record: dict[str, Any]) -> str:
+    job = f"job {this['job_id']}" if this.get("job_id") else "the job"
+    restarts = f" ({batch.restart_variable}={this['restarts']})" if this.get("restarts") else ""
+    began = first.get("time") or record.get("history", {}).get("running")
+    where = f" on {first['host']}" if first.get("host") else ""
+    earlier = f", after its first start{where} at {_clock(began)}" if began else ""
+    return (f"{batch.title} started {job} again{restarts} on {this['host']} at "
+            f"{_clock(this['time'])}{earlier}; a task runs at most once, so the cell was not "
+            "run again (run it anew with --rerun)")
+
+
+def _this_start(batch: BatchScheduler) -> dict[str, Any]:
+    restarts = os.environ.get(batch.restart_variable) if batch.restart_variable else None
+    return {"time": time.time(), "host": socket.gethostname(),
+            "job_id": os.environ.get(batch.job_id_variable) or None,
+            "restarts": restarts if restarts not in (None, "", "0") else None}
+
+
+def _claim(paths: TaskPaths, this: dict[str, Any]) -> bool:
+    """Create the claim file; False if a start before this one created it."""
+    try:
+        fd = os.open(started_file(paths), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(this, f)
+    return True
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR",
+              file=sys.stderr)
+        return 2
+    return run_once(os.path.abspath(args[1]), args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""The IPython magics: parse arguments, call the core, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+
+from ..client.core import Client, get_client, parse_age
+from ..client.prepare import prepare_cell
+from ..client.results import Shown, TaskResult, decoder
+from ..client.store import TaskRecord
+from ..errors import (
+    RemoteMagicError,
+    RemoteTaskError,
+    TaskFailedError,
+    TaskNotFoundError,
+    clipped,
+)
+from ..wire.taskdir import TaskPaths
+from .arguments import id_prefix, parse, task_options
+from .output import OutputStream
+from .render import cell_stream, displays_only
+from .views import status_table
+from .widgets import TaskView, task_view, watch_status
+
+
+class _Value:
+    """A remote value that could not be loaded here, shown from its MIME bundle."""
+
+    def __init__(self, shown: Shown) -> None:
+        self._shown = shown
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self._shown.bundle, self._shown.metadata
+
+    def __repr__(self) -> str:
+        return str((self._shown.bundle or {}).get("text/plain", ""))
+
+
+@magics_class
+class RemoteMagics(Magics):
+    def __init__(self, shell: Any, client: Client | None = None) -> None:
+        super().__init__(shell)
+        self.client = client or get_client()
+        # --nowait tasks whose results are due here, with the objects they were sent
+        self.pending: dict[str, tuple[TaskRecord, dict[str, Any]]] = {}
+        self.views: dict[str, TaskView] = {}  # live views of tasks followed in the background
+
+    # ------------------------------------------------------------ %%remote
+
+    @magic_arguments()
+    @argument("-q", "--queue", metavar="HOST",
+              help="host from the hosts file (default: its 'default', else localhost)")
+    @argument("-i", "--inputs", metavar="a,b",
+              help="extra names to send, beyond those the cell reads")
+    @argument("-o", "--outputs", metavar="a,b",
+              help="names to bring back (default: every name the cell assigns)")
+    @argument("--walltime", help="time limit, e.g. 2:00:00 (schedulers)")
+    @argument("--cores", type=int, help="CPU cores (schedulers)")
+    @argument("--mem", help="memory, e.g. 16G (schedulers)")
+    @argument("--nodes", type=int, help="nodes (schedulers)")
+    @argument("--gpus", type=int, help="GPUs (schedulers)")
+    @argument("--partition", help="partition or queue (schedulers)")
+    @argument("--account", help="account to charge (schedulers)")
+    @argument("--files", nargs="+", metavar="PATH", default=[],
+              help="local files or folders staged into the task's working directory "
+                   "(absolute paths go where the host's 'paths' mapping says)")
+    @argument("--collect", nargs="+", metavar="GLOB", default=[],
+              help="files of the task's working directory copied back here afterwards")
+    @argument("--name", help="a label shown in status tables")
+    @argument("--nowait", action="store_true",
+              help="return at once; results load at the start of the first cell run after "
+                   "the task ends")
+    @argument("--rerun", action="store_true",
+              help="run again even if an identical task already completed")
+    @cell_magic
+    def remote(self, line: str, cell: str) -> Any:
+        """Run this cell as a task on a host and load its results back here.
+
+        The cell's code and the notebook variables it reads are sent; the names it assigns,
+        its printed output, displays and last value come back as if it had run here.
+        """
+        args = parse(self.remote, line, cell=True)
+        options = task_options(args)
+        host = self.client.host(args.queue)
+        code = self.shell.transform_cell(cell)
+        prepared = prepare_cell(code, self.shell.user_ns, host, options,
+                                hidden=self.shell.user_ns_hidden, figures=_figure_settings())
+        submission = self.client.submit(prepared, options)
+        record = submission.record
+        originals = prepared.values
+        if submission.reused:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.finished or 0))
+            view = task_view(record, waiting=True)
+            return self._finish(record, view, originals, notes=[
+                f"reused the results of the identical task {record.id} (completed {when}; "
+                "--rerun runs it again)"])
+        if submission.attached:
+            print(f"An identical task ({record.id}) is already {record.state} on "
+                  f"{record.host}: waiting for it instead of starting another.")
+        if options.nowait:
+            self.pending[record.id] = (record, originals)
+            self._watch_in_background(record, task_view(record, self._canceller(record)))
+            print(f"Task {record.id} runs on {record.host} in the background; its results load "
+                  "at the start of the first cell run after it ends.")
+            return None
+        return self._follow(record, originals)
+
+    def _canceller(self, record: TaskRecord) -> Any:
+        return lambda: self.client.kill([self.client.store.get(record.id)])
+
+    def _watch_in_background(self, record: TaskRecord, view: TaskView) -> None:
+        self.views[record.id] = view
+        self.client.monitor(record.host).watch(record.id, state=record.state,
+                                               listener=view.update)
+
+    def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
+        view = task_view(record, self._canceller(record), waiting=True)
+        stream = cell_stream(self._decoder(record, originals), after_clear=view.show)
+        try:
+            for update in self.client.follow(record):
+                stream.feed(update)
+                view.update(update)
+        except KeyboardInterrupt:
+            view.detached()
+            self._watch_in_background(record, view)
+            print(f"\nDetached from task {record.id}: it keeps running on {record.host}. "
+                  f"Load its results later with %remote_fetch {record.id}, or cancel it with "
+                  f"%remote_kill {record.id} (or the Cancel button).")
+            return None
+        return self._finish(self.client.store.get(record.id), view, originals, stream)
+
+    def _finish(self, record: TaskRecord, view: TaskView, originals: dict[str, Any] | None,
+                stream: OutputStream | None = None, notes: list[str] | None = None) -> Any:
+        """Load results into the namespace and finish showing the task's output in this cell
+        (all of it, when nothing was streamed); raise if the task failed."""
+        if stream is None or stream.incomplete:
+            stream = stream or cell_stream(self._decoder(record, originals),
+                                           after_clear=view.show)
+            for update in self.client.output(record, stream.offsets):
+                stream.feed(update)
+        result = self._load(record, originals, stream)
+        view.loaded(result.changed, [*(notes or []), *_notes(result)])
+        if stream.held:  # figures left open: after the cell's value, as inline shows them
+            def show_held(*_: Any) -> None:
+                self.shell.events.unregister("post_execute", show_held)
+                stream.show_held()
+
+            self.shell.events.register("post_execute", show_held)
+        if result.error is not None:
+            raise result.error
+        if result.value is not None:
+            return result.value.obj if result.value.bundle is None else _Value(result.value)
+        return None
+
+    def _decoder(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
+        return decoder(self.shell.user_ns, originals,
+                       TaskPaths(Path(record.local_dir or ".")).inputs)
+
+    def _load(self, record: TaskRecord, originals: dict[str, Any] | None,
+              stream: OutputStream) -> TaskResult:
+        """The task's results, applied to the notebook's namespace, displays shown."""
+        result = self.client.result(record, namespace=self.shell.user_ns, originals=originals)
+        result.apply(self.shell.user_ns)
+        stream.finish(result.entries)
+        for name, reason in sorted(result.skipped.items()):
+            print(f"remote_magic: '{name}' could not be brought back ({reason}).",
+                  file=sys.stderr)
+        return result
+
+    def load_finished(self, *_: Any) -> None:
+        """pre_run_cell hook: load --nowait results that arrived since the last cell.
+
+        A task that cannot be loaded is dropped from the pending ones after one line saying
+        why: this hook runs before every cell, and a failure left in place would repeat there
+        (as an "Error in callback" traceback) for the rest of the session.
+        """
+        for task_id in list(self.pending):
+            try:
+                self._load_pending(task_id)
+            except TaskNotFoundError:
+                self._drop_pending(task_id, "purged elsewhere", "was purged elsewhere (by "
+                                   "another kernel or remote-magic purge) before its results "
+                                   "were loaded here: there is nothing left to load")
+            except Exception as exc:  # noqa: BLE001 - one line now, not a traceback every cell
+                self._drop_pending(task_id, "not loaded", f"could not be loaded "
+                                   f"({type(exc).__name__}: {clipped(_first_line(exc), 200)}); "
+                                   f"%remote_fetch {task_id} tries again")
+
+    def _load_pending(self, task_id: str) -> None:
+        """Load one --nowait task if it has ended, with a one-line notice of how it went."""
+        record = self.client.store.get(task_id)
+        if not record.final:
+            return
+        _, originals = self.pending[task_id]
+        stream = displays_only(self._decoder(record, originals))
+        result = self._load(record, originals, stream)
+        del self.pending[task_id]
+        stream.show_held()
+        view = self.views.pop(task_id, None)
+        if view is not None:
+            view.loaded(result.changed, _notes(result))
+        names = ", ".join(result.changed) or "no variables"
+        if result.error is None:
+            print(f"remote_magic: task {task_id} completed on {record.host}: loaded {names} "
+                  f"(%remote_log {task_id} shows what it printed).")
+        else:  # one line: this cell is about something else; the traceback is one call away
+            see = f"%remote_log {task_id} --stderr shows its error output"
+            if not isinstance(result.error, TaskFailedError):  # a Python exception
+                see = f"%remote_fetch {task_id} shows the traceback, {see}"
+            print(f"remote_magic: task {task_id} {record.state} on {record.host}: "
+                  f"{_one_line(result.error)} (loaded {names}; {see}).", file=sys.stderr)
+
+    def _drop_pending(self, task_id: str, note: str, why: str) -> None:
+        """Stop waiting to load a --nowait task, saying so once: `note` in its view, `why`
+        in full below the cell."""
+        self.pending.pop(task_id, None)
+        view = self.views.pop(task_id, None)
+        if view is not None:
+            view.loaded([], [note])
+        print(f"remote_magic: task {task_id} {why}.", file=sys.stderr)
+
+    # ------------------------------------------------------------ line magics
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
+    @argument("--all", action="store_true", help="include finished tasks")
+    @argument("--watch", action="store_true", help="keep the table live until the tasks end")
+    @line_magic
+    def remote_status(self, line: str) -> None:
+        """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
+        args = parse(self.remote_status, line)
+        ids = [id_prefix(i) for i in args.ids] or None
+        records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
+        if args.watch and records:
+            listed = [r.id for r in records]
+            watch_status(records, lambda: self.client.status(listed))
+            return
+        display(status_table(records), raw=True)
+
+    @magic_arguments()
+    @argument("id", help="task id (or a unique prefix)")
+    @line_magic
+    def remote_fetch(self, line: str) -> Any:
+        """Load a task's results into the namespace (waiting for it if it still runs)."""
+        args = parse(self.remote_fetch, line)
+        record = self.client.status([id_prefix(args.id)])[0]
+        _, originals = self.pending.pop(record.id, (None, None))
+        if not record.final:
+            return self._follow(record, originals)
+        view = self.views.pop(record.id, None) or task_view(record, waiting=True)
+        return self._finish(record, view, originals)
+
+    @magic_arguments()
+    @argument("id", help="task id (or a unique prefix)")
+    @argument("--stderr", action="store_true", help="show the error stream instead")
+    @line_magic
+    def remote_log(self, line: str) -> None:
+        """The task's printed output so far."""
+        args = parse(self.remote_log, line)
+        record = self.client.find(id_prefix(args.id))
+        text = self.client.log(record, "stderr" if args.stderr else "stdout")
+        print(text if text else f"(task {record.id} has written nothing to "
+                                f"{'stderr' if args.stderr else 'stdout'} yet)", end="")
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("-q", "--queue", metavar="HOST", help="with --all: the host whose tasks to kill")
+    @argument("--all", action="store_true", help="every unfinished task (of -q HOST)")
+    @line_magic
+    def remote_kill(self, line: str) -> None:
+        """Cancel tasks (scheduler cancel or process kill)."""
+        args = parse(self.remote_kill, line)
+        if args.all:
+            records = self.client.store.list(host=args.queue, active_only=True)
+        elif args.ids:
+            records = [self.client.find(id_prefix(i)) for i in args.ids]
+        else:
+            raise RemoteMagicError("Name the tasks to kill, or use --all [-q HOST].")
+        for task_id, outcome in self.client.kill(records).items():
+            print(f"{task_id}: {outcome}")
+
+    @magic_arguments()
+    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("--older", metavar="AGE", help="finished tasks older than AGE (7d, 12h, 30m)")
+    @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
+    @line_magic
+    def remote_purge(self, line: str) -> None:
+        """Remove finished tasks' directories, on the host and here."""
+        args = parse(self.remote_purge, line)
+        if args.ids:
+            records = [self.client.find(id_prefix(i)) for i in args.ids]
+        elif args.older:
+            records = self.client.older_than(parse_age(args.older), host=args.queue)
+        else:
+            raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
+        outcome = self.client.purge(records)
+        for task_id, said in outcome.items():
+            print(f"{task_id}: {said}")
+        if not outcome:
+            print("Nothing to purge.")
+
+    @magic_arguments()
+    @argument("--test", action="store_true", help="check that each host works")
+    @line_magic
+    def remote_hosts(self, line: str) -> None:
+        """The configured hosts; --test checks each one step by step."""
+        from ..client.hostcheck import check_host, hosts_table
+
+        args = parse(self.remote_hosts, line)
+        config = self.client.config()
+        print(hosts_table(config))
+        if args.test:
+            for name in config.hosts:
+                for check in check_host(self.client, name):
+                    print(check)
+
+
+def _figure_settings() -> dict[str, Any] | None:
+    """The inline backend's figure formats, when the notebook has loaded it."""
+    config = sys.modules.get("matplotlib_inline.config")
+    if config is None:
+        return None
+    inline = config.InlineBackend.instance()
+    return {"formats": sorted(inline.figure_formats), "kwargs": dict(inline.print_figure_kwargs)}
+
+
+def _notes(result: TaskResult) -> list[str]:
+    """What the user should know about how the results landed."""
+    notes = list(result.file_notes)
+    if result.collected:
+        notes.append(f"collected into {os.getcwd()}: {', '.join(result.collected)}")
+    if result.unsettled:
+        notes.append("the task changed settings that could not be applied here: "
+                     + ", ".join(k.split(":")[0] for k in result.unsettled))
+    for name, why in sorted(result.rebound.items()):
+        notes.append(f"{name} was changed by the task and rebound here, not updated in place "
+                     f"({why})")
+    return notes
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _one_line(error: RemoteTaskError) -> str:
+    """The exception type and the first line of its message, for a notice."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    where = f" (raised in task {error.task_id} on "
+    if where in message:  # the notice names the task and host already
+        message = message[:message.index(where)]
+    if len(message) > 200:
+        message = message[:199] + "…"
+    if isinstance(error, TaskFailedError):  # "Task ID on HOST failed: why": the why is news
+        return message.split(": ", 1)[-1]
+    return f"{error.remote_type}: {message}" if message else error.remote_type
+
+
+def _show_error(shell: Any, etype: type, value: BaseException, tb: Any,
+                tb_offset: Any = None) -> list[str]:
+    """Errors the user can fix show as their message; remote ones as the remote traceback."""
+    if isinstance(value, RemoteTaskError) and value.remote_traceback:
+        stb = [value.remote_traceback.rstrip("\n"),
+               f"(raised on the host by task {value.task_id}; "
+               f"%remote_log {value.task_id} --stderr shows its error output)"]
+        hint = _missing_name_hint(value, shell.user_ns)
+        if hint:
+            stb.append(hint)
+    elif isinstance(value, SyntaxError):  # as IPython shows a cell that does not compile
+        stb = [line.rstrip("\n") for line in traceback.format_exception_only(etype, value)]
+    else:
+        stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
+
+
+_UNDEFINED = re.compile(r"(?:name|variable) '(\w+)' is not defined")
+
+
+def _missing_name_hint(error: BaseException, namespace: dict[str, Any]) -> str:
+    """A name the task missed but the notebook has was used in a way the cell's code does not
+    show (a string evaluated at run time, `globals()`): say how to send it."""
+    if not isinstance(error, NameError):
+        return ""
+    name = getattr(error, "name", None) or next(iter(_UNDEFINED.findall(str(error))), None)
+    if not name or name not in namespace:
+        return ""
+    return (f"'{name}' is a variable of this notebook that the cell does not name in its code, "
+            f"so it was not sent: add -i {name} to the %%remote line.")
+
+
+_loaded: dict[int, RemoteMagics] = {}
+
+
+def load(ipython: Any) -> None:
+    magics = RemoteMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.set_custom_exc((RemoteMagicError,), _show_error)
+    ipython.events.register("pre_run_cell", magics.load_finished)
+    _loaded[id(ipython)] = magics
+
+
+def unload(ipython: Any) -> None:
+    magics = _loaded.pop(id(ipython), None)
+    if magics is not None:
+        ipython.events.unregister("pre_run_cell", magics.load_finished)
+    ipython.set_custom_exc((), None)

@@ -1,0 +1,70 @@
+"""How tasks look in tables and lines of text: states, durations, progress, status tables.
+
+Each view is a MIME bundle with text/plain and text/html, so that a notebook shows HTML and
+a terminal or a plain log shows text. No IPython import: the CLI uses the same text.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..client.store import TaskRecord
+
+STATE_COLOURS = {
+    "prepared": "#777", "submitted": "#777", "queued": "#b8860b", "running": "#1f6feb",
+    "completed": "#1a7f37", "failed": "#cf222e", "cancelled": "#777", "timed_out": "#cf222e",
+    "lost": "#cf222e",
+}
+COLUMNS = ("id", "name", "host", "job id", "state", "submitted", "duration", "progress")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_progress(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    done, total = progress.get("done"), progress.get("total")
+    text = f"{done:g}/{total:g}" if total else f"{done:g}"
+    if total:
+        text += f" ({100 * done / total:.0f}%)"
+    message = progress.get("message")
+    return f"{text} {message}" if message else text
+
+
+def status_rows(records: Iterable[TaskRecord]) -> list[list[str]]:
+    rows = []
+    for r in records:
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submitted or r.created))
+        rows.append([r.id, r.name or "", r.host, r.job_id or "", r.state, submitted,
+                     format_duration(r.duration), format_progress(r.progress)])
+    return rows
+
+
+def status_table(records: Iterable[TaskRecord]) -> dict[str, str]:
+    """The table of `%remote_status` and `remote-magic status`."""
+    rows = status_rows(records)
+    if not rows:
+        message = "No tasks. %%remote runs a cell as a task; --all shows finished ones too."
+        return {"text/plain": message, "text/html": f"<p>{html.escape(message)}</p>"}
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td style='color:{STATE_COLOURS.get(v, 'inherit')}'>{html.escape(v)}</td>"
+            if i == 4 else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row)) + "</tr>"
+        for row in rows)
+    return {"text/plain": "\n".join(lines),
+            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}

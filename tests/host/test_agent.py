@@ -1,0 +1,181 @@
+"""The resident agent and the runner, driven directly over the agent protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remote_magic.client.transport.local import LocalTransport
+from remote_magic.config.hosts import HostConfig
+from remote_magic.errors import TransportError
+from remote_magic.host.agent import _utf8_complete, read_chunk
+from remote_magic.wire.protocol import FrameReader, encode
+from remote_magic.wire.serialization import dump_namespace
+from remote_magic.wire.taskdir import TaskPaths, set_state, write_json
+
+TASK = "0123456789abcdef"
+
+
+@pytest.fixture
+def agent(home: Path) -> Any:
+    events: list[dict[str, Any]] = []
+    transport = LocalTransport(HostConfig(name="localhost", workdir=str(home / "work")),
+                               events.append)
+    client = transport.agent()
+    client.events = events
+    client.transport = transport
+    yield client
+    transport.close()
+
+
+def stage(agent: Any, code: str, task: str = TASK,
+          inputs: dict[str, Any] | None = None) -> TaskPaths:
+    root = Path(agent.request("mkdir", task=task))
+    paths = TaskPaths(root)
+    dump_namespace(inputs or {}, paths.inputs)
+    write_json(paths.spec, {"code": code, "filename": "<cell>", "inputs": sorted(inputs or {}),
+                            "outputs": ["out"], "imports": {}, "last_expression": False})
+    return paths
+
+
+def wait_state(agent: Any, task: str, states: set[str], timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = agent.request("status", tasks={task: {"stdout": 0, "stderr": 0}})[task]
+        if status["state"] in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"task never reached {states}: {status}")
+
+
+def test_frames_survive_arbitrary_splits() -> None:
+    data = encode({"id": 1, "text": "é" * 1000}) + encode({"event": "finished"}, b"xyz")
+    reader = FrameReader()
+    got = []
+    for i in range(0, len(data), 7):
+        got += reader.feed(data[i:i + 7])
+    assert got == [({"id": 1, "text": "é" * 1000}, b""), ({"event": "finished"}, b"xyz")]
+
+
+def test_output_chunks_never_split_a_character(tmp_path: Path) -> None:
+    text = "aé€😀"
+    raw = text.encode()
+    for cut in range(len(raw) + 1):
+        keep = _utf8_complete(raw[:cut])
+        raw[:keep].decode()  # never raises
+        assert keep >= cut - 3
+    path = tmp_path / "out"
+    path.write_bytes(raw)
+    chunk, end = read_chunk(path, 0, limit=2)
+    assert (chunk, end) == ("a", 1)
+
+
+def test_task_runs_reports_and_finishes_with_event(agent: Any) -> None:
+    paths = stage(agent, "print('hello')\nout = x + 1", inputs={"x": 41})
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"completed"})
+    # The runner records "completed" a moment before its supervisor writes the exit code.
+    deadline = time.monotonic() + 5
+    while not agent.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert agent.events[0] == {"event": "finished", "task": TASK}
+    status = wait_state(agent, TASK, {"completed"})
+    assert status["stdout"] == "hello\n" and status["exitcode"] == 0
+    assert set(status["history"]) >= {"submitted", "running", "completed"}
+    assert oct(paths.root.stat().st_mode & 0o777) == "0o700"
+    with pytest.raises(TransportError, match="already started"):
+        agent.request("start", task=TASK)
+
+
+def test_python_dying_hard_is_failed_with_reason(agent: Any) -> None:
+    stage(agent, "import os\nos._exit(3)")
+    agent.request("start", task=TASK)
+    status = wait_state(agent, TASK, {"failed"})
+    assert status["exitcode"] == 3 and "exited with code 3" in status["reason"]
+
+
+def test_kill_cancels_whole_process_group(agent: Any) -> None:
+    paths = stage(agent, "import subprocess\nsubprocess.run(['sleep', '60'])")
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"running"})
+    time.sleep(0.3)
+    assert agent.request("kill", tasks=[TASK]) == {TASK: "cancelling"}
+    status = wait_state(agent, TASK, {"cancelled"})
+    assert status["reason"] == "cancelled by the user"
+    runner = json.loads(paths.pids.read_text())["runner"]
+    assert live_members(runner) == []  # the `sleep` child went too (zombies aside)
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies waiting for PID 1 to reap them."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_vanished_processes_make_a_task_lost(agent: Any) -> None:
+    paths = stage(agent, "pass")
+    set_state(paths, "running", launcher="process", host=os.uname().nodename)
+    write_json(paths.pids, {"supervisor": 2 ** 22 + 12345, "runner": 2 ** 22 + 12346})
+    status = agent.request("status", tasks={TASK: None})[TASK]
+    assert status["state"] == "lost" and "gone" in status["reason"]
+
+
+def test_missing_directory_and_bad_ids(agent: Any) -> None:
+    status = agent.request("status", tasks={"fedcba9876543210": None})
+    assert status["fedcba9876543210"]["state"] == "lost"
+    for bad in ("../../etc", "fedcba9876543210\n", "FEDCBA9876543210", "fedcba9"):
+        with pytest.raises(TransportError, match="not a valid task id"):
+            agent.request("status", tasks={bad: None})
+    with pytest.raises(TransportError, match="not staged"):
+        agent.request("start", task="aaaaaaaaaaaaaaaa")
+
+
+def test_purge_refuses_running_tasks(agent: Any) -> None:
+    stage(agent, "import time\ntime.sleep(30)")
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"running"})
+    assert "kill it first" in agent.request("purge", tasks=[TASK])[TASK]
+    agent.request("kill", tasks=[TASK])
+    wait_state(agent, TASK, {"cancelled"})
+    assert agent.request("purge", tasks=[TASK]) == {TASK: "removed"}
+
+
+def test_agent_death_is_reported_and_it_restarts(agent: Any) -> None:
+    info = agent.request("hello")
+    os.kill(info["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while agent.alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(TransportError, match="stopped"):
+        agent.request("hello")
+    fresh = agent.transport.agent()
+    assert fresh.request("hello")["pid"] != info["pid"]
+    assert fresh.request("hello")["python"].startswith("{}.{}".format(*sys.version_info[:2]))
+
+
+def test_a_task_on_another_node_is_lost_only_when_its_heartbeat_stops(agent: Any) -> None:
+    """A workdir on a shared filesystem: a task started by another node's agent cannot be
+    asked about by pid here, so its heartbeat file decides; a silent one means the node died."""
+    from remote_magic.host.agent import STALE_HEARTBEAT
+    paths = stage(agent, "pass")
+    set_state(paths, "running", launcher="process", host="some-other-node")
+    paths.heartbeat.touch()
+    assert agent.request("status", tasks={TASK: None})[TASK]["state"] == "running"
+    old = time.time() - STALE_HEARTBEAT - 5
+    os.utime(paths.heartbeat, (old, old))
+    answer = agent.request("status", tasks={TASK: None})[TASK]
+    assert answer["state"] == "lost" and "no heartbeat" in answer["reason"]

@@ -1,0 +1,61 @@
+"""What runs on a host is the runtime zip, and it imports nothing heavy: the agent and the runner
+start for every connection and every task, and a host may have none of the kernel's packages."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from remote_magic.client.transport.runtime import runtime_zip
+
+HEAVY = ["IPython", "ipywidgets", "ipykernel", "paramiko", "yaml", "platformdirs", "zmq",
+         "numpy", "matplotlib", "pandas", "jupyter_client", "nbformat"]
+KERNEL_SIDE = ("remote_magic/client/", "remote_magic/notebook/", "remote_magic/config/",
+               "remote_magic/testing/", "remote_magic/cli.py")
+# Imported only by matplotlib itself (it is the tasks' matplotlib backend), never by our code.
+BACKEND = "remote_magic.host.mpl_backend"
+
+
+def our_modules(names: list[str]) -> list[str]:
+    modules = []
+    for name in names:
+        if name.startswith("remote_magic/") and name.endswith(".py"):
+            module = name[:-3].replace("/", ".")
+            modules.append(module.removesuffix(".__init__"))
+    return sorted(modules)
+
+
+def test_the_runtime_holds_the_host_side_and_the_wire_only() -> None:
+    names = zipfile.ZipFile(io.BytesIO(runtime_zip()[1])).namelist()
+    assert not [n for n in names if n.startswith(KERNEL_SIDE)]
+    modules = our_modules(names)
+    for needed in ("remote_magic.host.agent", "remote_magic.host.runner",
+                   "remote_magic.host.schedulers.job", "remote_magic.wire.taskdir",
+                   "remote_magic.errors"):
+        assert needed in modules
+    assert {n.split("/")[0] for n in names} == {"remote_magic", "cloudpickle"}
+
+
+def test_every_module_of_the_runtime_imports_from_it_alone_without_heavy_packages(
+        tmp_path: Path) -> None:
+    name, data = runtime_zip()
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    modules = [m for m in our_modules(zipfile.ZipFile(archive).namelist()) if m != BACKEND]
+    script = (
+        "import importlib, json, sys\n"
+        f"sys.path.insert(0, {str(archive)!r})\n"
+        f"for name in {modules!r}:\n"
+        "    module = importlib.import_module(name)\n"
+        f"    assert module.__file__.startswith({str(archive)!r}), module.__file__\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    # -I -S: no site-packages, so the zip is all there is of ours (and of cloudpickle)
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
