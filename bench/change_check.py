@@ -31,7 +31,7 @@ def run_cell(client: Any, code: str, ns: dict[str, Any]) -> tuple[float, float]:
     start = time.perf_counter()
     options = TaskOptions(rerun=True)
     prepared = prepare_cell(code, ns, client.host("localhost"), options)
-    record = client.submit(prepared, options).record
+    record = client.submit(prepared).record
     for update in client.follow(record):
         if update.final:
             break

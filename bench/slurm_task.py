@@ -6,7 +6,7 @@ front of it (as a login node would be), then measures:
   * a trivial `%%remote -q hpc --rerun` cell through a real kernel, submit to results in the
     kernel; the difference is our overhead on top of the scheduler (target < 0.3 s);
   * 100 tasks submitted at once (RemoteExecutor): total time, the status round trips the
-    monitor spent polling, and what those polls cost the scheduler (squeue and sacct calls,
+    session spent polling, and what those polls cost the scheduler (squeue and sacct calls,
     counted by slurmctld and slurmdbd themselves: sdiag, sacctmgr show stats).
 
     python bench/slurm_task.py [-n 10]
@@ -85,14 +85,14 @@ def main() -> None:
             client = Client()
             with RemoteExecutor("hpc", rerun=True, client=client) as pool:
                 pool.submit(pow, 1, 1).result()
-                monitor = client.monitor("hpc")
-                polls_before, rpcs_before = monitor.polls, slurm_rpc_counts()
+                session = client.session("hpc")
+                polls_before, rpcs_before = session.polls, slurm_rpc_counts()
                 start = time.perf_counter()
                 futures = [pool.submit(pow, 2, i) for i in range(args.many)]
                 assert [f.result(timeout=600) for f in futures] == [2 ** i for i in
                                                                      range(args.many)]
                 many = time.perf_counter() - start
-                polls = monitor.polls - polls_before
+                polls = session.polls - polls_before
                 rpcs = slurm_rpc_counts()
                 squeues = sum(rpcs.get(k, 0) - rpcs_before.get(k, 0)
                               for k in ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE"))

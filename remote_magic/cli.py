@@ -50,7 +50,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     if args.command in ("test", "setup"):
         client.host(args.host)  # an unknown host is an error, not a failed check
         if args.command == "setup":
-            print(client.monitor(args.host).transport.setup())
+            print(client.setup(args.host))
         checks = check_host(client, args.host)
         for check in checks:
             print(check)

@@ -1,7 +1,7 @@
-"""The core: submit, follow, retrieve, and manage tasks on any configured host.
+"""`Client`: submit, follow, retrieve and manage tasks on any configured host.
 
-The magics, the executor and the command line are thin layers over `Client`; nothing here
-imports IPython.
+The magics, the executor and the command line are thin layers over `Client`, and reach a host
+only through it (it holds one host session per host); nothing here imports IPython.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config.hosts import Config, HostConfig, load_config
 from ..errors import RemoteMagicError, TaskNotFoundError
-from ..wire.taskdir import TaskPaths, read_json
+from ..wire.states import State
+from ..wire.taskdir import TaskPaths
 from .files import limit_bytes, plan_return
-from .prepare import PreparedTask, TaskOptions, commit
+from .prepare import PreparedTask, commit
 from .results import TaskResult, load_result
-from .session import HostMonitor, Update, Watch
+from .session import HostSession, Update, Watch
 from .store import TaskRecord, TaskStore
 
 FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
@@ -40,7 +41,7 @@ class Client:
     def __init__(self, store: TaskStore | None = None, config_path: str | None = None) -> None:
         self._store = store
         self._config_path = config_path
-        self._monitors: dict[str, HostMonitor] = {}
+        self._sessions: dict[str, HostSession] = {}
         self._launching = threading.RLock()  # submit and dispatch must not race for slots
 
     # ------------------------------------------------------------ configuration
@@ -57,57 +58,78 @@ class Client:
     def host(self, name: str | None = None) -> HostConfig:
         return self.config().host(name)
 
-    def monitor(self, host: str | HostConfig) -> HostMonitor:
-        """The host's monitor, kept for the kernel's life; renewed if its config changed."""
+    def session(self, host: str | HostConfig) -> HostSession:
+        """The host's session, kept for the kernel's life; renewed if its config changed.
+
+        The magics, the executor and the CLI reach a host through the methods below
+        (`watch`, `checks`, `hello`, `setup`), never through a session's transport."""
         config = host if isinstance(host, HostConfig) else self.host(host)
-        current = self._monitors.get(config.name)
+        current = self._sessions.get(config.name)
         if current is not None and current.host != config:
             current.close()
             current = None
         if current is None:
-            current = self._monitors[config.name] = HostMonitor(config, self.store)
+            current = self._sessions[config.name] = HostSession(config, self.store)
             if config.max_running:
                 current.dispatcher = self._dispatch
         return current
 
+    def checks(self, host: str | HostConfig) -> Iterator[tuple[str, bool | None, str]]:
+        """The transport's steps to reach the host, each (step, ok, detail), as they run."""
+        return self.session(host).transport.checks()
+
+    def hello(self, host: str | HostConfig) -> dict[str, Any]:
+        """What the host's agent says about itself (Python, host name, work directory)."""
+        return self.session(host).hello()
+
+    def notes(self, host: str | HostConfig) -> list[str]:
+        """What reaching the host taught us that a user may want to know (e.g. a fallback)."""
+        return list(self.session(host).transport.notes)
+
+    def setup(self, host: str | HostConfig) -> str:
+        """Prepare the host once (e.g. ship the runtime); says what was done."""
+        return self.session(host).transport.setup()
+
     def close(self) -> None:
-        for monitor in self._monitors.values():
-            monitor.close()
-        self._monitors.clear()
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
 
     # ------------------------------------------------------------ the life of a task
 
-    def submit(self, prepared: PreparedTask, options: TaskOptions) -> Submission:
+    def submit(self, prepared: PreparedTask) -> Submission:
         """Stage and start a prepared task, unless an identical one can stand in for it."""
-        monitor = self.monitor(prepared.host)
+        session = self.session(prepared.host)
+        options = prepared.options
         if not options.rerun:
             done = self.store.find_completed(prepared.content_hash, prepared.host)
             if done is not None and self._results(done).result.exists():
                 prepared.discard()
                 return Submission(done, reused=True)
             same = self._find(prepared.id)
-            if same is not None and not same.final and same.state != "prepared":
+            if same is not None and not same.final and same.state != State.PREPARED:
                 prepared.discard()
                 return Submission(same, attached=True)
         commit(prepared)
         record = TaskRecord(id=prepared.id, content_hash=prepared.content_hash,
-                            host=prepared.host, name=prepared.name, nowait=options.nowait,
-                            local_dir=str(prepared.local_dir))
+                            host=prepared.host, name=options.name, nowait=options.nowait,
+                            local_dir=str(prepared.local_dir), resources=options.resources,
+                            collect=options.collect, placement=prepared.placement)
         self.store.add(record)
         try:
-            monitor.agent()  # connects, and checks the host's Python once per connection
-            record.remote_dir = monitor.transport.stage(prepared.id, prepared.local_dir,
+            session.agent()  # connects, and checks the host's Python once per connection
+            record.remote_dir = session.transport.stage(prepared.id, prepared.local_dir,
                                                         prepared.files, prepared.extra)
             self.store.update(record.id, remote_dir=record.remote_dir)
             with self._launching:
-                if self._slots(monitor.host) > 0:
-                    self._launch(monitor, record)
+                if self._slots(session.host) > 0:
+                    self._launch(session, record)
                 else:
-                    record.reason = (f"waiting for a free slot: {monitor.host.name} runs at "
-                                     f"most {monitor.host.max_running} tasks at once")
+                    record.reason = (f"waiting for a free slot: {session.host.name} runs at "
+                                     f"most {session.host.max_running} tasks at once")
                     self.store.update(record.id, reason=record.reason)
         except BaseException as exc:
-            self.store.update(record.id, state="failed", reason=f"not started: {exc}",
+            self.store.update(record.id, state=State.FAILED, reason=f"not started: {exc}",
                               finished=time.time())
             raise
         return Submission(self.store.get(record.id))
@@ -117,38 +139,44 @@ class Client:
         if not host.max_running:
             return 1
         active = self.store.list(host=host.name, active_only=True)
-        return host.max_running - sum(r.state != "prepared" for r in active)
+        return host.max_running - sum(r.state != State.PREPARED for r in active)
 
-    def _launch(self, monitor: HostMonitor, record: TaskRecord) -> None:
+    def _launch(self, session: HostSession, record: TaskRecord) -> None:
         """Start a staged task: as a process, or as a job of the host's scheduler."""
-        host = monitor.host
+        host = session.host
         if host.scheduler == "process":
-            monitor.request("start", task=record.id)
+            session.request("start", task=record.id)
             job_id = None
         else:
-            spec = read_json(Path(record.local_dir or ".") / "spec.json", {})
-            answer = monitor.request(
+            answer = session.request(
                 "submit", task=record.id, scheduler=host.scheduler,
-                resources={**host.resources, **spec.get("resources", {})}, setup=host.setup,
+                resources={**host.resources, **(record.resources or {})}, setup=host.setup,
                 python=host.python, template=_template(host))
             job_id = answer["job_id"]
-        record.state, record.submitted, record.job_id = "submitted", time.time(), job_id
-        self.store.update(record.id, state="submitted", submitted=record.submitted,
+        record.state, record.submitted, record.job_id = State.SUBMITTED, time.time(), job_id
+        self.store.update(record.id, state=State.SUBMITTED, submitted=record.submitted,
                           job_id=job_id, reason=None)
 
-    def _dispatch(self, monitor: HostMonitor) -> None:
-        """Start waiting tasks as slots free (called by the monitor after each poll)."""
+    def _dispatch(self, session: HostSession) -> None:
+        """Start waiting tasks as slots free (called by the session after each poll)."""
         with self._launching:
-            waiting = [r for r in self.store.list(host=monitor.host.name, active_only=True)
-                       if r.state == "prepared" and r.remote_dir]
+            waiting = [r for r in self.store.list(host=session.host.name, active_only=True)
+                       if r.state == State.PREPARED and r.remote_dir]
             for record in reversed(waiting):  # oldest first
-                if self._slots(monitor.host) <= 0:
+                if self._slots(session.host) <= 0:
                     return
                 try:
-                    self._launch(monitor, record)
+                    self._launch(session, record)
                 except RemoteMagicError as exc:
-                    self.store.update(record.id, state="failed", finished=time.time(),
+                    self.store.update(record.id, state=State.FAILED, finished=time.time(),
                                       reason=f"not started: {exc}")
+
+    def watch(self, record: TaskRecord, *, on_final: Callable[[Update], None] | None = None,
+              listener: Callable[[Update], None] | None = None) -> None:
+        """Follow a task in the background: `listener` gets every update, `on_final` the
+        last one (both from the host session's thread)."""
+        self.session(record.host).watch(record.id, state=record.state, on_final=on_final,
+                                        listener=listener)
 
     def follow(self, record: TaskRecord) -> Iterator[Update]:
         """Updates of a task as they come (state, progress, output), until it ends.
@@ -157,8 +185,8 @@ class Client:
         output), so that a view can show the time going by. Interrupting the iteration (Ctrl-C)
         detaches: the task runs on, followed quietly.
         """
-        monitor = self.monitor(record.host)
-        watch = monitor.watch(record.id, live_output=True, state=record.state)
+        session = self.session(record.host)
+        watch = session.watch(record.id, live_output=True, state=record.state)
         updates = watch.updates
         assert updates is not None
         last = Update(record.id, record.state, record.reason, record.progress,
@@ -175,7 +203,7 @@ class Client:
                 yield update
         finally:
             if not ended:
-                monitor.unwatch_output(record.id)
+                session.unwatch_output(record.id)
 
     def result(self, record: TaskRecord, collect_into: Path | None = None, *,
                namespace: dict[str, Any] | None = None,
@@ -189,25 +217,25 @@ class Client:
         result = load_result(self._results(record), record.id, record.host,
                              namespace=namespace, originals=originals,
                              inputs=TaskPaths(local).inputs)
-        spec = read_json(TaskPaths(local).spec, {})
-        transport = self.monitor(record.host).transport
-        if spec.get("collect") and spec.get("cwd"):
-            result.file_notes.append(f"--collect: the task ran in {spec['cwd']}, which is "
+        place = record.placement or {}
+        transport = self.session(record.host).transport
+        if record.collect and place.get("cwd"):
+            result.file_notes.append(f"--collect: the task ran in {place['cwd']}, which is "
                                      "this notebook's folder: its files are already here")
-        elif spec.get("collect"):
-            collected = transport.collect(record.id, spec["collect"], collect_into or Path.cwd())
+        elif record.collect:
+            collected = transport.collect(record.id, record.collect, collect_into or Path.cwd())
             result.collected = collected
             result.file_notes += collected.notes()  # names refused, a search cut short
-        if spec.get("not_staged"):
-            shown = ", ".join(f"{n} ({size / 1e6:.1f} MB)" for n, size in spec["not_staged"])
+        if place.get("not_staged"):
+            shown = ", ".join(f"{n} ({size / 1e6:.1f} MB)" for n, size in place["not_staged"])
             result.file_notes.append(f"not sent (over the host's auto_files limit): {shown}; "
                                      "send them with --files, or raise auto_files")
         written = [w for w in result.written if w.get("name") not in result.collected]
-        if written and spec.get("return_files"):
-            host = self.monitor(record.host).host
+        if written and place.get("return_files"):
+            host = self.session(record.host).host
             copies, returned = plan_return(
-                written, Path(spec.get("cwd_local") or Path.cwd()),
-                spec.get("prepared_at", 0.0), limit_bytes(host), record.id)
+                written, Path(place.get("cwd_local") or Path.cwd()),
+                place.get("prepared_at", 0.0), limit_bytes(host), record.id)
             for name, target in copies:
                 transport.fetch(record.id, name, target)
             result.file_notes += returned.notes()
@@ -218,10 +246,10 @@ class Client:
                ) -> Iterator[Update]:
         """The task's printed output and displays from `offsets` on (from the start if
         None), in as many requests as it takes: for output that was not streamed live."""
-        monitor = self.monitor(record.host)
+        session = self.session(record.host)
         offsets = dict(offsets or {"stdout": 0, "stderr": 0, "events": 0})
         while True:
-            status = monitor.request("status", tasks={record.id: offsets})[record.id]
+            status = session.request("status", tasks={record.id: offsets})[record.id]
             update = Update(record.id, status["state"], stdout=status.get("stdout", ""),
                             stderr=status.get("stderr", ""), stdout_at=offsets["stdout"],
                             stderr_at=offsets["stderr"], events=status.get("events", []),
@@ -235,8 +263,8 @@ class Client:
                 return
 
     def _results(self, record: TaskRecord) -> Any:
-        monitor = self.monitor(record.host)
-        return monitor.transport.results(record.id, Path(record.local_dir or "."))
+        session = self.session(record.host)
+        return session.transport.results(record.id, Path(record.local_dir or "."))
 
     def _find(self, task_id: str) -> TaskRecord | None:
         try:
@@ -258,7 +286,7 @@ class Client:
             records = self.store.list(host=host, active_only=not include_done, limit=limit)
         active: dict[str, list[TaskRecord]] = defaultdict(list)
         for record in records:
-            if not record.final and record.state != "prepared":
+            if not record.final and record.state != State.PREPARED:
                 active[record.host].append(record)
         known = self.config().hosts
         for host_name, group in active.items():
@@ -266,19 +294,19 @@ class Client:
                 for record in group:
                     self.store.update(record.id, reason=_gone(host_name))
                 continue
-            self.monitor(host_name).poll(
+            self.session(host_name).poll(
                 {r.id: Watch(r.id, False, r.state, r.progress) for r in group})
         return [self.store.get(r.id) for r in records]
 
     def log(self, record: TaskRecord, stream: str = "stdout") -> str:
-        return self.monitor(record.host).request("log", task=record.id, stream=stream)
+        return self.session(record.host).request("log", task=record.id, stream=stream)
 
     def kill(self, records: list[TaskRecord]) -> dict[str, str]:
         outcome: dict[str, str] = {}
         by_host: dict[str, list[TaskRecord]] = defaultdict(list)
         for record in records:
-            if record.state == "prepared" and not record.remote_dir:  # never reached the host
-                self.store.update(record.id, state="cancelled", reason="cancelled by the user",
+            if record.state == State.PREPARED and not record.remote_dir:  # never reached the host
+                self.store.update(record.id, state=State.CANCELLED, reason="cancelled by the user",
                                   finished=time.time())
                 outcome[record.id] = "cancelled"
             elif record.final:
@@ -292,9 +320,9 @@ class Client:
                                       "cancel the task there, or %remote_purge it to forget "
                                       "it here" for r in group})
                 continue
-            monitor = self.monitor(host_name)
-            outcome.update(monitor.request("kill", tasks=[r.id for r in group]))
-            monitor.poke()
+            session = self.session(host_name)
+            outcome.update(session.request("kill", tasks=[r.id for r in group]))
+            session.poke()
         return outcome
 
     def purge(self, records: list[TaskRecord]) -> dict[str, str]:
@@ -309,7 +337,7 @@ class Client:
                 done = {r.id: "absent" for r in group}
             else:
                 try:
-                    done = self.monitor(host_name).request("purge",
+                    done = self.session(host_name).request("purge",
                                                            tasks=[r.id for r in group])
                 except RemoteMagicError as exc:
                     done = {r.id: f"not purged: {exc}" for r in group}

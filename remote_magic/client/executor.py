@@ -1,8 +1,8 @@
 """`RemoteExecutor`: a concurrent.futures.Executor whose calls run as tasks on a host.
 
 Each `submit(fn, *args, **kwargs)` becomes a task on the same path as a `%%remote` cell
-(prepare, stage, start, monitor, retrieve); the Future completes when the host reports the
-task's end, from the host's monitor thread, without anyone having to poll.
+(prepare, stage, start, follow, retrieve); the Future completes when the host reports the
+task's end, from the host session's thread, without anyone having to poll.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class RemoteExecutor(Executor):
         options = TaskOptions(resources=dict(self._resources), name=self._name,
                               rerun=self._rerun, nowait=True)
         prepared = prepare_call(fn, args, kwargs, self._host, options)
-        submission = self._client.submit(prepared, options)
+        submission = self._client.submit(prepared)
         future: Future[Any] = Future()
         future.task_id = submission.record.id  # type: ignore[attr-defined]
         future.set_running_or_notify_cancel()
@@ -54,9 +54,8 @@ class RemoteExecutor(Executor):
         if record.final:
             self._complete(future, record)
         else:
-            self._client.monitor(self._host.name).watch(
-                record.id, state=record.state,
-                on_final=lambda update: self._on_final(future, record, update))
+            self._client.watch(
+                record, on_final=lambda update: self._on_final(future, record, update))
         return future
 
     def _on_final(self, future: Future[Any], record: TaskRecord, update: Update) -> None:

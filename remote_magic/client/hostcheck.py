@@ -29,21 +29,21 @@ def check_host(client: Client, name: str) -> list[Check]:
     checks: list[Check] = []
     try:
         host = client.host(name)
-        monitor = client.monitor(host)
+        steps = client.checks(host)
     except RemoteMagicError as exc:
         return [Check(name, "configuration", False, str(exc))]
-    for step, ok, detail in monitor.transport.checks():
+    for step, ok, detail in steps:
         checks.append(Check(name, step, ok, detail))
         if ok is False:
             return checks
     try:
-        info = monitor.hello()
+        info = client.hello(host)
     except RemoteMagicError as exc:
         return [*checks, Check(name, "agent starts, Python matches", False, str(exc))]
     checks.append(Check(name, "agent starts, Python matches", True,
                         f"Python {info['python']} ({info['executable']}), pid {info['pid']} "
                         f"on {info['hostname']}"))
-    notes = monitor.transport.notes
+    notes = client.notes(host)
     if notes:
         checks.append(Check(name, "notes", True, "; ".join(notes)))
     return checks

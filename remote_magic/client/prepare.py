@@ -18,7 +18,7 @@ import tempfile
 import time
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ from ..config.hosts import HostConfig, check_resources, job_resources
 from ..errors import CaptureError, OptionError, RemoteMagicError, echo
 from ..wire import ambient
 from ..wire.serialization import AMBIENT, dump_namespace
-from ..wire.taskdir import TaskPaths, write_json
+from ..wire.taskdir import PREPARED_FILES, TaskPaths, write_json
 from .capture import analyse_cell, identifiers
 from .files import limit_bytes, plan_stage, shared_folder
 from .paths import PREPARE_PREFIX, data_dir, sweep_prepares
@@ -55,10 +55,14 @@ class PreparedTask:
     id: str
     content_hash: str
     host: str
-    name: str | None
     local_dir: Path
     spec: dict[str, Any]
     files: list[str]
+    # the user's options, checked and normalized (resources, collect patterns, name)
+    options: TaskOptions = field(default_factory=TaskOptions)
+    # where the cell runs and how its files come back ("cwd", or "return_files" with
+    # "not_staged"; "cwd_local", "prepared_at"): the kernel needs it to load the results
+    placement: dict[str, Any] = field(default_factory=dict)
     extra: list[tuple[Path, str]] = field(default_factory=list)  # (--files path, destination)
     # the objects sent, by every notebook name they were sent under: the results refer to them
     values: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -107,7 +111,7 @@ def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     """A function call, run through the same path as a cell."""
     values = {"_rm_fn": fn, "_rm_args": args, "_rm_kwargs": kwargs}
     if options.name is None:
-        options.name = getattr(fn, "__name__", None)
+        options = replace(options, name=getattr(fn, "__name__", None))
     return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options)
 
 
@@ -226,9 +230,10 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
                 figures: dict[str, Any] | None = None) -> PreparedTask:
     """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
     would: its functions see the task's globals, and the inputs it changes come back."""
-    options.resources = check_resources(options.resources)
+    options = replace(options, resources=check_resources(options.resources),
+                      collect=collect_patterns(options.collect))
     job_resources(host, options.resources)  # what the host's scheduler would refuse
-    collect = collect_patterns(options.collect)
+    collect = options.collect
     cwd = Path.cwd()
     extra = plan_files(options.files, host, cwd)
     place: dict[str, Any] = {}
@@ -284,8 +289,8 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PreparedTask(id=task_id, content_hash=content_hash, host=host.name,
-                        name=options.name, local_dir=staging, spec=spec,
-                        files=["spec.json", "inputs.rmns"], extra=extra, values=values)
+                        local_dir=staging, spec=spec, files=list(PREPARED_FILES),
+                        options=options, placement=place, extra=extra, values=values)
 
 
 def _stat(path: Path) -> tuple[int, int]:

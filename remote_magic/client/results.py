@@ -19,6 +19,7 @@ from ..errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from ..wire import ambient
 from ..wire.pickling import loads
 from ..wire.serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
+from ..wire.states import State
 from ..wire.taskdir import TaskPaths, read_json
 from .inplace import update_in_place
 
@@ -89,14 +90,14 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
     the notebook sent by name: they resolve in `originals` (the objects sent, when this kernel
     still holds them), else in a fresh load of the `inputs` file it was sent.
     """
-    result = TaskResult(task_id=task_id, host=host, state="failed", reason=None,
+    result = TaskResult(task_id=task_id, host=host, state=State.FAILED, reason=None,
                         originals=originals)
     try:
-        record = _read(paths.state, default={"state": "prepared", "reason": None})
+        record = _read(paths.state, default={"state": State.PREPARED, "reason": None})
         result.state, result.reason = record["state"], record.get("reason")
         raised = None
         meta = _read(paths.result, default=None)
-        if meta is None and result.state == "completed":
+        if meta is None and result.state == State.COMPLETED:
             raise _Damaged(paths.result, "is missing")
         sent = _Sent(originals, inputs)
         if meta is not None:
@@ -107,14 +108,14 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
                 if shown.get("result") is not None:
                     result.value = _shown(shown["result"], namespace, sent)
     except _Damaged as damage:
-        result.state = "failed"
+        result.state = State.FAILED
         result.error = TaskFailedError(
             f"Task {task_id} on {host} left results that cannot be read: {damage.path} "
             f"{damage.why}. Its other files are still on the host (%remote_log {task_id}); "
             "run the cell again with --rerun.", remote_type="damaged results",
             task_id=task_id)
         return result
-    if result.state != "completed":
+    if result.state != State.COMPLETED:
         result.error = _error(paths, result, raised)
     return result
 

@@ -1,4 +1,4 @@
-"""Monitor: one thread per host that follows every task the kernel is waiting for.
+"""A host session: the kernel's connection to one host, and the thread that follows its tasks.
 
 Each poll is ONE request to the host's agent covering all watched tasks (state, progress and
 new output). The agent also pushes an event when one of its tasks ends, which wakes the poll
@@ -11,12 +11,13 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..config.hosts import HostConfig
 from ..errors import RemoteMagicError, TransportError
-from ..wire.taskdir import FINAL_STATES
+from ..wire.states import FINAL_STATES, WAITING_STATES, State
 from .agent_client import AgentClient
 from .store import TaskStore
 from .transport import open_transport
@@ -26,7 +27,6 @@ VIEW_POLL = 0.5  # while a live view shows a task in the background
 SLOW_POLL = 2.0  # at most this long between polls otherwise
 MAX_BACKOFF = 30.0
 QUEUED_POLL = 5.0  # batch jobs that all wait in the queue: polls slow down to this
-WAITING_STATES = ("prepared", "submitted", "queued")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Update:
 class Watch:
     task_id: str
     live_output: bool
-    state: str = "submitted"
+    state: str = State.SUBMITTED
     progress: dict[str, Any] | None = None
     offsets: dict[str, int] = field(
         default_factory=lambda: {"stdout": 0, "stderr": 0, "events": 0})
@@ -73,7 +73,7 @@ class Watch:
         return self.live_output or bool(self.listeners)
 
 
-class HostMonitor:
+class HostSession:
     def __init__(self, host: HostConfig, store: TaskStore) -> None:
         self.host = host
         self.store = store
@@ -83,7 +83,7 @@ class HostMonitor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked: AgentClient | None = None
-        self.dispatcher: Callable[[HostMonitor], None] | None = None  # starts waiting tasks
+        self.dispatcher: Callable[[HostSession], None] | None = None  # starts waiting tasks
         self.polls = 0  # status round trips so far (what a poll costs the host)
         self._info: dict[str, Any] = {}
 
@@ -119,11 +119,11 @@ class HostMonitor:
 
     # ------------------------------------------------------------ watching
 
-    def watch(self, task_id: str, live_output: bool = False, state: str = "submitted",
+    def watch(self, task_id: str, live_output: bool = False, state: str = State.SUBMITTED,
               on_final: Callable[[Update], None] | None = None,
               listener: Callable[[Update], None] | None = None) -> Watch:
         """Follow a task; a foreground waiter reads `watch.updates`, a live view listens
-        (called from the monitor's thread on every poll, so it can tick)."""
+        (called from the session's thread on every poll, so it can tick)."""
         with self._lock:
             watch = self._watches.get(task_id)
             if watch is None:
@@ -137,7 +137,7 @@ class HostMonitor:
                 watch.listeners.append(listener)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"remote-monitor-{self.host.name}")
+                                                name=f"remote-session-{self.host.name}")
                 self._thread.start()
         self._wake.set()
         return watch
@@ -169,25 +169,10 @@ class HostMonitor:
             except TransportError as exc:
                 for watch in watches.values():
                     self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
-                # When the transport is backing off its reconnects, poll again just when the
-                # next attempt is due: one schedule, not the product of two back-offs.
-                due = self.transport.retry_delay()
-                backoff = due + 0.01 if due > 0 else min(MAX_BACKOFF, backoff * 2)
-                self._wake.wait(backoff)
-                self._wake.clear()
-                continue
-            if self.host.scheduler != "process" and all(
-                    w.state in WAITING_STATES for w in watches.values()):
-                # Queue waits last minutes, and every poll makes the agent read each task's
-                # files on the login node: slow down step by step, so that a job which starts
-                # at once (a quiet cluster) is still seen at once.
-                backoff = min(QUEUED_POLL, backoff * 1.5)
-            elif any(w.live_output for w in watches.values()):
-                backoff = FAST_POLL
-            elif any(w.listeners for w in watches.values()):
-                backoff = VIEW_POLL
+                backoff = after_failure(backoff, self.transport.retry_delay())
             else:
-                backoff = min(SLOW_POLL, backoff * 1.5)
+                batch = self.host.scheduler != "process"
+                backoff = next_poll(backoff, watches.values(), batch=batch)
             self._wake.wait(backoff)
             self._wake.clear()
 
@@ -222,7 +207,8 @@ class HostMonitor:
         if update.changed:
             watch.state, watch.progress = update.state, update.progress
             history = status.get("history", {})
-            times = {"submitted": history.get("submitted"), "started": history.get("running"),
+            times = {"submitted": history.get(State.SUBMITTED),
+                     "started": history.get(State.RUNNING),
                      "finished": max((history[s] for s in FINAL_STATES if s in history),
                                      default=None)}
             known = {**times, "job_id": update.job_id}
@@ -238,7 +224,7 @@ class HostMonitor:
         for listener in list(watch.listeners):
             try:
                 listener(update)
-            except Exception:  # noqa: BLE001 - a broken view must not stop the monitor
+            except Exception:  # noqa: BLE001 - a broken view must not stop the session
                 watch.listeners.remove(listener)
         if update.final:
             for callback in watch.on_final:
@@ -247,3 +233,24 @@ class HostMonitor:
     def close(self) -> None:
         self.transport.close()
 
+
+def after_failure(previous: float, due: float) -> float:
+    """Seconds to the next poll after one that could not reach the host. When the transport
+    is backing off its reconnects (`due` > 0), poll just when its next attempt is due: one
+    schedule, not the product of two back-offs; otherwise double, up to MAX_BACKOFF."""
+    return due + 0.01 if due > 0 else min(MAX_BACKOFF, previous * 2)
+
+
+def next_poll(previous: float, watches: Iterable[Watch], batch: bool) -> float:
+    """Seconds to the next poll after one that worked, from who is watching what."""
+    watches = list(watches)
+    if batch and all(w.state in WAITING_STATES for w in watches):
+        # Queue waits last minutes, and every poll makes the agent read each task's files on
+        # the login node: slow down step by step, so that a job which starts at once (a
+        # quiet cluster) is still seen at once.
+        return min(QUEUED_POLL, previous * 1.5)
+    if any(w.live_output for w in watches):
+        return FAST_POLL
+    if any(w.listeners for w in watches):
+        return VIEW_POLL
+    return min(SLOW_POLL, previous * 1.5)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskNotFoundError
-from ..wire.taskdir import FINAL_STATES
+from ..wire.states import FINAL_STATES, State
 from .paths import data_dir
 
 _SCHEMA = """
@@ -37,12 +37,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished REAL,
     progress TEXT,
     outputs TEXT,
-    nowait INTEGER NOT NULL DEFAULT 0
+    nowait INTEGER NOT NULL DEFAULT 0,
+    resources TEXT,
+    collect TEXT,
+    placement TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_hash ON tasks (content_hash, host);
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created);
 """
-_JSON_FIELDS = ("progress", "outputs")
+_JSON_FIELDS = ("progress", "outputs", "resources", "collect", "placement")
+# Columns added after the first release of the schema: a store made before gets them on open.
+_ADDED = {"resources": "TEXT", "collect": "TEXT", "placement": "TEXT"}
 
 
 @dataclass
@@ -50,7 +55,7 @@ class TaskRecord:
     id: str
     content_hash: str
     host: str
-    state: str = "prepared"
+    state: str = State.PREPARED
     name: str | None = None
     reason: str | None = None
     job_id: str | None = None
@@ -63,6 +68,9 @@ class TaskRecord:
     progress: dict[str, Any] | None = None
     outputs: list[str] | None = None
     nowait: bool = False
+    resources: dict[str, Any] | None = None  # what the task asked the scheduler for
+    collect: list[str] | None = None  # --collect patterns, fetched after the task ends
+    placement: dict[str, Any] | None = None  # where it ran, how its files come back (prepare)
 
     @property
     def final(self) -> bool:
@@ -113,6 +121,10 @@ class TaskStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 with self._lock, self._db:
                     self._db.executescript(_SCHEMA)
+                    have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+                    for column, kind in _ADDED.items():
+                        if column not in have:
+                            self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:

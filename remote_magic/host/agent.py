@@ -5,7 +5,9 @@ answers requests over stdin/stdout: start a task, report the state and new outpu
 tasks at once, kill, purge, read logs. A request costs a message on an open pipe instead of a
 process or remote-shell start. It forks tasks from itself (the runner is already imported), each
 in a new session so that they outlive the agent; when one of its children ends it tells the
-kernel at once, without waiting for the next poll.
+kernel at once, without waiting for the next poll. Every operation a request may name is in one
+table (`Agent.operations`); the file and batch operations are parts the agent holds
+(`fileops.FileOps`, `batchops.BatchOps`).
 
 Single-threaded on purpose: it forks, and forking a threaded process is unsafe.
 """
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..wire.protocol import MARKER, FrameReader, encode_header
+from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
-    FINAL_STATES,
     HEARTBEAT_INTERVAL,
+    TASKS,
     Refusal,
     TaskPaths,
     make_task_dir,
@@ -41,6 +44,7 @@ from ..wire.taskdir import (
 )
 from . import runner
 from .batchops import BatchOps
+from .exchange import Exchange
 from .fileops import FileOps
 from .proctitle import set_name
 
@@ -55,17 +59,32 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
     pass
 
 
-class Agent(FileOps, BatchOps):
+# Operations that move file contents: they get the request's Exchange (see exchange.py).
+WITH_BYTES = frozenset({"stage", "put_chunk", "get", "read"})
+
+
+class Agent:
     def __init__(self, workdir: str, resident: bool = True) -> None:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
-        self.tasks_dir = self.workdir / "tasks"
-        self.resident = resident
+        self.tasks_dir = self.workdir / TASKS
         self.children: dict[int, str] = {}  # supervisor pid -> task id
-        self.staged: set[str] = set()
         self.hostname = socket.gethostname()
+        self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
+        self.batch = BatchOps(self.paths)
+        files = self.files
+        # Every operation a request may name, in one place: the agent's whole vocabulary.
+        self.operations: dict[str, Callable[..., Any]] = {
+            "hello": self.op_hello, "mkdir": self.op_mkdir, "start": self.op_start,
+            "submit": self.op_submit, "status": self.op_status, "kill": self.op_kill,
+            "purge": self.op_purge, "list": self.op_list, "log": self.op_log,
+            "stage": files.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
+            "put_open": files.op_put_open, "put_chunk": files.op_put_chunk,
+            "put_close": files.op_put_close, "get": files.op_get, "read": files.op_read,
+            "glob": files.op_glob,
+        }
         # A work directory another user could have written is never used: every request is
         # answered with why, and how to fix it (nothing in it is read, nothing is written).
-        self.refusal = workdir_refusal(self.workdir, [("tasks", "dir")], create=True)
+        self.refusal = workdir_refusal(self.workdir, [(TASKS, "dir")], create=True)
         if self.refusal is None:  # not created: say why now (no permission, say)
             self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -84,25 +103,25 @@ class Agent(FileOps, BatchOps):
                send: Callable[[dict[str, Any], bytes], None]) -> None:
         """Run one request; answer it unless it is one-way (no id). A refusal is answered as
         such: its message is for the user as it stands."""
-        request_id = message.get("id")
-        self.payload, self.payload_out = payload, b""
-        self.reply_stream = lambda chunk: send({"stream": request_id}, chunk)
-        method = getattr(self, f"op_{message.get('op', '')}", None)
+        request_id, op = message.get("id"), message.get("op")
+        exchange = Exchange(payload, stream=lambda chunk: send({"stream": request_id}, chunk))
+        method = self.operations.get(op) if isinstance(op, str) else None
         if self.refusal is not None:
             reply = {"ok": False, "error": str(self.refusal), "refused": True}
         elif method is None:
-            reply = {"ok": False, "error": f"unknown operation {message.get('op')!r}"}
+            reply = {"ok": False, "error": f"unknown operation {op!r}"}
         else:
             try:
-                reply = {"ok": True, "result": method(**message.get("args", {}))}
+                args = message.get("args", {})
+                result = method(exchange, **args) if op in WITH_BYTES else method(**args)
+                reply = {"ok": True, "result": result}
             except Refusal as exc:
                 reply = {"ok": False, "error": str(exc), "refused": True}
             except Exception as exc:  # noqa: BLE001 - the kernel shows it; the agent lives on
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if request_id is not None:
             reply["id"] = request_id
-            send(reply, self.payload_out)
-        self.payload = self.payload_out = b""
+            send(reply, exchange.payload_out)
 
     # ------------------------------------------------------------ operations
 
@@ -120,11 +139,11 @@ class Agent(FileOps, BatchOps):
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
-        found = self.claim(paths, task)
+        found = self.files.claim(paths, task)
         if found is not None:
             return {"pid": None, "attached": found}
         try:
-            set_state(paths, "submitted", launcher="process", host=self.hostname)
+            set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
             sys.stdout.flush()
             pid = os.fork()
         except BaseException:
@@ -140,11 +159,11 @@ class Agent(FileOps, BatchOps):
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
-        found = self.claim(paths, task)
+        found = self.files.claim(paths, task)
         if found is not None:
             return {"job_id": read_state(paths).get("job_id"), "attached": found}
         try:
-            return BatchOps.op_submit(self, task, *args, **options)
+            return self.batch.op_submit(task, *args, **options)
         except BaseException:
             paths.claim.unlink(missing_ok=True)  # not submitted: a retry may claim it again
             raise
@@ -172,7 +191,7 @@ class Agent(FileOps, BatchOps):
         for task_id in tasks:
             paths = self.paths(task_id)
             if not paths.root.is_dir():
-                answers[task_id] = {"state": "lost", "history": {},
+                answers[task_id] = {"state": State.LOST, "history": {},
                                     "reason": "the task directory is gone from the host"}
                 continue
             record = read_state(paths)
@@ -181,7 +200,7 @@ class Agent(FileOps, BatchOps):
                 record = self._check_alive(paths, record)
             records[task_id] = record
         batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
-        records.update(self.batch_states(batch))
+        records.update(self.batch.batch_states(batch))
         for task_id, record in records.items():
             answers[task_id] = self._report(self.paths(task_id), record, tasks[task_id])
         return answers
@@ -213,7 +232,7 @@ class Agent(FileOps, BatchOps):
             return self._check_heartbeat(paths, record)
         pids = read_json(paths.pids)
         if pids is None:
-            started = record.get("history", {}).get("submitted", time.time())
+            started = record.get("history", {}).get(State.SUBMITTED, time.time())
             if time.time() - started < START_GRACE:
                 return record
         elif _alive(pids["supervisor"]) or _alive(pids["runner"]):
@@ -224,17 +243,17 @@ class Agent(FileOps, BatchOps):
         code = read_exitcode(paths)
         if code is not None:
             return runner.settle(paths, code)
-        return set_state(paths, "lost", "the task's processes are gone and left no outcome")
+        return set_state(paths, State.LOST, "the task's processes are gone and left no outcome")
 
     def _check_heartbeat(self, paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
-        if record["state"] != "running":
+        if record["state"] != State.RUNNING:
             return record
         try:
             age = time.time() - paths.heartbeat.stat().st_mtime
         except FileNotFoundError:
             return record
-        if age > STALE_HEARTBEAT and read_state(paths)["state"] == "running":
-            return set_state(paths, "lost", f"no heartbeat for {age:.0f} s: the node died")
+        if age > STALE_HEARTBEAT and read_state(paths)["state"] == State.RUNNING:
+            return set_state(paths, State.LOST, f"no heartbeat for {age:.0f} s: the node died")
         return record
 
     def op_kill(self, tasks: list[str]) -> dict[str, str]:
@@ -246,7 +265,7 @@ class Agent(FileOps, BatchOps):
                 outcome[task_id] = f"already {record['state']}"
                 continue
             if record.get("launcher") not in (None, "process") and record.get("job_id"):
-                outcome[task_id] = self.batch_cancel(paths, record)
+                outcome[task_id] = self.batch.batch_cancel(paths, record)
                 continue
             paths.cancel.touch()
             pids = read_json(paths.pids)
@@ -270,7 +289,7 @@ class Agent(FileOps, BatchOps):
                 outcome[task_id] = "absent"
                 continue
             state = read_state(paths)["state"]
-            if state not in FINAL_STATES and state != "prepared" and not force:
+            if state not in FINAL_STATES and state != State.PREPARED and not force:
                 outcome[task_id] = f"still {state}: kill it first"
                 continue
             shutil.rmtree(paths.root)
@@ -427,7 +446,7 @@ def serve(workdir: str) -> int:
     out.write(MARKER)  # whatever a login shell printed before us ends here
     out.flush()
     if agent.refusal is None:
-        agent.sweep()
+        agent.files.sweep()
 
     def send(message: dict[str, Any], payload: bytes = b"") -> None:
         out.write(encode_header(message, len(payload)))

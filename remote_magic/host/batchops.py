@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
-    FINAL_STATES,
     HEARTBEAT_INTERVAL,
     TaskPaths,
     read_exitcode,
@@ -55,18 +55,16 @@ CLOCK_SKEW = 5.0  # seconds by which the clocks of the login and compute nodes m
 
 
 class BatchOps:
-    """Mixed into the Agent."""
+    """The agent's batch-job operations: submit, settle states with the queue, cancel."""
 
-    paths: Callable[[str], TaskPaths]
-
-    def _batch_cache(self) -> dict[str, tuple[float, frozenset[str], dict[str, JobState],
-                                              float]]:
-        """Per scheduler: when it was last asked (monotonic), about which jobs, its answers,
-        and when (wall clock, to compare with the times in state records)."""
-        if not hasattr(self, "_queue_cache"):
-            self._queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState],
-                                               float]] = {}
-        return self._queue_cache
+    def __init__(self, paths: Callable[[str], TaskPaths]) -> None:
+        self.paths = paths  # a task's files, once its directory is known to be ours alone
+        # Per scheduler: when it was last asked (monotonic), about which jobs, its answers,
+        # and when (wall clock, to compare with the times in state records).
+        self.queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState],
+                                          float]] = {}
+        # Per (scheduler, job): when its node last answered a probe, and what it said.
+        self.probe_cache: dict[tuple[str, str], tuple[float, Vouch]] = {}
 
     def op_submit(self, task: str, scheduler: str, resources: dict[str, Any], setup: str = "",
                   python: str | None = None, template: str | None = None) -> dict[str, Any]:
@@ -74,7 +72,7 @@ class BatchOps:
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
-        if read_state(paths)["state"] != "prepared":
+        if read_state(paths)["state"] != State.PREPARED:
             raise RuntimeError(f"task {task} was already started")
         batch = scheduler_for(scheduler)
         runtime = str(Path(runner.__file__).resolve().parent.parent)
@@ -91,7 +89,7 @@ class BatchOps:
             raise RuntimeError(f"{batch.submit_command(str(job_script))[0]} refused the job: "
                                f"{(done.stderr or done.stdout).strip()[-800:]}")
         job_id = batch.job_id(done.stdout)
-        set_state(paths, "submitted", launcher=scheduler, job_id=job_id)
+        set_state(paths, State.SUBMITTED, launcher=scheduler, job_id=job_id)
         return {"job_id": job_id}
 
     def batch_states(self, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -103,11 +101,11 @@ class BatchOps:
         for name, jobs in by_scheduler.items():
             batch = scheduler_for(name)
             answers = self._ask(batch, sorted(jobs))
-            asked_at = self._batch_cache()[batch.name][3]
+            asked_at = self.queue_cache[batch.name][3]
             silent = {job_id: age for job_id, task_id in jobs.items()
                       if (age := _silence(self.paths(task_id), tasks[task_id])) is not None}
             vouches = self._probe(batch, {j: answers[j] for j in silent if j in answers
-                                          and answers[j].state == "running"
+                                          and answers[j].state == State.RUNNING
                                           and not answers[j].unreachable})
             for job_id, task_id in jobs.items():
                 paths = self.paths(task_id)
@@ -117,7 +115,7 @@ class BatchOps:
                     if why is not None:
                         tasks[task_id] = _lose(batch, job_id, paths, why)
                         continue
-                tasks[task_id] = self._merge(paths, tasks[task_id], answers.get(job_id),
+                tasks[task_id] = self.merge(paths, tasks[task_id], answers.get(job_id),
                                              asked_at)
         return tasks
 
@@ -125,13 +123,11 @@ class BatchOps:
         """Ask the nodes of these silent running jobs whether they still run them: one
         command per job, at most MAX_PROBES at once, none longer than PROBE_TIMEOUT. A node
         that answered is believed for PROBE_INTERVAL."""
-        if not hasattr(self, "_probe_cache"):
-            self._probe_cache: dict[tuple[str, str], tuple[float, Vouch]] = {}
         now = time.monotonic()
         found: dict[str, Vouch] = {}
         commands: dict[str, list[str]] = {}
         for job_id, job in jobs.items():
-            cached = self._probe_cache.get((batch.name, job_id))
+            cached = self.probe_cache.get((batch.name, job_id))
             if cached is not None and now - cached[0] < PROBE_INTERVAL:
                 found[job_id] = cached[1]
                 continue
@@ -141,7 +137,7 @@ class BatchOps:
         for job_id, done in _run_all(commands, PROBE_TIMEOUT).items():
             vouch = batch.read_probe(job_id, jobs[job_id], done.returncode, done.stdout,
                                      done.stderr)
-            self._probe_cache[(batch.name, job_id)] = (time.monotonic(), vouch)
+            self.probe_cache[(batch.name, job_id)] = (time.monotonic(), vouch)
             found[job_id] = vouch
         return found
 
@@ -153,7 +149,7 @@ class BatchOps:
         about (the command failed, or it was submitted after the last query) is `unknown`,
         never left out, so that a controller restart does not make every job look gone.
         """
-        cache = self._batch_cache()
+        cache = self.queue_cache
         asked_at, asked_for, answers, _ = cache.get(batch.name, (0.0, frozenset(), {}, 0.0))
         if time.monotonic() - asked_at < QUERY_INTERVAL:
             # Jobs submitted since are asked about next time: while a notebook submits
@@ -183,7 +179,7 @@ class BatchOps:
         cache[batch.name] = (time.monotonic(), frozenset(job_ids), answers, wall)
         return answers
 
-    def _merge(self, paths: TaskPaths, record: dict[str, Any], job: JobState | None,
+    def merge(self, paths: TaskPaths, record: dict[str, Any], job: JobState | None,
                asked_at: float | None = None) -> dict[str, Any]:
         """The task's state from its files and the scheduler's word (None: it does not know
         the job; state "": it could not be asked), asked at `asked_at` (default: now)."""
@@ -195,18 +191,18 @@ class BatchOps:
             return _confirm(paths, _settle(paths, record, code), job, asked_at)
         if job is not None and job.state not in FINAL_STATES:
             # still in the queue, or the scheduler could not say: ask again later
-            if job.state == "queued" and record["state"] in ("submitted", "queued"):
-                if record["state"] != "queued" or record.get("reason") != job.reason:
-                    return set_state(paths, "queued", job.reason)
+            if job.state == State.QUEUED and record["state"] in (State.SUBMITTED, State.QUEUED):
+                if record["state"] != State.QUEUED or record.get("reason") != job.reason:
+                    return set_state(paths, State.QUEUED, job.reason)
             return record
         if job is not None:  # it ended without a word in its files: the scheduler says how
-            if paths.cancel.exists() and job.state != "completed":
-                return set_state(paths, "cancelled", "cancelled by the user", checked=True)
+            if paths.cancel.exists() and job.state != State.COMPLETED:
+                return set_state(paths, State.CANCELLED, "cancelled by the user", checked=True)
             return set_state(paths, job.state, job.reason, checked=True)
-        submitted = record.get("history", {}).get("submitted", 0)
+        submitted = record.get("history", {}).get(State.SUBMITTED, 0)
         if time.time() - submitted < LOST_GRACE:
             return record
-        return set_state(paths, "lost", "the job left the queue and its task directory does "
+        return set_state(paths, State.LOST, "the job left the queue and its task directory does "
                                         "not say how it ended", checked=True)
 
     def batch_cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
@@ -216,7 +212,7 @@ class BatchOps:
         if done.returncode != 0:
             raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
                                f"{(done.stderr or done.stdout).strip()[-500:]}")
-        self._batch_cache().pop(batch.name, None)
+        self.queue_cache.pop(batch.name, None)
         return "cancelling"
 
 
@@ -230,25 +226,25 @@ def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None,
     waiting again, asked after the task ended, means it was requeued: said at once.
     """
     state, reason = record["state"], record.get("reason")
-    if state == "completed" or record.get("checked"):
+    if state == State.COMPLETED or record.get("checked"):
         return record
     ended = record.get("history", {}).get(state, 0)
-    if job is not None and job.state == "queued" and asked_at > ended + CLOCK_SKEW:
+    if job is not None and job.state == State.QUEUED and asked_at > ended + CLOCK_SKEW:
         note = _requeued(record, job) + _cancel(scheduler_for(record["launcher"]),
                                                 record["job_id"])
         return set_state(paths, state, f"{reason or state}; then {note}", when=ended or None,
                          checked=True)
-    if job is not None and job.state in ("timed_out", "cancelled") and \
+    if job is not None and job.state in (State.TIMED_OUT, State.CANCELLED) and \
             not paths.cancel.exists():
         return set_state(paths, job.state, job.reason, checked=True)
-    if job is not None and job.state == "failed" and job.reason:
-        return set_state(paths, "failed", f"{job.reason}; {reason}", checked=True)
+    if job is not None and job.state == State.FAILED and job.reason:
+        return set_state(paths, State.FAILED, f"{job.reason}; {reason}", checked=True)
     if job is not None and job.state in FINAL_STATES:
         return _checked(paths, record)
     # The scheduler no longer knows the job, could not be asked, or still lists it.
     if (reason or "").startswith("killed by signal"):
         if time.time() - record.get("history", {}).get(state, 0) < VERDICT_WAIT:
-            return {**record, "state": "running"}
+            return {**record, "state": State.RUNNING}
         return _checked(paths, record)
     return _checked(paths, record) if job is None else record
 
@@ -262,14 +258,14 @@ def _checked(paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
 
 def _settle(paths: TaskPaths, record: dict[str, Any], code: int) -> dict[str, Any]:
     """The outcome of a job whose exit-code file exists but whose runner recorded none."""
-    if code != 0 and "running" not in record.get("history", {}) and not paths.cancel.exists():
+    if code != 0 and State.RUNNING not in record.get("history", {}) and not paths.cancel.exists():
         # The job script wrote the code: Python died before the runner started (a `python`
         # missing on the compute node, a broken environment). Its own words are in job.err.
         try:
             words = last_line(paths.job_err.read_text(errors="replace"))
         except FileNotFoundError:
             words = "no job.err"
-        return set_state(paths, "failed", f"the job's Python never started the task (exit "
+        return set_state(paths, State.FAILED, f"the job's Python never started the task (exit "
                                           f"code {code}): {words}", exitcode=code)
     return runner.settle(paths, code)
 
@@ -279,7 +275,7 @@ def _needs_queue(record: dict[str, Any]) -> bool:
     (a completed task has nothing to confirm)."""
     if record.get("launcher") in (None, "process") or not record.get("job_id"):
         return False
-    if record["state"] == "completed":
+    if record["state"] == State.COMPLETED:
         return False
     return record["state"] not in FINAL_STATES or not record.get("checked")
 
@@ -287,13 +283,13 @@ def _needs_queue(record: dict[str, Any]) -> bool:
 def _silence(paths: TaskPaths, record: dict[str, Any]) -> float | None:
     """How long a running task has not been heard from, once that is over STALE_HEARTBEAT;
     None while it beats, and for tasks not running or whose exit-code file exists."""
-    if record["state"] != "running" or paths.exitcode.exists():
+    if record["state"] != State.RUNNING or paths.exitcode.exists():
         return None
     try:
         beat = paths.heartbeat.stat().st_mtime
     except FileNotFoundError:
         beat = 0.0
-    age = time.time() - max(beat, record.get("history", {}).get("running", 0.0))
+    age = time.time() - max(beat, record.get("history", {}).get(State.RUNNING, 0.0))
     return age if age > STALE_HEARTBEAT else None
 
 
@@ -304,7 +300,7 @@ def _doubt(batch: BatchScheduler, job_id: str, age: float, job: JobState | None,
     silent = f"no heartbeat for {age:.0f} s"
     if job is None or job.state in FINAL_STATES:
         return None
-    if job.state == "queued":
+    if job.state == State.QUEUED:
         return f"{silent}, and {_requeued({'launcher': batch.name, 'job_id': job_id}, job)}"
     if job.state == "" or (vouch is not None and vouch.alive is None):
         if age < STALE_HEARTBEAT + SCHEDULER_SILENCE:
@@ -323,9 +319,9 @@ def _lose(batch: BatchScheduler, job_id: str, paths: TaskPaths, why: str) -> dic
     cancel the job: its allocation is of no use now, and a cancelled job cannot be requeued
     (a site policy, or the node coming back) to run the cell again behind the user's back."""
     record = read_state(paths)
-    if record["state"] != "running" or paths.exitcode.exists():
+    if record["state"] != State.RUNNING or paths.exitcode.exists():
         return record
-    return set_state(paths, "lost", why + _cancel(batch, job_id), checked=True)
+    return set_state(paths, State.LOST, why + _cancel(batch, job_id), checked=True)
 
 
 def _cancel(batch: BatchScheduler, job_id: str) -> str:

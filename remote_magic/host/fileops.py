@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
-    FINAL_STATES,
     Refusal,
     TaskPaths,
     make_task_dir,
@@ -38,6 +38,7 @@ from ..wire.taskdir import (
     valid_task_id,
 )
 from ..wire.tempnames import part_tag, temp_beside
+from .exchange import Exchange
 
 CHUNK = 4 * 1024 * 1024  # bytes per streamed frame
 STAGE_PREFIX = ".stage-"  # tasks/.stage-ID-TOKEN: a task being staged
@@ -55,27 +56,21 @@ _STAGING = re.compile(r"\.stage-([0-9a-f]{8,64})-[0-9a-f]{8}")
 
 
 class FileOps:
-    """Mixed into the Agent: `self.payload` is the current request's payload, `self.reply_stream`
-    sends one chunk of a streamed answer, `self.workdir` anchors relative paths."""
+    """The agent's file operations, on its work directory. Those that move file contents get
+    the request's `Exchange`; `workdir` anchors relative paths."""
 
-    workdir: Path
-    tasks_dir: Path
-    payload: bytes
-    payload_out: bytes
-    reply_stream: Callable[[bytes], None]
-    paths: Callable[[str], TaskPaths]
-    resident: bool  # False for the one-request-per-process fallback: nothing to clean at exit
-    staged: set[str]  # tasks staged through this agent (see `claim`)
+    def __init__(self, workdir: Path, tasks_dir: Path, paths: Callable[[str], TaskPaths],
+                 resident: bool) -> None:
+        self.workdir, self.tasks_dir = workdir, tasks_dir
+        self.paths = paths  # a task's files, once its directory is known to be ours alone
+        self.resident = resident  # False for the one-request-per-process fallback
+        self.staged: set[str] = set()  # tasks staged through this agent (see `claim`)
+        # open uploads and uncommitted staging directories: removed when the agent exits
+        self._open_uploads: dict[int, _Upload] = {}
+        self._open_stagings: set[Path] = set()
+        atexit.register(self._abandon_temporaries)
 
     # ------------------------------------------------------------ temporaries
-
-    def _temporaries(self) -> tuple[dict[int, _Upload], set[Path]]:
-        """Open uploads and uncommitted staging directories, removed when the agent exits."""
-        if not hasattr(self, "_open_uploads"):
-            self._open_uploads: dict[int, _Upload] = {}
-            self._open_stagings: set[Path] = set()
-            atexit.register(self._abandon_temporaries)
-        return self._open_uploads, self._open_stagings
 
     def _abandon_temporaries(self) -> None:
         """Delete what unfinished uploads and stagings wrote: the kernel never confirmed them."""
@@ -126,7 +121,8 @@ class FileOps:
         finally:
             os.close(fd)
 
-    def op_stage(self, task: str, files: list[dict[str, Any]], size: int = 0) -> dict[str, Any]:
+    def op_stage(self, exchange: Exchange, task: str, files: list[dict[str, Any]],
+                 size: int = 0) -> dict[str, Any]:
         """Begin staging a task: a private staging directory with the payload's small files.
 
         Returns {"root"} and either "staging" (where the kernel puts the rest, relative to the
@@ -142,8 +138,8 @@ class FileOps:
         needed = max(size, sum(entry["size"] for entry in files))
         self._check_room(self.tasks_dir, needed, f"task {task}")
         staging = self.tasks_dir / f"{STAGE_PREFIX}{task}-{secrets.token_hex(4)}"
-        self._temporaries()[1].add(staging)
-        view = memoryview(self.payload)
+        self._open_stagings.add(staging)
+        view = memoryview(exchange.payload)
         offset = 0
         try:
             make_task_dir(staging)
@@ -181,9 +177,9 @@ class FileOps:
                 except OSError as exc:  # another agent's copy got there first (no lock)
                     if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
-                    existing = kept_state(paths) or "prepared"
+                    existing = kept_state(paths) or State.PREPARED
         self._drop(source if existing is not None else None)
-        self._temporaries()[1].discard(source)
+        self._open_stagings.discard(source)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         self.staged.add(task)
@@ -206,7 +202,7 @@ class FileOps:
     def _drop(self, staging: Path | None) -> None:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-            self._temporaries()[1].discard(staging)
+            self._open_stagings.discard(staging)
 
     def claim(self, paths: TaskPaths, task: str) -> str | None:
         """Become the one that starts the task: None if this agent is, else the state found.
@@ -217,7 +213,7 @@ class FileOps:
         start of the same task) is refused as before.
         """
         state = read_state(paths)["state"]
-        if state == "prepared":
+        if state == State.PREPARED:
             try:
                 os.close(os.open(paths.claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             except FileExistsError:
@@ -243,16 +239,16 @@ class FileOps:
         self._check_room(target.parent, size, target.name)
         upload = _Upload(target, size, verify)
         handle = id(upload)
-        self._temporaries()[0][handle] = upload
+        self._open_uploads[handle] = upload
         return handle
 
-    def op_put_chunk(self, handle: int) -> None:
-        upload = self._temporaries()[0].get(handle)
+    def op_put_chunk(self, exchange: Exchange, handle: int) -> None:
+        upload = self._open_uploads.get(handle)
         if upload is not None:
-            upload.write(self.payload)
+            upload.write(exchange.payload)
 
     def op_put_close(self, handle: int, sha256: str | None = None) -> int:
-        upload = self._temporaries()[0].pop(handle, None)
+        upload = self._open_uploads.pop(handle, None)
         if upload is None:
             raise RuntimeError("upload was not opened (see the previous error)")
         try:
@@ -263,7 +259,7 @@ class FileOps:
                                     exc) from None
             raise
 
-    def op_get(self, path: str, offset: int = 0) -> dict[str, Any]:
+    def op_get(self, exchange: Exchange, path: str, offset: int = 0) -> dict[str, Any]:
         """Stream a file back in chunks; the reply, after the last chunk, gives its size."""
         sent = 0
         with open(self.resolve(path), "rb") as f:
@@ -272,11 +268,12 @@ class FileOps:
                 chunk = f.read(CHUNK)
                 if not chunk:
                     break
-                self.reply_stream(chunk)
+                exchange.stream(chunk)
                 sent += len(chunk)
         return {"size": sent}
 
-    def op_read(self, task: str, names: list[str], inline_max: int) -> list[dict[str, Any]]:
+    def op_read(self, exchange: Exchange, task: str, names: list[str],
+                inline_max: int) -> list[dict[str, Any]]:
         """Small files of a task inline in the payload; for larger ones only their size."""
         paths = self.paths(task)
         listing, parts = [], []
@@ -291,7 +288,7 @@ class FileOps:
                 size = len(data)
                 parts.append(data)
             listing.append({"name": name, "size": size, "inline": inline})
-        self.payload_out = b"".join(parts)
+        exchange.payload_out = b"".join(parts)
         return listing
 
     def op_glob(self, task: str, patterns: list[str]) -> dict[str, Any]:
@@ -341,11 +338,11 @@ def kept_state(paths: TaskPaths) -> str | None:
     if not paths.root.is_dir():
         return None
     state = read_state(paths)["state"]
-    if state == "completed":
+    if state == State.COMPLETED:
         return state if paths.result.exists() else None
     if state in FINAL_STATES:
         return None
-    if state == "prepared" and not (paths.claim.exists() or paths.staged.exists()):
+    if state == State.PREPARED and not (paths.claim.exists() or paths.staged.exists()):
         return None  # made some other way (an older version, a crash): staged again
     return state
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
-from ..wire.taskdir import write_json
+from ..wire.taskdir import TaskPaths, write_json
 
 _MIN_INTERVAL = 0.1  # seconds between two writes of the progress file
 _last_write = 0.0
@@ -30,5 +29,5 @@ def progress(done: float, total: float | None = None, message: str = "") -> None
     if not final and now - _last_write < _MIN_INTERVAL:
         return
     _last_write = now
-    write_json(Path(root) / "progress.json",
+    write_json(TaskPaths(root).progress,
                {"done": done, "total": total, "message": str(message), "time": time.time()})

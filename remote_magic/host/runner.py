@@ -1,4 +1,4 @@
-"""Runs one task on the host: the only module besides the agent that runs on the far side.
+"""Runs one task on the host: its supervisor, and the process that executes the cell.
 
 `python -m remote_magic.host.runner TASKDIR` supervises and runs a task; the agent calls
 `supervise` directly in a forked child instead, which saves a Python start-up per task.
@@ -32,8 +32,8 @@ from typing import Any
 
 from ..wire import ambient
 from ..wire.serialization import AMBIENT, EXCEPTION, IN_PLACE, dump_namespace, load_namespace
+from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
-    FINAL_STATES,
     HEARTBEAT_INTERVAL,
     TaskPaths,
     read_json,
@@ -110,14 +110,14 @@ def settle(paths: TaskPaths, code: int | None) -> dict[str, Any]:
     if record["state"] in FINAL_STATES:
         return record
     if paths.cancel.exists():
-        return set_state(paths, "cancelled", "cancelled by the user")
+        return set_state(paths, State.CANCELLED, "cancelled by the user")
     if code is None:
         reason = "the task's process ended without recording an outcome"
     elif code < 0:
         reason = f"killed by signal {_signal_name(-code)}"
     else:
         reason = f"the runner exited with code {code} without recording a result"
-    return set_state(paths, "failed", reason, exitcode=code)
+    return set_state(paths, State.FAILED, reason, exitcode=code)
 
 
 def _signal_name(signum: int) -> str:
@@ -174,7 +174,7 @@ def run_task(root: str) -> int:
     """Execute the cell of the task in `root`; 0 when it completed, 1 when it failed."""
     paths = TaskPaths(root)
     spec = read_json(paths.spec)
-    set_state(paths, "running", pid=os.getpid())
+    set_state(paths, State.RUNNING, pid=os.getpid())
     os.chdir(paths.work)
     before: dict[str, tuple[int, int]] | None = None
     os.environ["REMOTE_MAGIC_TASK_DIR"] = str(paths.root)
@@ -235,9 +235,9 @@ def run_task(root: str) -> int:
     _flush_std()
     if error is not None:
         write_json(paths.error, error)
-        set_state(paths, "failed", f"{error['type']}: {error['message']}"[:500])
+        set_state(paths, State.FAILED, f"{error['type']}: {error['message']}"[:500])
         return 1
-    set_state(paths, "completed")
+    set_state(paths, State.COMPLETED)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The IPython magics: parse arguments, call the core, render. Nothing else lives here."""
+"""The IPython magics: parse arguments, call the client, render. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class RemoteMagics(Magics):
         code = self.shell.transform_cell(cell)
         prepared = prepare_cell(code, self.shell.user_ns, host, options,
                                 hidden=self.shell.user_ns_hidden, figures=_figure_settings())
-        submission = self.client.submit(prepared, options)
+        submission = self.client.submit(prepared)
         record = submission.record
         originals = prepared.values
         if submission.reused:
@@ -120,8 +120,7 @@ class RemoteMagics(Magics):
 
     def _watch_in_background(self, record: TaskRecord, view: TaskView) -> None:
         self.views[record.id] = view
-        self.client.monitor(record.host).watch(record.id, state=record.state,
-                                               listener=view.update)
+        self.client.watch(record, listener=view.update)
 
     def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
         view = task_view(record, self._canceller(record), waiting=True)

@@ -2,7 +2,7 @@
 
 The host reports printed text (stdout, stderr) and displays separately; each display carries
 how far stdout and stderr had got when it happened. This module merges them back into one
-sequence, while the task runs (chunks as the monitor brings them) or at once (results loaded
+sequence, while the task runs (chunks as the session brings them) or at once (results loaded
 later), and hands each piece to the notebook: text to the cell's streams, displays and
 `clear_output` to IPython's display machinery. Figures the cell left open at its end are kept
 for last, after the cell's value, where the inline backend puts them.

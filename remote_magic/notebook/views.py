@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..client.store import TaskRecord
+from ..wire.states import State
 
 STATE_COLOURS = {
-    "prepared": "#777", "submitted": "#777", "queued": "#b8860b", "running": "#1f6feb",
-    "completed": "#1a7f37", "failed": "#cf222e", "cancelled": "#777", "timed_out": "#cf222e",
-    "lost": "#cf222e",
+    State.PREPARED: "#777", State.SUBMITTED: "#777", State.QUEUED: "#b8860b",
+    State.RUNNING: "#1f6feb", State.COMPLETED: "#1a7f37", State.FAILED: "#cf222e",
+    State.CANCELLED: "#777", State.TIMED_OUT: "#cf222e", State.LOST: "#cf222e",
 }
-COLUMNS = ("id", "name", "host", "job id", "state", "submitted", "duration", "progress")
+COLUMNS = ("id", "name", "host", "job id", "state", State.SUBMITTED, "duration", "progress")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -4,7 +4,7 @@ A notebook UI (JupyterLab, Notebook 7, VS Code) gets one compact widget per task
 in place: state badge, host and job id, elapsed time, a progress bar with its message, the last
 lines of output, and a Cancel button. Front ends that cannot render widgets (terminal IPython,
 nbconvert, `jupyter execute`) get the same information as text lines, rate-limited so that a
-long task does not flood the output. Updates may come from the monitor's thread; every view
+long task does not flood the output. Updates may come from the session's thread; every view
 rate-limits itself, and all widget views share one budget of comm messages, so hundreds of
 running tasks do not flood the front end either.
 """
@@ -23,7 +23,7 @@ from IPython.display import display
 
 from ..client.session import Update
 from ..client.store import TaskRecord
-from ..wire.taskdir import FINAL_STATES
+from ..wire.states import FINAL_STATES, State
 from .views import STATE_COLOURS, format_duration, format_progress, status_table
 
 WIDGET_INTERVAL = 0.25  # seconds between two redraws of a widget, unless the state changed
@@ -93,9 +93,9 @@ class _Pacer:
     """Routine redraws of all widget views, one after another in the order they came due, as
     fast as the message budget allows.
 
-    The monitor hands all of a host's tasks their updates in one go, so 200 views come due
+    The session hands all of a host's tasks their updates in one go, so 200 views come due
     at the same moment: drawn there and then, they would send a burst, and left to wait for
-    their next update, the first views in the monitor's order would take the whole budget.
+    their next update, the first views in the session's order would take the whole budget.
     Queued here, each waits its turn: with N views each is redrawn every N x (messages per
     redraw) / MESSAGES_PER_SECOND seconds, and one view alone every WIDGET_INTERVAL.
     """
@@ -149,7 +149,7 @@ class TaskView:
         self._drawn_at = 0.0
 
     def update(self, update: Update) -> None:
-        """Take one monitor update (from any thread); redraw when due."""
+        """Take one session update (from any thread); redraw when due."""
         with self._lock:
             changed = update.state != self.state
             if changed or update.reason is not None:  # "waiting for a slot" is ours, not the host's
@@ -160,7 +160,7 @@ class TaskView:
                 self.progress = update.progress
             if update.stdout or update.stderr:
                 self.tail.feed(update.stdout + update.stderr)
-            if update.state == "running" and self.started is None:
+            if update.state == State.RUNNING and self.started is None:
                 self.started = time.time()
             now = time.monotonic()
             if changed or update.final:
@@ -203,7 +203,7 @@ class TaskView:
 
     def notes(self) -> list[str]:
         """Why the task is where it is: its end, a wait for a slot, an unreachable host."""
-        shown = self.state in FINAL_STATES or self.state == "prepared"
+        shown = self.state in FINAL_STATES or self.state == State.PREPARED
         return [n for n in (self.reason if shown else "",
                             f"host unreachable: {self.problem}" if self.problem else "",
                             self.loaded_note) if n]
@@ -351,7 +351,7 @@ class TextView(TaskView):
         self.draw(True)
 
     def detached(self) -> None:
-        self.waiting = False  # printing from the monitor thread would land in other cells
+        self.waiting = False  # printing from the session thread would land in other cells
 
     def draw(self, changed: bool) -> bool:
         if not self.waiting:  # a background task's notice comes with the next cell

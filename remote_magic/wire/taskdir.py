@@ -18,11 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .states import FINAL_STATES, STATES, State
 from .tempnames import temp_prefix
-
-STATES = ("prepared", "submitted", "queued", "running",
-          "completed", "failed", "cancelled", "timed_out", "lost")
-FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timed_out", "lost"})
 
 # How often a running task's supervisor touches its heartbeat file, in seconds.
 HEARTBEAT_INTERVAL = 2.0
@@ -35,6 +32,15 @@ def valid_task_id(task_id: str) -> str:
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         raise ValueError(f"not a valid task id: {task_id!r}")
     return task_id
+
+
+TASKS = "tasks"  # a work directory's folder of task directories
+
+
+def task_path(task_id: str) -> str:
+    """A task's directory relative to the work directory, with forward slashes: the same
+    on this machine and in a request to a host."""
+    return f"{TASKS}/{valid_task_id(task_id)}"
 
 
 class TaskPaths:
@@ -67,6 +73,17 @@ class TaskPaths:
     staged = property(lambda self: self.root / ".staged")
     # created (O_EXCL) by whoever starts the task: two kernels never both start it
     claim = property(lambda self: self.root / ".started")
+    # created (O_EXCL) by the first start of a batch job: a restarted job runs nothing
+    job_claim = property(lambda self: self.root / "job.started")
+    # the kernel's copy only: written once every result file has been fetched
+    fetched = property(lambda self: self.root / ".fetched")
+
+
+# the files of a task directory the kernel reads a finished task's results from
+RESULT_FILES = tuple(getattr(TaskPaths("."), part).name for part in (
+    "state", "error", "exitcode", "progress", "displays", "outputs", "result"))
+# the files a prepared task is staged with
+PREPARED_FILES = tuple(getattr(TaskPaths("."), part).name for part in ("spec", "inputs"))
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
@@ -103,7 +120,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 def read_state(paths: TaskPaths) -> dict[str, Any]:
     """The task's state record: {"state", "history": {state: time}, "reason"}."""
-    return read_json(paths.state) or {"state": "prepared", "history": {}, "reason": None}
+    return read_json(paths.state) or {"state": State.PREPARED, "history": {}, "reason": None}
 
 
 def set_state(paths: TaskPaths, state: str, reason: str | None = None,

@@ -42,7 +42,7 @@ def test_lines_the_host_showed_are_kept(tmp_path: Path) -> None:
 def run(client: Client, code: str, ns: dict[str, Any]) -> Any:
     options = TaskOptions(rerun=True)
     prepared = prepare_cell(textwrap.dedent(code), ns, client.host("localhost"), options)
-    record = client.submit(prepared, options).record
+    record = client.submit(prepared).record
     for update in client.follow(record):
         if update.final:
             break

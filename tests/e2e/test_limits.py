@@ -79,11 +79,11 @@ def test_a_glob_through_link_loops_ends_and_finds_each_file_once(tmp_path: Path)
     (work / "a" / "b" / "up").symlink_to(work / "a")  # a loop: a/b/up/b/up/...
     (work / "a" / "self").symlink_to(".")
     began = time.monotonic()
-    found = agent.op_glob(TASK, ["**/*.csv"])
+    found = agent.files.op_glob(TASK, ["**/*.csv"])
     assert time.monotonic() - began < 2
     assert sorted(f["name"] for f in found["files"]) == ["a/b/two.csv", "a/one.csv", "top.csv"]
     assert found["stopped"] is None
-    everything = agent.op_glob(TASK, ["a"])  # a folder named: its files, links not followed
+    everything = agent.files.op_glob(TASK, ["a"])  # a folder named: its files, links not followed
     assert sorted(f["name"] for f in everything["files"]) == [
         "a/b/not.txt", "a/b/two.csv", "a/one.csv"]
 

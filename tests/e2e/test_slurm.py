@@ -169,10 +169,10 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
         with RemoteExecutor("busy", client=client) as pool:
             futures = [pool.submit(_sleep_and_return, i) for i in range(6)]
             time.sleep(2)  # submitted and seen queued
-            monitor = client.monitor(client.host("busy"))
-            before, began = monitor.polls, time.monotonic()
+            session = client.session(client.host("busy"))
+            before, began = session.polls, time.monotonic()
             time.sleep(12)
-            queued_polls, window = monitor.polls - before, time.monotonic() - began
+            queued_polls, window = session.polls - before, time.monotonic() - began
             states = {r.state for r in client.status([f.task_id for f in futures])}
             assert states == {"queued"}, states
             subprocess.run(["scancel", hog], check=True)
@@ -183,7 +183,7 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
     # Polling at the fast 0.1 s pace would be ~120 polls here; backing off toward 5 s, ~6.
     assert queued_polls <= window / 1.0, queued_polls
     assert queued_polls >= window / QUEUED_POLL - 1
-    assert max(asked) == 6 and len(asked) == monitor.polls
+    assert max(asked) == 6 and len(asked) == session.polls
 
 
 def test_timed_out_by_a_short_walltime(hpc: Kernel) -> None:

@@ -495,7 +495,7 @@ def test_one_status_request_per_poll_however_many_tasks(hpc: Path,
     with RemoteExecutor("hpc", client=client) as pool:
         futures = [pool.submit(sleep_then, 1.5, str(i)) for i in range(8)]
         assert [f.result(timeout=60) for f in futures] == [str(i) for i in range(8)]
-    monitor = client.monitor(client.host("hpc"))
-    assert len(asked) == monitor.polls
+    session = client.session(client.host("hpc"))
+    assert len(asked) == session.polls
     assert max(asked) == 8  # all eight in one request
     client.close()

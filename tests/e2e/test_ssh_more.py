@@ -132,9 +132,9 @@ class CountingListener:
 
 
 def test_reconnects_back_off_while_the_host_is_down(home: Path, tmp_path: Path) -> None:
-    """The host goes away mid-task; the monitor's polls and a view asking twenty times a
+    """The host goes away mid-task; the session's polls and a view asking twenty times a
     second add up to a few attempts, spaced further and further apart, not hundreds. Once the
-    host is back the monitor's own next attempt reconnects and the task's result arrives."""
+    host is back the session's own next attempt reconnects and the task's result arrives."""
     server = start_sshd(tmp_path / "flaky")
     port = server.port
     _add_host(home, ssh_host(server, "flaky", home / "flaky-work"))
@@ -145,7 +145,7 @@ def test_reconnects_back_off_while_the_host_is_down(home: Path, tmp_path: Path) 
             tasks = home / "flaky-work" / "tasks"
             assert wait_for(lambda: tasks.exists() and any(
                 read_state(TaskPaths(t))["state"] == "running" for t in tasks.iterdir()), 30)
-            transport = client.monitor(client.host("flaky")).transport
+            transport = client.session(client.host("flaky")).transport
             assert isinstance(transport, SSHTransport)
             server.stop()
             listener = CountingListener(port)

@@ -244,7 +244,7 @@ def test_a_runtime_planted_under_its_predictable_name_is_never_run(
 EVIL_AGENT = """\
 import sys
 
-from remote_magic.host import agent
+from remote_magic.host import agent, fileops
 
 NAMES = {names!r}
 
@@ -253,13 +253,13 @@ def glob(self, task, patterns):
     return {{"files": [{{"name": n, "size": 3}} for n in NAMES + ["ok.txt"]], "stopped": None}}
 
 
-def read(self, task, names, inline_max):
-    self.payload_out = b"evil"
+def read(self, exchange, task, names, inline_max):
+    exchange.payload_out = b"evil"
     return [{{"name": "../../escaped", "size": 4, "inline": True}}]
 
 
-agent.Agent.op_glob = glob
-agent.Agent.op_read = read
+fileops.FileOps.op_glob = glob
+fileops.FileOps.op_read = read
 sys.exit(agent.main(sys.argv[1:]))
 """
 

@@ -4,7 +4,7 @@
 directories, a token, and a remote_magic store and hosts file of its own (the kernels inherit
 the server's environment). `chromium_page()` opens Debian's /usr/bin/chromium through
 Playwright (no `playwright install`), with every host name but 127.0.0.1 unresolvable, so
-nothing leaves the machine. `open_notebook()`, `run_all_cells()`, `wait_for()` and
+nothing leaves the machine. `open_notebook()`, `run_all_cells()`, `wait_in_page()` and
 `screenshot()` do the rest. Every wait is bounded, and both the server and the browser are
 stopped on the way out, whatever happened.
 
@@ -220,7 +220,7 @@ def open_notebook(page: Any, lab: Lab, name: str, timeout: float = 60.0) -> None
     """Open `name` (relative to the server root) and wait until its kernel is idle."""
     page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}")
     # The panel of this document, once the app shell has it; kept as window.__panel.
-    wait_for(page, """name => {
+    wait_in_page(page, """name => {
         const app = window.jupyterapp;
         if (!app || !app.shell) return false;
         for (const w of app.shell.widgets('main')) {
@@ -241,7 +241,7 @@ def open_notebook(page: Any, lab: Lab, name: str, timeout: float = 60.0) -> None
 def wait_kernel_idle(page: Any, timeout: float = 60.0, lab: Lab | None = None) -> None:
     """Wait for the open notebook's kernel to be idle (it is "unknown", then "starting",
     for a while after the session is ready)."""
-    wait_for(page, "() => window.__panel.sessionContext.session?.kernel?.status === 'idle'",
+    wait_in_page(page, "() => window.__panel.sessionContext.session?.kernel?.status === 'idle'",
              timeout=timeout, what="the kernel to be idle", lab=lab)
 
 
@@ -257,7 +257,7 @@ def run_all_cells(page: Any) -> None:
     }""")
 
 
-def wait_for(page: Any, predicate: str, *, what: str, timeout: float = 30.0, arg: Any = None,
+def wait_in_page(page: Any, predicate: str, *, what: str, timeout: float = 30.0, arg: Any = None,
              lab: Lab | None = None) -> Any:
     """Wait until the JavaScript function `predicate` (called with `arg`) returns something
     truthy, and return it; after `timeout` seconds fail with what the notebook shows."""

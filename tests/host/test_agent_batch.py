@@ -96,7 +96,7 @@ def test_a_controller_that_does_not_answer_loses_no_job(agent: Agent, slurm: Any
     with slurm_daemon_stopped("slurmctld"):
         answer = agent.op_status({task: None})[task]
         assert answer["state"] == "running", answer
-        queue_answer = agent._batch_cache()["slurm"][2][job_id]
+        queue_answer = agent.batch.queue_cache["slurm"][2][job_id]
         assert queue_answer.state == "" and "Unable to contact" in queue_answer.reason
     assert agent.op_status({task: None})[task]["state"] == "running"
     assert agent.op_kill([task]) == {task: "cancelling"}
@@ -146,11 +146,11 @@ def test_a_signal_waits_for_the_schedulers_word(agent: Agent) -> None:
     queue has forgotten the job and accounting lags, the task is still reported running."""
     paths = ended(agent, task_id(300), "failed", "killed by signal SIGTERM", seconds_ago=1)
     record = read_state(paths)
-    assert agent._merge(paths, record, None)["state"] == "running"
-    assert agent._merge(paths, record, unknown("squeue failed"))["state"] == "running"
-    assert agent._merge(paths, record, JobState("running", "COMPLETING"))["state"] == "running"
+    assert agent.batch.merge(paths, record, None)["state"] == "running"
+    assert agent.batch.merge(paths, record, unknown("squeue failed"))["state"] == "running"
+    assert agent.batch.merge(paths, record, JobState("running", "COMPLETING"))["state"] == "running"
     assert not read_state(paths).get("checked")  # nothing settled yet
-    settled = agent._merge(paths, record, JobState("timed_out", "TIMEOUT (signal 15)"))
+    settled = agent.batch.merge(paths, record, JobState("timed_out", "TIMEOUT (signal 15)"))
     assert (settled["state"], settled["checked"]) == ("timed_out", True)
     assert read_state(paths)["state"] == "timed_out"
 
@@ -158,7 +158,7 @@ def test_a_signal_waits_for_the_schedulers_word(agent: Agent) -> None:
 def test_a_signal_without_the_schedulers_word_is_failed_after_the_wait(agent: Agent) -> None:
     paths = ended(agent, task_id(301), "failed", "killed by signal SIGTERM",
                   seconds_ago=VERDICT_WAIT + 1)
-    settled = agent._merge(paths, read_state(paths), None)
+    settled = agent.batch.merge(paths, read_state(paths), None)
     assert (settled["state"], settled["reason"], settled["checked"]) == \
         ("failed", "killed by signal SIGTERM", True)
     assert settled["history"]["failed"] < time.time() - VERDICT_WAIT  # when it really ended
@@ -166,11 +166,11 @@ def test_a_signal_without_the_schedulers_word_is_failed_after_the_wait(agent: Ag
 
 def test_cancel_by_the_scheduler_and_the_users_own(agent: Agent) -> None:
     by_admin = ended(agent, task_id(302), "failed", "killed by signal SIGTERM", seconds_ago=1)
-    assert agent._merge(by_admin, read_state(by_admin),
+    assert agent.batch.merge(by_admin, read_state(by_admin),
                         JobState("cancelled", "CANCELLED by 0"))["state"] == "cancelled"
     ours = ended(agent, task_id(303), "cancelled", "cancelled by the user", seconds_ago=1)
     ours.cancel.touch()
-    settled = agent._merge(ours, read_state(ours), JobState("cancelled", "CANCELLED by 0"))
+    settled = agent.batch.merge(ours, read_state(ours), JobState("cancelled", "CANCELLED by 0"))
     assert (settled["state"], settled["reason"]) == ("cancelled", "cancelled by the user")
 
 
@@ -179,18 +179,18 @@ def test_an_unanswered_query_never_makes_an_old_job_lost(agent: Agent) -> None:
     set_state(paths, "submitted", when=time.time() - 3600, launcher="slurm", job_id="78")
     set_state(paths, "running", when=time.time() - 3500)
     record = read_state(paths)
-    assert agent._merge(paths, record, unknown("squeue failed (1)")) is record
-    assert agent._merge(paths, record, JobState("", "a state we have no name for")) is record
+    assert agent.batch.merge(paths, record, unknown("squeue failed (1)")) is record
+    assert agent.batch.merge(paths, record, JobState("", "a state we have no name for")) is record
     # The scheduler answered and knows nothing, and the files say nothing: now it is lost.
-    assert agent._merge(paths, record, None)["state"] == "lost"
+    assert agent.batch.merge(paths, record, None)["state"] == "lost"
 
 
 def test_queued_with_the_pending_reason(agent: Agent) -> None:
     paths = stage_batch_task(agent, "pass", task_id(305))
     record = set_state(paths, "submitted", launcher="slurm", job_id="79")
-    queued = agent._merge(paths, record, JobState("queued", "Resources"))
+    queued = agent.batch.merge(paths, record, JobState("queued", "Resources"))
     assert (queued["state"], queued["reason"]) == ("queued", "Resources")
-    assert agent._merge(paths, queued, JobState("queued", "Resources")) is queued  # no rewrite
+    assert agent.batch.merge(paths, queued, JobState("queued", "Resources")) is queued  # no rewrite
 
 
 def test_only_unconfirmed_outcomes_need_the_queue() -> None:

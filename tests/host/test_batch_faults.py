@@ -32,7 +32,6 @@ from remote_magic.host.batchops import (
 )
 from remote_magic.host.schedulers import JobState, scheduler_for
 from remote_magic.host.schedulers.base import Vouch, unknown
-from remote_magic.host.schedulers.job import started_file
 from remote_magic.host.schedulers.lsf import job_state as lsf_job_state
 from remote_magic.host.schedulers.sge import Sge
 from remote_magic.host.schedulers.slurm import Slurm
@@ -43,8 +42,8 @@ from remote_magic.testing.schedulers import (
     slurm_node_killed,
     wait_job_state,
 )
+from remote_magic.wire.states import FINAL_STATES
 from remote_magic.wire.taskdir import (
-    FINAL_STATES,
     TaskPaths,
     read_json,
     read_state,
@@ -105,12 +104,12 @@ def test_a_batch_task_whose_node_dies_is_lost_within_the_bound_and_not_run_again
     for pid in pids.values():
         os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + STALE_HEARTBEAT + 15
-    while ("slurm", job_id) not in getattr(agent, "_probe_cache", {}):
+    while ("slurm", job_id) not in agent.batch.probe_cache:
         answer = agent.op_status({task: None})[task]
         assert answer["state"] == "running", answer
         assert time.monotonic() < deadline, "the silent task was never checked with sstat"
         time.sleep(0.5)
-    vouch = agent._probe_cache[("slurm", job_id)][1]
+    vouch = agent.batch.probe_cache[("slurm", job_id)][1]
     assert vouch.alive is True, vouch
     assert time.time() - paths.heartbeat.stat().st_mtime > STALE_HEARTBEAT
     assert agent.op_status({task: None})[task]["state"] == "running"
@@ -346,7 +345,7 @@ def test_a_second_start_of_a_job_runs_nothing_and_says_why(agent: Agent,
     paths = stage_batch_task(agent, counting_cell(tally, "answer = 42"), f"{0xCE11:016x}")
     first = run_job(paths, SLURM_JOB_ID="900")
     assert first.returncode == 0 and read_state(paths)["state"] == "completed"
-    assert read_json(started_file(paths))["job_id"] == "900"
+    assert read_json(paths.job_claim)["job_id"] == "900"
     again = run_job(paths, SLURM_JOB_ID="900", SLURM_RESTART_COUNT="1")
     assert again.returncode == 0  # not a failure: a requeue-on-failure policy must not bite
     assert tally.read_text() == "ran\n"

@@ -30,7 +30,7 @@ def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
     try:
         options = TaskOptions(nowait=True)
         prepared = prepare_cell("import time\ntime.sleep(30)", {}, client.host(), options)
-        record = client.submit(prepared, options).record
+        record = client.submit(prepared).record
         paths = TaskPaths(record.remote_dir)
         assert wait_for(lambda: read_json(paths.pids) is not None, 10)
         pids = read_json(paths.pids)

@@ -48,7 +48,7 @@ def test_an_agent_start_sweeps_what_killed_agents_left(tmp_path: Path) -> None:
     kept.write_bytes(b"mine")
     aged(kept, old)
 
-    Agent(str(tmp_path / "work")).sweep()
+    Agent(str(tmp_path / "work")).files.sweep()
     left = sorted(p.name for p in tasks.iterdir())
     assert left == sorted([fresh_stage.name, TASK])
     assert not stale_stage.exists() and not trash.exists() and not stale_part.exists()

@@ -30,7 +30,7 @@ from helpers.browser import (
     open_notebook,
     run_all_cells,
     screenshot,
-    wait_for,
+    wait_in_page,
 )
 
 UNAVAILABLE = browser_available()
@@ -108,10 +108,10 @@ def test_task_widget_renders_live_in_jupyterlab() -> None:
                 page.evaluate(SAMPLE_VIEW)
                 t1 = time.monotonic()
                 run_all_cells(page)
-                wait_for(page, "() => !!document.querySelector('.remote-magic-task')",
+                wait_in_page(page, "() => !!document.querySelector('.remote-magic-task')",
                          timeout=30, lab=lab,
                          what="the task view to render as a widget (.remote-magic-task)")
-                wait_for(page, """() => document.querySelector(
+                wait_in_page(page, """() => document.querySelector(
                              '.remote-magic-task .rm-state')?.textContent.trim() === 'completed'""",
                          timeout=60, lab=lab, what="the task view to show state 'completed'")
                 # the bar, the output and the next cell may arrive a moment after the state

@@ -12,7 +12,7 @@ from helpers.kernel import CLIENT, Kernel, start_kernel
 
 from remote_magic.client.session import Update
 from remote_magic.client.store import TaskRecord
-from remote_magic.wire.taskdir import STATES
+from remote_magic.wire.states import STATES
 
 
 class Models:

@@ -44,11 +44,6 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-# the files of a task directory the kernel reads a finished task's results from
-RESULT_FILES = ("state.json", "error.json", "exitcode", "progress.json", "displays.rmns",
-                "outputs.rmns", "result.json")
-
-
 class Collected(list[str]):
     """The names `collect` copied back (a list of them), and what the user should hear about
     the rest: names refused because they would land outside the folder, and a search that

@@ -23,11 +23,20 @@ from ...config.hosts import HostConfig
 from ...errors import TransportError
 from ...host.fileops import disk_full, no_room
 from ...wire.protocol import MARKER
-from ...wire.taskdir import Refusal, TaskPaths, trust_problem, valid_task_id, workdir_message
+from ...wire.taskdir import (
+    RESULT_FILES,
+    TASKS,
+    Refusal,
+    TaskPaths,
+    task_path,
+    trust_problem,
+    valid_task_id,
+    workdir_message,
+)
 from ...wire.tempnames import part_tag, temp_beside
 from ..agent_client import AgentClient
 from ..paths import data_dir
-from . import RESULT_FILES, Collected, collect_found, stage_plan
+from . import Collected, collect_found, stage_plan
 
 
 class LocalTransport:
@@ -41,7 +50,7 @@ class LocalTransport:
         self.notes: list[str] = []
 
     def task_dir(self, task_id: str) -> Path:
-        return self.workdir / "tasks" / valid_task_id(task_id)
+        return self.workdir / task_path(task_id)
 
     def agent(self) -> AgentClient:
         """The running agent, started on first use and restarted if it died."""
@@ -62,9 +71,9 @@ class LocalTransport:
         """Refuse a work directory that another user could have written, as the agent does:
         the kernel reads results here in place, and unpickles them. With `task_id`, the task's
         directory (0700) and its result files are checked too."""
-        inside = [("tasks", "dir")]
+        inside = [(TASKS, "dir")]
         if task_id is not None:
-            task = f"tasks/{valid_task_id(task_id)}"
+            task = task_path(task_id)
             inside += [(task, "private"), *((f"{task}/{name}", "owned") for name in RESULT_FILES)]
         problem = trust_problem(str(self.workdir), inside, create=True)
         if problem is not None:
@@ -126,7 +135,7 @@ class LocalTransport:
         return iter(())
 
     def retry_delay(self) -> float:
-        """No connection to reopen here: the monitor keeps its own back-off."""
+        """No connection to reopen here: the session keeps its own back-off."""
         return 0.0
 
     def setup(self) -> str:

@@ -28,10 +28,10 @@ import paramiko
 from ...config.hosts import HostConfig
 from ...errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
 from ...wire.protocol import MARKER
-from ...wire.taskdir import TaskPaths, valid_task_id, workdir_message
+from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import part_tag, temp_prefix
 from ..agent_client import AgentClient
-from . import RESULT_FILES, Collected, collect_found, stage_plan
+from . import Collected, collect_found, stage_plan
 from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
@@ -50,22 +50,24 @@ class Reconnect:
 
     Every failure doubles the wait (RECONNECT_FIRST, then twice that, up to RECONNECT_MAX);
     a success forgets them all, so a connection that drops later is reopened at once. Only
-    the kernel's background threads (monitor polls, live views, result callbacks) are held to
+    the kernel's background threads (session polls, live views, result callbacks) are held to
     the schedule; between attempts they fail at once, saying when the next one is. A request
     from the main thread is something the user just ran (a cell, a magic, the command line):
     it tries at once, since the user may have just fixed the network and is there to see the
     answer; its failure counts like any other.
     """
 
-    def __init__(self, first: float = RECONNECT_FIRST, cap: float = RECONNECT_MAX) -> None:
+    def __init__(self, first: float = RECONNECT_FIRST, cap: float = RECONNECT_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.first, self.cap = first, cap
+        self.clock = clock  # a test's own clock: the schedule without the waiting
         self.failures = 0
         self.error = ""
         self._next = 0.0
 
     def delay(self) -> float:
         """Seconds until the next attempt is due (0: now)."""
-        return max(0.0, self._next - time.monotonic()) if self.failures else 0.0
+        return max(0.0, self._next - self.clock()) if self.failures else 0.0
 
     def check(self, name: str) -> None:
         """Raise TransportError if a background thread asks before the next attempt is due."""
@@ -81,7 +83,7 @@ class Reconnect:
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.error = str(exc)
-        self._next = time.monotonic() + min(self.cap, self.first * 2 ** (self.failures - 1))
+        self._next = self.clock() + min(self.cap, self.first * 2 ** (self.failures - 1))
 
     def succeeded(self) -> None:
         self.failures, self.error, self._next = 0, "", 0.0
@@ -122,7 +124,7 @@ class SSHTransport:
             return self._conn
 
     def retry_delay(self) -> float:
-        """Seconds until the next attempt to connect is due: the monitor waits that long
+        """Seconds until the next attempt to connect is due: the session waits that long
         after a failed poll, so that its polls and the reconnect schedule are one back-off.
         Not under the lock: that is held for as long as another thread is connecting."""
         return self.reconnect.delay()
@@ -474,7 +476,7 @@ class SSHTransport:
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Copy a finished task's result files into `local` (once) and read them there."""
         paths = TaskPaths(local)
-        complete = local / ".fetched"  # written last: a copy cut short is fetched again
+        complete = paths.fetched  # written last: a copy cut short is fetched again
         if complete.exists():
             return paths
         listing, payload = self.agent().call(
@@ -494,7 +496,7 @@ class SSHTransport:
                 _write_file(target, view[:entry["size"]])
                 view = view[entry["size"]:]
             else:
-                self.download(f"tasks/{task_id}/{entry['name']}", target)
+                self.download(f"{task_path(task_id)}/{entry['name']}", target)
         complete.touch()
         return paths
 
@@ -503,10 +505,10 @@ class SSHTransport:
         host decides the names) is refused and listed, never written."""
         found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
         return collect_found(found, patterns, dest, lambda name, target: self.download(
-            f"tasks/{task_id}/work/{name}", target))
+            _in_work(task_id, name), target))
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
-        self.download(f"tasks/{valid_task_id(task_id)}/work/{name}", target)
+        self.download(_in_work(task_id, name), target)
         mask = os.umask(0o022)  # the file the cell wrote gets the mode a local write gives it
         os.umask(mask)
         os.chmod(target, 0o666 & ~mask)
@@ -602,3 +604,7 @@ class _SSHChannel:
             return f"exit status {self._channel.recv_exit_status()}"
         return "the connection was closed"
 
+
+def _in_work(task_id: str, name: str) -> str:
+    """A file the task wrote, relative to the host's work directory."""
+    return (TaskPaths(task_path(task_id)).work / name).as_posix()

@@ -18,18 +18,12 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from ...wire.taskdir import FINAL_STATES, TaskPaths, read_json, read_state, set_state
+from ...wire.states import FINAL_STATES, State
+from ...wire.taskdir import TaskPaths, read_json, read_state, set_state
 from .. import runner
 from . import BatchScheduler, scheduler_for
-
-STARTED = "job.started"  # the claim of the first start: when, where, which job
-
-
-def started_file(paths: TaskPaths) -> Path:
-    return paths.root / STARTED
 
 
 def run_once(root: str, scheduler: str) -> int:
@@ -38,9 +32,9 @@ def run_once(root: str, scheduler: str) -> int:
     batch = scheduler_for(scheduler)
     this = _this_start(batch)
     if not _claim(paths, this):
-        return refuse(paths, batch, read_json(started_file(paths)) or {}, this)
+        return refuse(paths, batch, read_json(paths.job_claim) or {}, this)
     record = read_state(paths)
-    if "running" in record.get("history", {}) or record["state"] in FINAL_STATES:
+    if State.RUNNING in record.get("history", {}) or record["state"] in FINAL_STATES:
         # ran before, without leaving a claim (started by an older runtime, or a claim
         # removed by hand): the state record is enough to say no
         return refuse(paths, batch, {}, this)
@@ -60,7 +54,7 @@ def refuse(paths: TaskPaths, batch: BatchScheduler, first: dict[str, Any],
         set_state(paths, state, reason, when=record.get("history", {}).get(state),
                   refused_starts=starts)
     else:
-        set_state(paths, "lost", "its first run left no outcome (its node failed, or it was "
+        set_state(paths, State.LOST, "its first run left no outcome (its node failed, or it was "
                                  f"killed with it); {why}", checked=True, refused_starts=starts)
     print(f"remote_magic: {why}", file=sys.stderr, flush=True)
     return 0
@@ -70,7 +64,7 @@ def _why(batch: BatchScheduler, first: dict[str, Any], this: dict[str, Any],
          record: dict[str, Any]) -> str:
     job = f"job {this['job_id']}" if this.get("job_id") else "the job"
     restarts = f" ({batch.restart_variable}={this['restarts']})" if this.get("restarts") else ""
-    began = first.get("time") or record.get("history", {}).get("running")
+    began = first.get("time") or record.get("history", {}).get(State.RUNNING)
     where = f" on {first['host']}" if first.get("host") else ""
     earlier = f", after its first start{where} at {_clock(began)}" if began else ""
     return (f"{batch.title} started {job} again{restarts} on {this['host']} at "
@@ -88,7 +82,7 @@ def _this_start(batch: BatchScheduler) -> dict[str, Any]:
 def _claim(paths: TaskPaths, this: dict[str, Any]) -> bool:
     """Create the claim file; False if a start before this one created it."""
     try:
-        fd = os.open(started_file(paths), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(paths.job_claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:

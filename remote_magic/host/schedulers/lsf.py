@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from ...wire.states import State
 from .base import BatchScheduler, JobState
 from .units import (
     extract_json,
@@ -79,24 +80,24 @@ def job_state(record: dict[str, Any]) -> JobState:
         reason = _text(record, "PEND_REASON") or None
         if stat != "PEND":
             reason = f"{stat}: {reason}" if reason else stat
-        return JobState("queued", reason)
+        return JobState(State.QUEUED, reason)
     if stat in _RUNNING:
-        return JobState("running", None if stat == "RUN" else stat)
+        return JobState(State.RUNNING, None if stat == "RUN" else stat)
     if stat in _UNSETTLED:
-        return JobState("running", f"{stat}: LSF has not settled this job yet",
+        return JobState(State.RUNNING, f"{stat}: LSF has not settled this job yet",
                         unreachable=stat == "UNKWN")
     if stat == "DONE":
-        return JobState("completed", None, 0)
+        return JobState(State.COMPLETED, None, 0)
     if stat == "EXIT":
         reason = _text(record, "EXIT_REASON")
         keyword = reason.split(":", 1)[0].strip().upper()
         if keyword in _KILLED_BY_SOMEONE:
-            return JobState("cancelled", reason, code)
+            return JobState(State.CANCELLED, reason, code)
         if keyword in _OUT_OF_TIME:
-            return JobState("timed_out", reason, code)
+            return JobState(State.TIMED_OUT, reason, code)
         if not reason:
             reason = f"exit code {code}" if code is not None else "exited (no reason given)"
-        return JobState("failed", reason, code)
+        return JobState(State.FAILED, reason, code)
     return JobState("", f"unknown LSF job state {stat!r}")
 
 

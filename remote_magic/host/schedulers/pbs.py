@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from ...wire.states import State
 from .base import BatchScheduler, JobState
 from .units import (
     extract_json,
@@ -116,28 +117,28 @@ def _finished(job: dict[str, Any]) -> JobState:
         return f"{text}; {comment}" if comment else text
 
     if status == _KILL_WALLTIME:
-        return JobState("timed_out", with_comment(_JOB_EXEC[status]), None)
+        return JobState(State.TIMED_OUT, with_comment(_JOB_EXEC[status]), None)
     if terminated:
-        return JobState("cancelled", comment or "deleted (qdel)",
+        return JobState(State.CANCELLED, comment or "deleted (qdel)",
                         status if status is not None and 0 <= status < 256 else None)
     if status == 0:
-        return JobState("completed", comment, 0)
+        return JobState(State.COMPLETED, comment, 0)
     if status is None:
-        return JobState("failed", with_comment("finished without an exit status"), None)
+        return JobState(State.FAILED, with_comment("finished without an exit status"), None)
     if status < 0:
         text = _JOB_EXEC.get(status, "PBS could not run the job")
-        return JobState("failed", with_comment(f"{text} (Exit_status {status})"), None)
+        return JobState(State.FAILED, with_comment(f"{text} (Exit_status {status})"), None)
     if status >= 256:
         signal = status - 256
         used = _clock_seconds((job.get("resources_used") or {}).get("walltime"))
         limit = _clock_seconds((job.get("Resource_List") or {}).get("walltime"))
         if used is not None and limit is not None and used >= limit:
-            return JobState("timed_out", with_comment(
+            return JobState(State.TIMED_OUT, with_comment(
                 f"killed by signal {signal} after using its walltime (Exit_status {status})"),
                 128 + signal)
-        return JobState("failed", with_comment(
+        return JobState(State.FAILED, with_comment(
             f"killed by signal {signal} (Exit_status {status})"), 128 + signal)
-    return JobState("failed", with_comment(f"exit status {status}"), status)
+    return JobState(State.FAILED, with_comment(f"exit status {status}"), status)
 
 
 def job_state(job: dict[str, Any]) -> JobState:
@@ -145,9 +146,9 @@ def job_state(job: dict[str, Any]) -> JobState:
     state = str(job.get("job_state") or "")
     comment = str(job.get("comment") or "").strip() or None
     if state in _QUEUED:
-        return JobState("queued", comment)
+        return JobState(State.QUEUED, comment)
     if state in _RUNNING:
-        return JobState("running", None if state == "R" else f"PBS job state {state}")
+        return JobState(State.RUNNING, None if state == "R" else f"PBS job state {state}")
     if state in _FINISHED:
         return _finished(job)
     if state == "M":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from typing import Any, ClassVar
 
+from ...wire.states import State
 from .base import BatchScheduler, JobState, Vouch, last_line, unknown
 from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
 
@@ -78,12 +79,12 @@ class Sge(BatchScheduler):
             if not number:
                 continue
             if "E" in code:
-                jobs[number] = JobState("failed", f"Grid Engine error state {code}")
+                jobs[number] = JobState(State.FAILED, f"Grid Engine error state {code}")
             elif "d" in code or code.endswith("r") or code in ("t", "Rr", "Rt", "s", "S"):
                 queue = (job.findtext("queue_name") or "").strip()
-                jobs[number] = JobState("running", code, host=queue.partition("@")[2] or None)
+                jobs[number] = JobState(State.RUNNING, code, host=queue.partition("@")[2] or None)
             else:  # qw, hqw, hRwq...
-                jobs[number] = JobState("queued", code)
+                jobs[number] = JobState(State.QUEUED, code)
         return jobs
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
@@ -116,12 +117,12 @@ class Sge(BatchScheduler):
             status = fields.get("exit_status", "")
             code = int(status) if status.lstrip("-").isdigit() else None
             if "h_rt" in failed:
-                jobs[number] = JobState("timed_out", failed, code)
+                jobs[number] = JobState(State.TIMED_OUT, failed, code)
             elif failed.split()[0] == "0" and code == 0:
-                jobs[number] = JobState("completed", None, 0)
+                jobs[number] = JobState(State.COMPLETED, None, 0)
             else:
                 reason = failed if failed.split()[0] != "0" else f"exit status {status}"
-                jobs[number] = JobState("failed", reason, code)
+                jobs[number] = JobState(State.FAILED, reason, code)
         return jobs
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:

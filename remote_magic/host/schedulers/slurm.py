@@ -11,20 +11,22 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from ...wire.states import State
 from .base import BatchScheduler, JobState, Vouch, last_line, unknown
 from .units import directive_word, memory_bytes, positive_count
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
 # is cut to its first word before lookup).
 STATES = {
-    "PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued",
-    "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued", "RESV_DEL_HOLD": "queued",
-    "SUSPENDED": "running", "RUNNING": "running", "COMPLETING": "running",
-    "STAGE_OUT": "running", "SIGNALING": "running", "RESIZING": "running",
-    "COMPLETED": "completed", "CANCELLED": "cancelled", "TIMEOUT": "timed_out",
-    "DEADLINE": "timed_out", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
-    "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
-    "SPECIAL_EXIT": "failed",
+    "PENDING": State.QUEUED, "CONFIGURING": State.QUEUED, "REQUEUED": State.QUEUED,
+    "REQUEUE_HOLD": State.QUEUED, "REQUEUE_FED": State.QUEUED, "RESV_DEL_HOLD": State.QUEUED,
+    "SUSPENDED": State.RUNNING, "RUNNING": State.RUNNING, "COMPLETING": State.RUNNING,
+    "STAGE_OUT": State.RUNNING, "SIGNALING": State.RUNNING, "RESIZING": State.RUNNING,
+    "COMPLETED": State.COMPLETED, "CANCELLED": State.CANCELLED, "TIMEOUT": State.TIMED_OUT,
+    "DEADLINE": State.TIMED_OUT, "FAILED": State.FAILED, "NODE_FAIL": State.FAILED,
+    "BOOT_FAIL": State.FAILED,
+    "OUT_OF_MEMORY": State.FAILED, "PREEMPTED": State.FAILED, "REVOKED": State.FAILED,
+    "SPECIAL_EXIT": State.FAILED,
 }
 
 
