@@ -169,7 +169,7 @@ class Unpickler(pickle.Unpickler):
 
     def __init__(self, file: Any, *, buffers: Any, refs: Mapping[str, Any] | None) -> None:
         super().__init__(file, buffers=buffers)
-        self.refs = refs or {}
+        self.refs = refs if refs is not None else {}  # a lazy mapping may be empty so far
 
     def persistent_load(self, pid: Any) -> Any:
         try:

@@ -109,13 +109,6 @@ def test_an_object_the_cell_stores_away_is_the_notebooks_own(client: Client) -> 
     assert result.values["registry"]["items"] is items and result.skipped == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after a kernel restart (no `originals`), an output that refers to an object the notebook "
-    "sent is not read from the local copy of the inputs as load_result's docstring says: "
-    "`_Sent` is a Mapping whose len() counts only `originals`, so it is falsy when they are "
-    "None or empty, and pickling.Unpickler.__init__ does `self.refs = refs or {}`, replacing "
-    "it with {}; the output is skipped as 'that object is not known here'. With any non-empty "
-    "originals the fallback works"))
 def test_after_a_restart_the_objects_sent_come_from_the_local_copy(client: Client) -> None:
     items = [1, 2]
     record, _ = run(client, "registry = {'items': items}", {"items": items})

@@ -182,12 +182,6 @@ def test_the_last_error_is_the_one_reported() -> None:
     assert "Name or service" not in str(error)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "Reconnect.failed computes `first * 2 ** (failures - 1)` before capping it: from the "
-    "1025th failure in a row the int power no longer converts to a float and failed() raises "
-    "OverflowError (about 8.5 h of a host down at the 30 s cap, e.g. a laptop offline "
-    "overnight); SSHTransport.connection() then raises OverflowError instead of "
-    "TransportError, which ends the session's polling thread"))
 def test_the_wait_stays_at_the_cap_however_long_the_host_is_down() -> None:
     clock = Clock()
     reconnect = Reconnect(0.5, 30.0, clock=clock)

@@ -83,7 +83,9 @@ class Reconnect:
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.error = str(exc)
-        self._next = self.clock() + min(self.cap, self.first * 2 ** (self.failures - 1))
+        # the exponent stops growing long before it matters: 2 ** 1024 is no float
+        doubled = self.first * 2 ** min(self.failures - 1, 60)
+        self._next = self.clock() + min(self.cap, doubled)
 
     def succeeded(self) -> None:
         self.failures, self.error, self._next = 0, "", 0.0
