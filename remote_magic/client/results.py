@@ -93,7 +93,8 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
     result = TaskResult(task_id=task_id, host=host, state=State.FAILED, reason=None,
                         originals=originals)
     try:
-        record = _read(paths.state, default={"state": State.PREPARED, "reason": None})
+        record = _read(paths.state, default={"state": State.PREPARED, "reason": None},
+                       needs=("state",))
         result.state, result.reason = record["state"], record.get("reason")
         raised = None
         meta = _read(paths.result, default=None)
@@ -107,6 +108,8 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
                 result.entries = shown.get("displays") or []
                 if shown.get("result") is not None:
                     result.value = _shown(shown["result"], namespace, sent)
+        if result.state != State.COMPLETED:
+            result.error = _error(paths, result, raised)
     except _Damaged as damage:
         result.state = State.FAILED
         result.error = TaskFailedError(
@@ -115,8 +118,6 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
             "run the cell again with --rerun.", remote_type="damaged results",
             task_id=task_id)
         return result
-    if result.state != State.COMPLETED:
-        result.error = _error(paths, result, raised)
     return result
 
 
@@ -126,8 +127,9 @@ class _Damaged(Exception):
         self.path, self.why = path, why
 
 
-def _read(path: Path, default: Any) -> Any:
-    """A JSON file of the task: `default` when absent, _Damaged when unreadable."""
+def _read(path: Path, default: Any, needs: tuple[str, ...] = ()) -> Any:
+    """A JSON file of the task: `default` when absent, _Damaged when unreadable or without
+    the text fields it `needs`."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -138,7 +140,7 @@ def _read(path: Path, default: Any) -> Any:
         value = json.loads(data)
     except ValueError:
         raise _Damaged(path, "is not valid JSON (damaged or cut short)") from None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in needs):
         raise _Damaged(path, "does not hold what a task writes there")
     return value
 
@@ -161,11 +163,9 @@ def _load_outputs(paths: TaskPaths, meta: dict[str, Any], result: TaskResult,
     if meta.get("outputs") and not paths.outputs.exists():
         raise _Damaged(paths.outputs, "is missing")
     for name, why in failed.items():
-        shown = name.replace(IN_PLACE, "", 1)
-        if name.startswith("<"):
-            shown = "what the cell raised" if name == EXCEPTION else shown
-        result.skipped[shown] = (f"cannot be loaded here: {why}; %remote_fetch "
-                                 f"{result.task_id} loads it again once that is fixed")
+        result.skipped[_shown_name(name)] = (f"cannot be loaded here: {why}; %remote_fetch "
+                                             f"{result.task_id} loads it again once that is "
+                                             "fixed")
     result.mutated = {n[len(IN_PLACE):]: values.pop(n) for n in list(values)
                       if n.startswith(IN_PLACE)}
     raised = values.pop(EXCEPTION, None)
@@ -178,8 +178,13 @@ def _load_outputs(paths: TaskPaths, meta: dict[str, Any], result: TaskResult,
     result.values = values
     result.deleted = meta.get("deleted", [])
     result.written = meta.get("written", [])
-    result.skipped.update(meta.get("skipped", {}))
+    result.skipped.update({_shown_name(n): why for n, why in meta.get("skipped", {}).items()})
     return raised
+
+
+def _shown_name(name: str) -> str:
+    """How an entry of the outputs is named to the user (not by our internal names)."""
+    return "what the cell raised" if name == EXCEPTION else name.replace(IN_PLACE, "", 1)
 
 
 class _Sent(Mapping[str, Any]):
@@ -228,7 +233,7 @@ def _shown(entry: dict[str, Any], namespace: dict[str, Any] | None, sent: _Sent)
 def _error(paths: TaskPaths, result: TaskResult, raised: Any) -> RemoteTaskError:
     where = f"task {result.task_id} on {result.host}"
     info = read_json(paths.error)
-    if info is None:
+    if not _describes_error(info):  # absent, cut short or garbled: the state's reason says it
         return TaskFailedError(f"Task {result.task_id} on {result.host} {result.state}: "
                                f"{result.reason or 'no reason recorded'}",
                                remote_type=result.state, task_id=result.task_id)
@@ -238,6 +243,11 @@ def _error(paths: TaskPaths, result: TaskResult, raised: Any) -> RemoteTaskError
         return rebuild_error(*raised, **details)
     original = _exception_type(info.get("module", ""), info.get("type", ""))
     return error_for(original, f"{info['message']} (raised in {where})", **details)
+
+
+def _describes_error(info: Any) -> bool:
+    return isinstance(info, dict) and all(isinstance(info.get(k), str)
+                                          for k in ("type", "message"))
 
 
 def _exception_type(module: str, qualname: str) -> type | None:
