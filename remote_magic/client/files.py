@@ -112,20 +112,22 @@ def _existing(text: Any, cwd: Path) -> list[str]:
         except ValueError:
             return []
     found = [path.as_posix()]
-    if glob.has_magic(text):
+    if glob.has_magic(text) and not _exists(cwd / path):  # an existing img[0].png is a name
         pattern = os.path.join(glob.escape(str(cwd)), path.as_posix())
         found = [os.path.relpath(p, cwd) for p in sorted(glob.glob(pattern))[:MAX_FILES]]
     result = []
     for name in found:
         normal = os.path.normpath(name)
-        if normal in (".", "") or normal.startswith(".."):
-            continue
-        try:
-            if (cwd / normal).exists():
-                result.append(normal)
-        except OSError:
-            continue
+        if normal not in (".", "") and not normal.startswith("..") and _exists(cwd / normal):
+            result.append(normal)
     return result
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for this file system, say
+        return False
 
 
 def _files_under(cwd: Path, relative: str) -> Iterable[tuple[str, int]]:
@@ -148,6 +150,7 @@ class Returned:
     beside: dict[str, str] = field(default_factory=dict)  # changed here meanwhile: name -> ours
     left: list[tuple[str, int]] = field(default_factory=list)  # over the limit
     refused: list[str] = field(default_factory=list)  # names that would land outside cwd
+    blocked: list[str] = field(default_factory=list)  # a folder of theirs is a file here
 
     def notes(self) -> list[str]:
         notes = []
@@ -161,8 +164,12 @@ class Returned:
             notes.append(f"files left on the host (over the host's auto_files limit): {shown}; "
                          "bring them with --collect, or raise auto_files")
         if self.refused:
-            notes.append(f"refused file names that point outside this folder: "
-                         f"{', '.join(self.refused)}")
+            notes.append(f"refused file names that point outside this folder, or onto a "
+                         f"folder or link here: {', '.join(self.refused)}")
+        if self.blocked:
+            notes.append(f"files left on the host (a file here has the name of their folder): "
+                         f"{', '.join(self.blocked)}; bring them with --collect into another "
+                         "folder")
         return notes
 
 
@@ -203,6 +210,10 @@ def plan_return(written: Iterable[Mapping[str, Any]], cwd: Path, prepared_at: fl
             changed_here = target.stat().st_mtime > prepared_at
         except FileNotFoundError:
             changed_here = False
+        except NotADirectoryError:  # results/x.csv, with a file called results here
+            returned.blocked.append(name)
+            total -= size
+            continue
         if changed_here:
             beside = target.with_name(f"{target.name}.from-task-{task_id[:8]}")
             copies.append((name, beside))

@@ -113,11 +113,6 @@ def test_a_home_relative_path_counts_only_under_the_folder(tmp_path: Path,
     assert staged("read('~/nb/data.csv')", cwd) == ["work/data.csv"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "files._existing treats every name with glob characters as a pattern: an existing file "
-    "named 'img[0].png' is not staged (the pattern matches 'img0.png', which is staged "
-    "instead), so the task's open('img[0].png') fails on the host; the literal name should "
-    "count when that file exists"))
 def test_an_existing_file_with_brackets_in_its_name_is_staged(tmp_path: Path) -> None:
     cwd = tree(tmp_path / "nb", {"img[0].png": "the one named", "img0.png": "another"})
     assert staged("open('img[0].png')", cwd) == ["work/img[0].png"]
@@ -299,7 +294,8 @@ def test_files_come_back_up_to_the_limit_and_the_rest_are_listed(tmp_path: Path)
         "files written by the task, copied here: a.bin, c.bin",
         "files left on the host (over the host's auto_files limit): b.bin (0.0 MB), "
         "huge.bin (3.5 MB); bring them with --collect, or raise auto_files",
-        "refused file names that point outside this folder: ../evil",
+        "refused file names that point outside this folder, or onto a folder or link here: "
+        "../evil",
     ]
 
 
@@ -323,18 +319,15 @@ def test_names_that_would_land_outside_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "outside" / "x").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=NotADirectoryError, reason=(
-    "plan_return stats the target and catches only FileNotFoundError: a written name whose "
-    "folder is a regular file here ('results/x.csv' with a local file 'results') raises "
-    "NotADirectoryError, so Client.result fails and none of the task's results are loaded; "
-    "safe_target accepts such a name"))
 def test_a_name_under_a_local_file_does_not_break_the_return(tmp_path: Path) -> None:
     cwd = tree(tmp_path / "nb", {"results": "a file here", "other.csv": "o"})
     set_mtime(cwd / "other.csv", PREPARED - 1)
     copies, outcome = returned([{"name": "results/x.csv", "size": 1},
                                 {"name": "other.csv", "size": 1}], cwd)
     assert copies["other.csv"] == cwd / "other.csv"
-    assert "results/x.csv" not in outcome.copied
+    assert "results/x.csv" not in outcome.copied and outcome.blocked == ["results/x.csv"]
+    assert "results/x.csv" not in copies
+    assert any("a file here has the name of their folder" in n for n in outcome.notes())
     assert (cwd / "results").read_text() == "a file here"
 
 
