@@ -28,6 +28,7 @@ from .session import HostSession, Update, Watch
 from .store import TaskRecord, TaskStore
 
 FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
+SLOT_REFRESH = 5.0  # seconds: how often unwatched tasks holding a host's slots are asked about
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Client:
         self._config_path = config_path
         self._sessions: dict[str, HostSession] = {}
         self._launching = threading.RLock()  # submit and dispatch must not race for slots
+        self._refresh_at: dict[str, float] = {}  # per host: when its slots may be re-checked
 
     # ------------------------------------------------------------ configuration
 
@@ -135,11 +137,32 @@ class Client:
         return Submission(self.store.get(record.id))
 
     def _slots(self, host: HostConfig) -> int:
-        """How many more tasks the host may start now (its max_running)."""
+        """How many more tasks the host may start now (its max_running).
+
+        The store counts the tasks holding slots; one that ended while no session watched it
+        (its kernel restarted) still looks active there, so when the host seems full those
+        are asked about first (at most every SLOT_REFRESH seconds)."""
         if not host.max_running:
             return 1
-        active = self.store.list(host=host.name, active_only=True)
-        return host.max_running - sum(r.state != State.PREPARED for r in active)
+        held = self._holding(host)
+        now = time.monotonic()
+        if len(held) >= host.max_running and now >= self._refresh_at.get(host.name, 0.0):
+            self._refresh_at[host.name] = now + SLOT_REFRESH
+            session = self.session(host)
+            unwatched = {r.id: Watch(r.id, False, r.state, r.progress) for r in held
+                         if not session.watching(r.id)}
+            if unwatched:
+                try:
+                    session.poll(unwatched)
+                except RemoteMagicError:  # the slots stay taken; the next refresh tries again
+                    pass
+                held = self._holding(host)
+        return host.max_running - len(held)
+
+    def _holding(self, host: HostConfig) -> list[TaskRecord]:
+        """The host's tasks that hold one of its slots, as the store knows them."""
+        return [r for r in self.store.list(host=host.name, active_only=True)
+                if r.state != State.PREPARED]
 
     def _launch(self, session: HostSession, record: TaskRecord) -> None:
         """Start a staged task: as a process, or as a job of the host's scheduler."""

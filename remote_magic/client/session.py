@@ -150,6 +150,10 @@ class HostSession:
                 watch.live_output = False
                 watch.updates = None
 
+    def watching(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._watches
+
     def poke(self) -> None:
         self._wake.set()
 

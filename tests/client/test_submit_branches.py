@@ -209,12 +209,6 @@ def test_waiting_tasks_start_oldest_first_one_at_a_time(client: Client, home: Pa
         assert after.submitted >= before.finished
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a record the store still shows as submitted/running holds a max_running slot although "
-    "its task has ended on the host: Client._slots counts store states, and the session only "
-    "refreshes the tasks it watches, so after a kernel restart a new task on that host waits "
-    "'for a free slot' forever (until %remote_status refreshes the old record), even while "
-    "it is followed"))
 def test_a_slot_held_only_by_a_stale_record_frees(home: Path, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
     monkeypatch.chdir(home)
