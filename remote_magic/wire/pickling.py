@@ -60,7 +60,8 @@ def pickler_class(with_refs: bool = False) -> type:
       with `self.send_globals` false the values they reference are left out, since the
       receiver holds the right ones already.
     - With `with_refs`, objects listed in `self.refs` (id -> name) are written as references
-      to the receiver's object of that name, except the value being dumped at top level.
+      to the receiver's object of that name, except `self.top` (the value of an in-place
+      entry, whose content is what has to travel).
     """
     cls = _classes.get(with_refs)
     if cls is not None:

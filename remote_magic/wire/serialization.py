@@ -171,7 +171,9 @@ def dump_namespace(
                 raise TypeError(f"variable names must be str, not {type(name).__name__}")
             mark = writer.mark()
             first_buffer = len(buffers)
-            pickler.top = value
+            # an input changed in place goes back as its content; under any other name, an
+            # object the notebook sent goes back as a reference to the notebook's own
+            pickler.top = value if name.startswith(IN_PLACE) else None
             try:
                 pickler.dump(value)
             except Exception as exc:

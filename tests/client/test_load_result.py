@@ -118,11 +118,6 @@ def test_after_a_restart_the_objects_sent_come_from_the_local_copy(client: Clien
     assert result.values["registry"]["items"] == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a name the cell binds to an object the notebook sent (`alias = data`) comes back as a "
-    "copy: the runner dumps each output with `pickler.top = value`, and the pickler's "
-    "persistent_id never writes the top-level value as a reference, so only objects nested "
-    "in an output (`{'items': items}`) stay the notebook's own; locally `alias is data`"))
 def test_a_name_bound_to_a_sent_object_is_the_notebooks_object(client: Client) -> None:
     data = [1, 2, 3]
     record, prepared = run(client, "alias = data", {"data": data})

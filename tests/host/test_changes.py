@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from remote_magic.host.changes import InputWatch, mapped_regions
-from remote_magic.wire.serialization import dump_namespace, load_namespace
+from remote_magic.wire.serialization import IN_PLACE, dump_namespace, load_namespace
 
 
 def loaded(tmp_path: Path, values: dict[str, Any], ns: dict[str, Any] | None = None
@@ -89,11 +89,13 @@ def test_objects_sent_come_back_as_the_senders_own(tmp_path: Path) -> None:
     task = load_namespace(path)
     assert task["holder"]["k"] is task["data"]
     back = tmp_path / "y.rmns"
-    dump_namespace({"new": {"x": task["data"]}, "data": task["data"]}, back,
-                   refs={id(task["data"]): "data"})
+    dump_namespace({"new": {"x": task["data"]}, "alias": task["data"],
+                    IN_PLACE + "data": task["data"]}, back, refs={id(task["data"]): "data"})
     got = load_namespace(back, refs={"data": data})
     assert got["new"]["x"] is data  # a reference to the kernel's own list
-    assert got["data"] is not data and got["data"] == data  # the top-level value is a value
+    assert got["alias"] is data  # `alias = data` in the cell: the kernel's own list too
+    # the value of an in-place entry is its content: what the kernel's list must become
+    assert got[IN_PLACE + "data"] is not data and got[IN_PLACE + "data"] == data
 
 
 def test_a_task_that_changes_nothing_costs_no_full_read_of_a_large_input(tmp_path: Path
