@@ -200,7 +200,7 @@ class Agent:
                 record = self._check_alive(paths, record)
             records[task_id] = record
         batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
-        records.update(self.batch.batch_states(batch))
+        records.update(self.batch.states(batch))
         for task_id, record in records.items():
             answers[task_id] = self._report(self.paths(task_id), record, tasks[task_id])
         return answers
@@ -265,7 +265,7 @@ class Agent:
                 outcome[task_id] = f"already {record['state']}"
                 continue
             if record.get("launcher") not in (None, "process") and record.get("job_id"):
-                outcome[task_id] = self.batch.batch_cancel(paths, record)
+                outcome[task_id] = self.batch.cancel(paths, record)
                 continue
             paths.cancel.touch()
             pids = read_json(paths.pids)

@@ -92,7 +92,7 @@ class BatchOps:
         set_state(paths, State.SUBMITTED, launcher=scheduler, job_id=job_id)
         return {"job_id": job_id}
 
-    def batch_states(self, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def states(self, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Settle the state records of batch tasks with what their schedulers say."""
         by_scheduler: dict[str, dict[str, str]] = {}
         for task_id, record in tasks.items():
@@ -205,7 +205,7 @@ class BatchOps:
         return set_state(paths, State.LOST, "the job left the queue and its task directory does "
                                         "not say how it ended", checked=True)
 
-    def batch_cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
+    def cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
         batch = scheduler_for(record["launcher"])
         paths.cancel.touch()
         done = _run(batch.cancel_command([record["job_id"]]))
