@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers.hosts import count_status_requests, ssh_host
-from helpers.kernel import CLIENT, Kernel, start_kernel
+from helpers.kernel import Kernel, start_kernel
 from helpers.waiting import sleep_then, wait_for
 
 from remote_magic import RemoteExecutor
@@ -413,12 +413,12 @@ def test_magics_manage_tasks_over_ssh(ssh_kernel: Kernel) -> None:
     kernel.run("%%remote -q hpc --nowait --name napper\nimport time\nprint('dozing')\n"
                "time.sleep(60)\nnever = 1")
     kernel.run("%%remote -q hpc --nowait --name quick\nprint('quick one')\nquick = 5")
-    ids = kernel.value(f"{{r.name: r.id for r in {CLIENT}"
-                       ".store.list()}")
-    napper, quick = ids["napper"], ids["quick"]
-    # The store says when the quick task has ended (however loaded the machine); its
-    # results load at the start of the next cell.
+    # Read from the store file, not through a cell: the quick task's results load at the
+    # start of the next cell, which must be the one checked below.
     store = TaskStore(root / "data" / "tasks.sqlite")
+    ids = {r.name: r.id for r in store.list()}
+    napper, quick = ids["napper"], ids["quick"]
+    # The store says when the quick task has ended (however loaded the machine).
     assert wait_for(lambda: store.get(quick).final, 60)
     notice = kernel.run("pass")
     assert f"task {quick} completed on hpc" in notice.stdout
