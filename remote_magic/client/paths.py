@@ -11,7 +11,7 @@ from ..errors import RemoteMagicError
 from ..host.fileops import last_change
 from ..wire.taskdir import describe_problem, trust_problem
 
-PREPARE_PREFIX = ".prepare-"  # task.py prepares a task in data_dir()/tasks/.prepare-XXXX
+PREPARE_PREFIX = ".prepare-"  # prepare.py prepares a task in data_dir()/tasks/.prepare-XXXX
 STALE_PREPARE = 3600.0  # seconds: a prepare directory untouched this long has no kernel left
 
 

@@ -86,7 +86,7 @@ class LocalTransport:
         They are linked into a staging directory of the agent's, which it puts in place whole;
         a directory left by an earlier run of the same task (it failed, or was cancelled) is
         replaced then, while one the identical task of another kernel is running in is kept,
-        and this kernel attaches to it (see agent_files).
+        and this kernel attaches to it (see host/fileops).
         """
         self._trusted()
         agent = self.agent()
