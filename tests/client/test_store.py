@@ -111,3 +111,28 @@ def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
     assert set(modes.values()) == {"0o600"}, modes
+
+
+def test_a_store_made_before_the_task_record_held_its_options_opens(tmp_path: Path) -> None:
+    """A store written by the previous schema (no resources, collect or placement columns)
+    gains them on open: its tasks stay listed, and new ones keep what they asked for."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, "
+                   "host TEXT NOT NULL, name TEXT, state TEXT NOT NULL, reason TEXT, "
+                   "job_id TEXT, remote_dir TEXT, local_dir TEXT, created REAL NOT NULL, "
+                   "submitted REAL, started REAL, finished REAL, progress TEXT, outputs TEXT, "
+                   "nowait INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO tasks (id, content_hash, host, state, created) "
+                   "VALUES ('00000000000000aa', 'h', 'hpc', 'completed', 1.0)")
+    db.close()
+    store = TaskStore(path)
+    old = store.get("00000000000000aa")
+    assert (old.state, old.resources, old.collect, old.placement) == ("completed", None, None,
+                                                                      None)
+    store.add(record(2, resources={"cores": 4}, collect=["*.csv"], placement={"cwd": "/x"}))
+    new = store.get(record(2).id)
+    assert (new.resources, new.collect, new.placement) == ({"cores": 4}, ["*.csv"],
+                                                           {"cwd": "/x"})
+    store.close()
+    assert TaskStore(path).get(record(2).id).collect == ["*.csv"]  # opened again: no change

@@ -59,7 +59,7 @@ def test_one_squeue_for_all_jobs_at_most_once_a_second(agent: Agent, slurm: Any)
     tasks = [task_id(n) for n in range(6)]
     before = slurm_rpc_counts()
     start, polls, seen = time.monotonic(), 0, set()
-    for count, task in enumerate(tasks, 1):  # each submission wakes the monitor: a poll
+    for count, task in enumerate(tasks, 1):  # each submission wakes the session: a poll
         stage_batch_task(agent, "import time\ntime.sleep(1)", task)
         agent.op_submit(task, "slurm", {"cores": 1})
         agent.op_status(dict.fromkeys(tasks[:count]))
