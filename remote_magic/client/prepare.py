@@ -115,8 +115,10 @@ def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options)
 
 
+@functools.lru_cache(maxsize=1)
 def _installed_roots() -> tuple[str, ...]:
-    """Where installed code lives: modules elsewhere are the user's own files."""
+    """Where installed code lives: modules elsewhere are the user's own files (fixed for the
+    life of the interpreter, so found once)."""
     import site
     import sysconfig
 

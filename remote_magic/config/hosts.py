@@ -150,7 +150,18 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             return parse_config("", None)
     else:
         source = Path(os.fspath(path)).expanduser()
-    return parse_config(_read_text(source), source)
+    text = _read_text(source)
+    known = _parsed.get(source)
+    if known is not None and known[0] == text:
+        return known[1]
+    config = _parsed[source] = (text, parse_config(text, source))
+    return config[1]
+
+
+# The last text read from each hosts file and the Config it made: the file is asked for several
+# times per cell, and reading a few hundred bytes costs microseconds where parsing and checking
+# them costs a millisecond. Compared by content, so that an edit is seen at once, however fast.
+_parsed: dict[Path, tuple[str, Config]] = {}
 
 
 def _read_text(path: Path) -> str:

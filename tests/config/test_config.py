@@ -919,3 +919,21 @@ def test_a_pipe_or_device_as_hosts_file_is_refused_without_waiting(tmp_path: Pat
             load_config(path)
         assert "not a regular file" in str(info.value)
         assert time.monotonic() - started < 1
+
+
+def test_the_hosts_file_is_parsed_again_only_when_its_text_changes(tmp_path: Path) -> None:
+    """Asked for several times per cell, the file is read each time but parsed only when
+    what it says changed: an edit is seen at once, even one of the same size within the
+    file system's timestamp granularity."""
+    path = tmp_path / "hosts.yaml"
+    path.write_text("hosts:\n  hpc:\n    address: a.example.org\n")
+    first = load_config(path)
+    assert load_config(path) is first  # same text: the same checked object
+    path.write_text("hosts:\n  hpc:\n    address: b.example.org\n")  # same size, at once
+    second = load_config(path)
+    assert second is not first and second.hosts["hpc"].address == "b.example.org"
+    path.write_text("hosts:\n  hpc:\n    adress: b.example.org\n")
+    with pytest.raises(ConfigError, match="did you mean 'address'"):
+        load_config(path)  # a mistake is still reported every time, never a stale config
+    with pytest.raises(ConfigError, match="did you mean 'address'"):
+        load_config(path)
