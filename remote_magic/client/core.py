@@ -45,6 +45,7 @@ class Client:
         self._sessions: dict[str, HostSession] = {}
         self._launching = threading.RLock()  # submit and dispatch must not race for slots
         self._refresh_at: dict[str, float] = {}  # per host: when its slots may be re-checked
+        self._starting: set[str] = set()  # accepted, not yet started: identical ones attach
 
     # ------------------------------------------------------------ configuration
 
@@ -101,7 +102,15 @@ class Client:
 
     def submit(self, prepared: PreparedTask) -> Submission:
         """Stage and start a prepared task, unless an identical one can stand in for it."""
-        session = self.session(prepared.host)
+        submission = self.accept(prepared)
+        if submission.reused or submission.attached:
+            return submission
+        return Submission(self.start(submission.record, prepared))
+
+    def accept(self, prepared: PreparedTask) -> Submission:
+        """Record a prepared task in the store, unless an identical one can stand in for it
+        (its results reused, or the running one attached to). Nothing is sent to the host:
+        `start` does that, at once (`submit`) or later, from another thread (the executor)."""
         options = prepared.options
         if not options.rerun:
             done = self.store.find_completed(prepared.content_hash, prepared.host)
@@ -109,7 +118,8 @@ class Client:
                 prepared.discard()
                 return Submission(done, reused=True)
             same = self._find(prepared.id)
-            if same is not None and not same.final and same.state != State.PREPARED:
+            if same is not None and not same.final and (
+                    same.state != State.PREPARED or same.id in self._starting):
                 prepared.discard()
                 return Submission(same, attached=True)
         commit(prepared)
@@ -117,13 +127,26 @@ class Client:
                             host=prepared.host, name=options.name, nowait=options.nowait,
                             local_dir=str(prepared.local_dir), resources=options.resources,
                             collect=options.collect, placement=prepared.placement)
-        self.store.add(record)
+        with self._launching:
+            self.store.add(record)
+            self._starting.add(record.id)
+        return Submission(record)
+
+    def start(self, record: TaskRecord, prepared: PreparedTask) -> TaskRecord:
+        """Stage an accepted task and start it, or leave it waiting for a free slot. A task
+        cancelled meanwhile (`kill` before it reached the host) is not started."""
+        session = self.session(record.host)
         try:
+            if self.store.get(record.id).final:
+                return self.store.get(record.id)
             session.agent()  # connects, and checks the host's Python once per connection
             record.remote_dir = session.transport.stage(prepared.id, prepared.local_dir,
                                                         prepared.files, prepared.extra)
             self.store.update(record.id, remote_dir=record.remote_dir)
             with self._launching:
+                current = self.store.get(record.id)
+                if current.state != State.PREPARED:  # cancelled while it was staged
+                    return current
                 if self._slots(session.host) > 0:
                     self._launch(session, record)
                 else:
@@ -134,7 +157,10 @@ class Client:
             self.store.update(record.id, state=State.FAILED, reason=f"not started: {exc}",
                               finished=time.time())
             raise
-        return Submission(self.store.get(record.id))
+        finally:
+            with self._launching:
+                self._starting.discard(record.id)
+        return self.store.get(record.id)
 
     def _slots(self, host: HostConfig) -> int:
         """How many more tasks the host may start now (its max_running).
@@ -184,7 +210,8 @@ class Client:
         """Start waiting tasks as slots free (called by the session after each poll)."""
         with self._launching:
             waiting = [r for r in self.store.list(host=session.host.name, active_only=True)
-                       if r.state == State.PREPARED and r.remote_dir]
+                       if r.state == State.PREPARED and r.remote_dir
+                       and r.id not in self._starting]
             for record in reversed(waiting):  # oldest first
                 if self._slots(session.host) <= 0:
                     return

@@ -3,18 +3,25 @@
 Each `submit(fn, *args, **kwargs)` becomes a task on the same path as a `%%remote` cell
 (prepare, stage, start, follow, retrieve); the Future completes when the host reports the
 task's end, from the host session's thread, without anyone having to poll.
+
+`submit` prepares the call (so the arguments travel as they are at that moment, and one that
+cannot travel raises there) and records it, then returns: one thread per executor stages and
+starts the tasks in the order they were submitted, so a loop of submits is not held up by
+round trips to the host. A failure to start is the Future's exception; a Future cancelled
+before its task started never reaches the host.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
 from ..config.hosts import check_resources
+from ..errors import TaskFailedError
 from .core import Client, get_client
-from .prepare import TaskOptions, prepare_call
-from .session import Update
+from .prepare import PreparedTask, TaskOptions, prepare_call
 from .store import TaskRecord
 
 
@@ -36,6 +43,9 @@ class RemoteExecutor(Executor):
         self._shutdown = False
         self._futures: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        self._starts: queue.SimpleQueue[tuple[TaskRecord, PreparedTask, Future[Any]] | None] = \
+            queue.SimpleQueue()
+        self._starter: threading.Thread | None = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         with self._lock:
@@ -44,25 +54,56 @@ class RemoteExecutor(Executor):
         options = TaskOptions(resources=dict(self._resources), name=self._name,
                               rerun=self._rerun, nowait=True)
         prepared = prepare_call(fn, args, kwargs, self._host, options)
-        submission = self._client.submit(prepared)
+        submission = self._client.accept(prepared)
+        record = submission.record
         future: Future[Any] = Future()
-        future.task_id = submission.record.id  # type: ignore[attr-defined]
-        future.set_running_or_notify_cancel()
+        future.task_id = record.id  # type: ignore[attr-defined]
         with self._lock:
             self._futures.add(future)
-        record = submission.record
+            if submission.reused or submission.attached:
+                future.set_running_or_notify_cancel()
+            else:
+                self._starts.put((record, prepared, future))
+                if self._starter is None:
+                    self._starter = threading.Thread(target=self._start_in_order, daemon=True,
+                                                     name="remote-executor-starts")
+                    self._starter.start()
+        if submission.reused or submission.attached:
+            self._follow(future, record)
+        return future
+
+    def _start_in_order(self) -> None:
+        """Stage and start the accepted tasks one after another, in submission order."""
+        while True:
+            item = self._starts.get()
+            if item is None:
+                return
+            record, prepared, future = item
+            if not future.set_running_or_notify_cancel():  # cancelled: never sent
+                self._client.kill([record])
+                self._forget(future)
+                continue
+            try:
+                record = self._client.start(record, prepared)
+            except BaseException as exc:  # noqa: BLE001 - the Future must always complete
+                future.set_exception(exc)
+                self._forget(future)
+                continue
+            self._follow(future, record)
+
+    def _follow(self, future: Future[Any], record: TaskRecord) -> None:
         if record.final:
             self._complete(future, record)
         else:
-            self._client.watch(
-                record, on_final=lambda update: self._on_final(future, record, update))
-        return future
-
-    def _on_final(self, future: Future[Any], record: TaskRecord, update: Update) -> None:
-        self._complete(future, self._client.store.get(record.id))
+            self._client.watch(record, on_final=lambda update: self._complete(
+                future, self._client.store.get(record.id)))
 
     def _complete(self, future: Future[Any], record: TaskRecord) -> None:
         try:
+            if record.remote_dir is None:  # ended before it reached the host (cancelled)
+                raise TaskFailedError(f"Task {record.id} on {record.host} {record.state}: "
+                                      f"{record.reason or 'no reason recorded'}",
+                                      remote_type=record.state, task_id=record.id)
             result = self._client.result(record)
             if result.error is not None:
                 future.set_exception(result.error)
@@ -70,6 +111,9 @@ class RemoteExecutor(Executor):
                 future.set_result(result.values.get("_rm_result"))
         except BaseException as exc:  # noqa: BLE001 - the Future must always complete
             future.set_exception(exc)
+        self._forget(future)
+
+    def _forget(self, future: Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
@@ -77,11 +121,17 @@ class RemoteExecutor(Executor):
         with self._lock:
             self._shutdown = True
             pending = list(self._futures)
+            starter = self._starter
+            if starter is not None:
+                self._starts.put(None)  # the starter ends once the tasks before it started
         if cancel_futures:
-            ids = [f.task_id for f in pending if not f.done()]  # type: ignore[attr-defined]
+            started = [f for f in pending if not f.cancel() and not f.done()]
+            ids = [f.task_id for f in started]  # type: ignore[attr-defined]
             if ids:
                 self._client.kill([self._client.store.get(i) for i in ids])
         if wait:
+            if starter is not None:
+                starter.join()
             for future in pending:
                 try:
                     future.exception()

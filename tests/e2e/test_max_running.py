@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from helpers.waiting import wait_for
 
 from remote_magic import RemoteExecutor
 from remote_magic.client.core import Client
@@ -35,8 +38,12 @@ def test_waiting_tasks_start_as_slots_free(home: Path) -> None:
     try:
         with RemoteExecutor("narrow", client=client) as pool:
             futures = [pool.submit(nap, 0.6, i) for i in range(5)]
-            waiting = [r for r in client.store.list(host="narrow") if r.state == "prepared"]
-            assert len(waiting) == 3 and "free slot" in (waiting[0].reason or "")
+
+            def waiting() -> list[Any]:  # staged, and told to wait (submit returns before)
+                return [r for r in client.store.list(host="narrow")
+                        if r.state == "prepared" and r.remote_dir]
+            assert wait_for(lambda: len(waiting()) == 3, 10)
+            assert all("free slot" in (r.reason or "") for r in waiting())
             assert [f.result(timeout=60) for f in futures] == [0, 1, 2, 3, 4]
     finally:
         stop.set()
