@@ -77,6 +77,12 @@ class Client:
                 current.dispatcher = self._dispatch
         return current
 
+    def reach(self, host: str | HostConfig) -> None:
+        """Connect to the host and check its Python, once per connection (a no-op after).
+        Called in the user's thread, so that a login prompt or a refused host key is theirs
+        to see there, before work is handed to another thread."""
+        self.session(host).agent()
+
     def checks(self, host: str | HostConfig) -> Iterator[tuple[str, bool | None, str]]:
         """The transport's steps to reach the host, each (step, ok, detail), as they run."""
         return self.session(host).transport.checks()
@@ -154,13 +160,19 @@ class Client:
                                      f"most {session.host.max_running} tasks at once")
                     self.store.update(record.id, reason=record.reason)
         except BaseException as exc:
-            self.store.update(record.id, state=State.FAILED, reason=f"not started: {exc}",
-                              finished=time.time())
+            self.not_started(record, exc)
             raise
         finally:
             with self._launching:
                 self._starting.discard(record.id)
         return self.store.get(record.id)
+
+    def not_started(self, record: TaskRecord, exc: BaseException) -> None:
+        """An accepted task that will not be started: the store says why."""
+        with self._launching:
+            self._starting.discard(record.id)
+        self.store.update(record.id, state=State.FAILED, reason=f"not started: {exc}",
+                          finished=time.time())
 
     def _slots(self, host: HostConfig) -> int:
         """How many more tasks the host may start now (its max_running).
@@ -354,12 +366,15 @@ class Client:
     def kill(self, records: list[TaskRecord]) -> dict[str, str]:
         outcome: dict[str, str] = {}
         by_host: dict[str, list[TaskRecord]] = defaultdict(list)
-        for record in records:
-            if record.state == State.PREPARED and not record.remote_dir:  # never reached the host
-                self.store.update(record.id, state=State.CANCELLED, reason="cancelled by the user",
-                                  finished=time.time())
-                outcome[record.id] = "cancelled"
-            elif record.final:
+        for given in records:
+            with self._launching:  # as it is now: an executor may have started it meanwhile
+                record = self._find(given.id) or given
+                if record.state == State.PREPARED and not record.remote_dir:  # not sent yet
+                    self.store.update(record.id, state=State.CANCELLED,
+                                      reason="cancelled by the user", finished=time.time())
+                    outcome[record.id] = "cancelled"
+                    continue
+            if record.final:
                 outcome[record.id] = f"already {record.state}"
             else:
                 by_host[record.host].append(record)

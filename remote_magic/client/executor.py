@@ -4,11 +4,12 @@ Each `submit(fn, *args, **kwargs)` becomes a task on the same path as a `%%remot
 (prepare, stage, start, follow, retrieve); the Future completes when the host reports the
 task's end, from the host session's thread, without anyone having to poll.
 
-`submit` prepares the call (so the arguments travel as they are at that moment, and one that
-cannot travel raises there) and records it, then returns: one thread per executor stages and
-starts the tasks in the order they were submitted, so a loop of submits is not held up by
-round trips to the host. A failure to start is the Future's exception; a Future cancelled
-before its task started never reaches the host.
+`submit` connects to the host if it is not connected (so a refused host key or a login prompt
+happens in the caller's thread, and raises there), prepares the call (its arguments travel as
+they are at that moment; one that cannot travel raises there) and records it, then returns:
+one thread per executor stages and starts the tasks in the order they were submitted, so a
+loop of submits is not held up by round trips to the host. A failure to start is the Future's
+exception; a Future cancelled before its task started never reaches the host.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class RemoteExecutor(Executor):
         prepared = prepare_call(fn, args, kwargs, self._host, options)
         submission = self._client.accept(prepared)
         record = submission.record
+        if not (submission.reused or submission.attached):
+            try:
+                self._client.reach(self._host)  # a host key refused, a password asked: here
+            except BaseException as exc:
+                self._client.not_started(record, exc)
+                raise
         future: Future[Any] = Future()
         future.task_id = record.id  # type: ignore[attr-defined]
         with self._lock:

@@ -4,6 +4,7 @@ that fails, and Futures cancelled before their task reached the host."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
@@ -95,18 +96,35 @@ def test_shutdown_cancels_the_tasks_that_did_not_start(client: Client, home: Pat
     assert all(f.done() for f in futures)
 
 
-def test_a_task_that_cannot_start_fails_its_future_not_the_submit(client: Client,
-                                                                   home: Path) -> None:
-    """A work directory anyone may write is refused when staging: `submit` has returned by
-    then, so the refusal is the Future's exception, and the store says why."""
+def test_a_start_that_fails_is_the_futures_exception(client: Client,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`submit` has returned when the task is staged: a failure there (here the kernel's copy
+    of the task is gone) is the Future's exception, and the store says why."""
+    go = held_starts(client, monkeypatch)
+    with RemoteExecutor(client=client) as pool:
+        future = pool.submit(pow, 2, 3)
+        record = client.store.get(future.task_id)  # type: ignore[attr-defined]
+        shutil.rmtree(record.local_dir or "")
+        go.set()
+        with pytest.raises(OSError):
+            future.result(timeout=30)
+    record = client.store.get(record.id)
+    assert record.state == State.FAILED and (record.reason or "").startswith("not started: ")
+
+
+def test_a_host_that_refuses_the_kernel_raises_at_submit(client: Client, home: Path) -> None:
+    """A work directory anyone may write is refused by the host's agent itself: that is about
+    the host, not one task, so `submit` raises it (nothing is queued), and the store says
+    why the task did not start."""
     workdir = home / "open"
     with open(home / "hosts.yaml", "a") as f:
         f.write(f"  open:\n    workdir: {workdir}\n")
     workdir.mkdir(mode=0o777)
     workdir.chmod(0o777)
     with RemoteExecutor("open", client=client) as pool:
-        future = pool.submit(pow, 2, 3)
-        with pytest.raises(TransportError):
-            future.result(timeout=30)
-    record = client.store.get(future.task_id)  # type: ignore[attr-defined]
-    assert record.state == State.FAILED and (record.reason or "").startswith("not started: ")
+        with pytest.raises(TransportError, match="can be changed by other users"):
+            pool.submit(pow, 2, 3)
+    records = client.store.list(host="open")
+    assert [r.state for r in records] == [State.FAILED]
+    assert (records[0].reason or "").startswith("not started: ")
+    assert not (workdir / "tasks").exists()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers.hosts import ssh_host
 from helpers.kernel import Kernel, start_kernel
+from helpers.waiting import wait_for
 
 from remote_magic import RemoteExecutor
 from remote_magic.client.core import Client
@@ -134,7 +135,10 @@ def test_resources_reach_grid_engine(grid: str) -> None:
     client = Client()
     with RemoteExecutor(grid, client=client, cores=2, walltime="0:05:00") as pool:
         future = pool.submit(sleepy, 60)
-        record = client.store.get(future.task_id)  # type: ignore[attr-defined]
+        task_id = future.task_id  # type: ignore[attr-defined]
+        # submit returns before the job is submitted: its id comes with the start
+        assert wait_for(lambda: client.store.get(task_id).job_id is not None, 60)
+        record = client.store.get(task_id)
         details = subprocess.run(["qstat", "-j", record.job_id], capture_output=True,
                                  text=True).stdout
         assert "smp range: 2" in " ".join(details.split()) or "smp 2" in details
