@@ -148,8 +148,7 @@ class Client:
             session.agent()  # connects, and checks the host's Python once per connection
             record.remote_dir = session.transport.stage(prepared.id, prepared.local_dir,
                                                         prepared.files, prepared.extra)
-            self.store.update(record.id, remote_dir=record.remote_dir)
-            with self._launching:
+            with self._launching:  # one store write says where it is staged and what next
                 current = self.store.get(record.id)
                 if current.state != State.PREPARED:  # cancelled while it was staged
                     return current
@@ -158,7 +157,8 @@ class Client:
                 else:
                     record.reason = (f"waiting for a free slot: {session.host.name} runs at "
                                      f"most {session.host.max_running} tasks at once")
-                    self.store.update(record.id, reason=record.reason)
+                    self.store.update(record.id, remote_dir=record.remote_dir,
+                                      reason=record.reason)
         except BaseException as exc:
             self.not_started(record, exc)
             raise
@@ -216,7 +216,7 @@ class Client:
             job_id = answer["job_id"]
         record.state, record.submitted, record.job_id = State.SUBMITTED, time.time(), job_id
         self.store.update(record.id, state=State.SUBMITTED, submitted=record.submitted,
-                          job_id=job_id, reason=None)
+                          job_id=job_id, reason=None, remote_dir=record.remote_dir)
 
     def _dispatch(self, session: HostSession) -> None:
         """Start waiting tasks as slots free (called by the session after each poll)."""
