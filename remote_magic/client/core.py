@@ -370,6 +370,7 @@ class Client:
             with self._launching:  # as it is now: an executor may have started it meanwhile
                 record = self._find(given.id) or given
                 if record.state == State.PREPARED and not record.remote_dir:  # not sent yet
+                    self._starting.discard(record.id)  # a queued start will not happen
                     self.store.update(record.id, state=State.CANCELLED,
                                       reason="cancelled by the user", finished=time.time())
                     outcome[record.id] = "cancelled"
