@@ -47,6 +47,7 @@ from .batchops import BatchOps
 from .exchange import Exchange
 from .fileops import FileOps
 from .proctitle import set_name
+from .warm import WarmPool, max_fd
 
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
@@ -71,6 +72,7 @@ class Agent:
         self.hostname = socket.gethostname()
         self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
         self.batch = BatchOps(self.paths)
+        self.warm: WarmPool | None = None  # a resident agent's warm runners (warm.py)
         files = self.files
         # Every operation a request may name, in one place: the agent's whole vocabulary.
         self.operations: dict[str, Callable[..., Any]] = {
@@ -144,15 +146,30 @@ class Agent:
             return {"pid": None, "attached": found}
         try:
             set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
-            sys.stdout.flush()
-            pid = os.fork()
+            if self.warm is not None and self.warm.offer(task):
+                return {"pid": None}
+            return {"pid": self._fork_supervisor(paths, task)}
         except BaseException:
             paths.claim.unlink(missing_ok=True)  # not started: a retry may claim it again
             raise
+
+    def _fork_supervisor(self, paths: TaskPaths, task: str) -> int:
+        """Start a task cold: a supervisor forked from the agent, which forks the runner."""
+        sys.stdout.flush()
+        pid = os.fork()
         if pid == 0:
             self._become_supervisor(paths)
         self.children[pid] = task
-        return {"pid": pid}
+        return pid
+
+    def start_overdue(self) -> None:
+        """Tasks no warm runner took in time start cold (unless cancelled meanwhile)."""
+        if self.warm is None:
+            return
+        for task in self.warm.overdue():
+            paths = self.paths(task)
+            if not paths.cancel.exists():
+                self._fork_supervisor(paths, task)
 
     def op_submit(self, task: str, *args: Any, **options: Any) -> dict[str, Any]:
         """Submit a staged task as a batch job, once, however many kernels staged it."""
@@ -179,7 +196,7 @@ class Agent:
             os.dup2(null, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            os.closerange(3, _max_fd())
+            os.closerange(3, max_fd())
             code = runner.supervise(str(paths.root))
         finally:
             os._exit(code)
@@ -279,7 +296,9 @@ class Agent:
         return outcome
 
     def _child_of(self, task_id: str) -> int | None:
-        return next((pid for pid, task in self.children.items() if task == task_id), None)
+        cold = next((pid for pid, task in self.children.items() if task == task_id), None)
+        return cold if cold is not None or self.warm is None else \
+            self.warm.supervisor_of(task_id)
 
     def op_purge(self, tasks: list[str], force: bool = False) -> dict[str, str]:
         outcome = {}
@@ -331,7 +350,9 @@ class Agent:
             if pid == 0:
                 break
             task_id = self.children.pop(pid, None)
-            if task_id is None:
+            if task_id is None:  # the warm process, if not a stray
+                if self.warm is not None:
+                    self.warm.ended(pid)
                 continue
             paths = self.paths(task_id)
             pids = read_json(paths.pids)
@@ -401,13 +422,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _max_fd() -> int:
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        return 4096
-
-
 def serve_once(workdir: str) -> int:
     """Answer the requests of one remote command (stdin holds them all), then exit.
 
@@ -447,6 +461,9 @@ def serve(workdir: str) -> int:
     out.flush()
     if agent.refusal is None:
         agent.files.sweep()
+        agent.warm = WarmPool(agent.workdir, agent.tasks_dir)
+        agent.warm.start()
+        selector.register(agent.warm.events_r, selectors.EVENT_READ)
 
     def send(message: dict[str, Any], payload: bytes = b"") -> None:
         out.write(encode_header(message, len(payload)))
@@ -455,7 +472,7 @@ def serve(workdir: str) -> int:
         out.flush()
 
     while True:
-        for key, _ in selector.select():
+        for key, _ in selector.select(agent.warm.timeout() if agent.warm else None):
             if key.fileobj == 0:
                 try:
                     data = os.read(0, 1 << 20)
@@ -465,6 +482,9 @@ def serve(workdir: str) -> int:
                     return 0
                 for message, payload in reader.feed(data):
                     agent.handle(message, payload, send)
+            elif agent.warm is not None and key.fileobj == agent.warm.events_r:
+                for task_id in agent.warm.events():
+                    send({"event": "finished", "task": task_id})
             else:
                 try:
                     wake_r.recv(4096)
@@ -472,6 +492,7 @@ def serve(workdir: str) -> int:
                     pass
                 for task_id in agent.reap():
                     send({"event": "finished", "task": task_id})
+        agent.start_overdue()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import threading
 import traceback
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..wire import ambient
 from ..wire.serialization import AMBIENT, EXCEPTION, IN_PLACE, dump_namespace, load_namespace
@@ -60,39 +60,47 @@ def supervise(root: str) -> int:
     """Run the task in a child process and make sure its outcome is recorded."""
     paths = TaskPaths(root)
     set_name(f"rm-watch-{paths.root.name[:6]}")
-    out = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    err = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    cancelling = threading.Event()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        become_runner(paths)
+    return watch(paths, pid)
+
+
+def become_runner(paths: TaskPaths, on_end: Callable[[list[str]], None] | None = None) -> None:
+    """In the runner's process (its own process group): run the task, then exit."""
+    code = 1
+    try:
+        set_name(f"rm-task-{paths.root.name[:7]}")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _redirect(os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                  os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        code = run_task(str(paths.root), on_end)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush_std()
+        os._exit(code)
+
+
+def watch(paths: TaskPaths, pid: int, release: Callable[[], None] | None = None) -> int:
+    """In the supervisor: wait for the runner `pid`, beating the heartbeat, and record its
+    outcome whatever it was. A SIGTERM (cancel) stops the runner's whole process group.
+    A runner forked ahead of its task waits for `release`, called once a kill can find it."""
 
     def on_term(signum: int, frame: Any) -> None:
-        # Cancel: stop the runner's whole process group, then insist.
-        cancelling.set()
         _signal_group(pid, signal.SIGTERM)
         timer = threading.Timer(KILL_GRACE, _signal_group, (pid, signal.SIGKILL))
         timer.daemon = True
         timer.start()
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the runner
-        code = 1
-        try:
-            set_name(f"rm-task-{paths.root.name[:7]}")
-            os.setpgid(0, 0)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _redirect(out, err)
-            code = run_task(root)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            _flush_std()
-            os._exit(code)
-    os.close(out)
-    os.close(err)
     signal.signal(signal.SIGTERM, on_term)
     write_json(paths.pids, {"supervisor": os.getpid(), "runner": pid})
+    if release is not None:
+        release()
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(paths, stop), daemon=True)
     beat.start()
@@ -170,9 +178,13 @@ def _flush_std() -> None:
 
 # ---------------------------------------------------------------- runner
 
-def run_task(root: str) -> int:
-    """Execute the cell of the task in `root`; 0 when it completed, 1 when it failed."""
+def run_task(root: str, on_end: Callable[[list[str]], None] | None = None) -> int:
+    """Execute the cell of the task in `root`; 0 when it completed, 1 when it failed.
+
+    `on_end` hears that the outcome is recorded, with the modules the task imported: a warm
+    runner tells the agent at once (not after this process has exited) and reports them."""
     paths = TaskPaths(root)
+    known = set(sys.modules)
     spec = read_json(paths.spec)
     set_state(paths, State.RUNNING, pid=os.getpid())
     os.chdir(paths.work)
@@ -236,9 +248,11 @@ def run_task(root: str) -> int:
     if error is not None:
         write_json(paths.error, error)
         set_state(paths, State.FAILED, f"{error['type']}: {error['message']}"[:500])
-        return 1
-    set_state(paths, State.COMPLETED)
-    return 0
+    else:
+        set_state(paths, State.COMPLETED)
+    if on_end is not None:
+        on_end([n for n in sys.modules if n not in known])
+    return 0 if error is None else 1
 
 
 def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],

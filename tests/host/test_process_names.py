@@ -36,7 +36,9 @@ def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
         pids = read_json(paths.pids)
         assert wait_for(lambda: comm(pids["supervisor"]) == f"rm-watch-{record.id[:6]}", 10)
         assert wait_for(lambda: comm(pids["runner"]) == f"rm-task-{record.id[:7]}", 10)
-        assert comm(parent(pids["supervisor"])) == "rm-agent"
+        warm = parent(pids["supervisor"])  # forked ready by the warm process (warm.py)
+        assert comm(warm) == "rm-warm"
+        assert comm(parent(warm)) == "rm-agent"
         client.kill([record])
     finally:
         client.close()

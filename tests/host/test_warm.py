@@ -1,0 +1,295 @@
+"""Warm runners (host/warm.py): a task starts in a runner forked ahead of it, from a process
+that has imported what this host's tasks import, and each task still has a process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import sysconfig
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.waiting import wait_for
+
+from remote_magic import RemoteExecutor
+from remote_magic.client.core import Client
+from remote_magic.client.prepare import TaskOptions, prepare_cell
+from remote_magic.errors import RemoteTaskError
+from remote_magic.host import learned
+from remote_magic.host.learned import MAX_NAMES, Learned, learnable, report
+from remote_magic.wire.taskdir import TaskPaths, read_state
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads the process tree from /proc")
+
+
+# ---------------------------------------------------------------- the process tree
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def state_of(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+
+
+def children(pid: int, name: str | None = None) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(ppid) == pid and (name is None or comm(int(entry.name)) == name):
+            found.append(int(entry.name))
+    return found
+
+
+def ready_pair(agent: int) -> tuple[int, int, int] | None:
+    """(warm process, ready supervisor, its waiting runner), once all three are up."""
+    for warm in children(agent, "rm-warm"):
+        for supervisor in children(warm, "rm-ready"):
+            for waiting in children(supervisor, "rm-ready-run"):
+                return warm, supervisor, waiting
+    return None
+
+
+def agent_pid() -> int:
+    from remote_magic.client.core import get_client
+
+    return int(get_client().hello("localhost")["pid"])
+
+
+def warm_file(home: Path) -> dict[str, Any]:
+    try:
+        return json.loads((home / "work" / learned.FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------- modules installed for a test
+
+@pytest.fixture
+def install() -> Iterator[Callable[[str], str]]:
+    """Install a one-file module into this Python's site-packages (where learned modules
+    must come from), under a name of its own; removed after the test."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    made: list[Path] = []
+
+    def put(source: str) -> str:
+        name = f"rm_warmtest_{uuid.uuid4().hex[:10]}"
+        path = site / f"{name}.py"
+        path.write_text(source)
+        made.append(path)
+        return name
+
+    yield put
+    for path in made:
+        path.unlink(missing_ok=True)
+        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
+            cached.unlink(missing_ok=True)
+
+
+RECORDS_PID = "import os\nIMPORTED_BY = os.getpid()\n"
+
+
+def load(module: str) -> None:
+    """Import `module` in the task (returning the module would import it here too)."""
+    import importlib
+
+    importlib.import_module(module)
+
+
+def imported_by(module: str) -> tuple[int, int]:
+    import importlib
+    import os
+
+    return importlib.import_module(module).IMPORTED_BY, os.getpid()
+
+
+# ---------------------------------------------------------------- lifecycle
+
+def test_a_task_runs_in_the_runner_forked_ahead_and_a_new_pair_replaces_it(home: Path) -> None:
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        pool.submit(os.getpid).result(timeout=30)
+        agent = agent_pid()
+        assert wait_for(lambda: ready_pair(agent) is not None, 10)
+        warm, supervisor, waiting = ready_pair(agent)  # type: ignore[misc]
+        assert pool.submit(os.getpid).result(timeout=30) == waiting
+        assert wait_for(lambda: (pair := ready_pair(agent)) is not None
+                        and pair[1:] != (supervisor, waiting), 10)
+        assert ready_pair(agent)[0] == warm  # type: ignore[index]
+        for _ in range(5):
+            pool.submit(os.getpid).result(timeout=30)
+        # every ended supervisor is reaped: nothing under the warm process is a zombie
+        assert wait_for(lambda: all(state_of(p) != "Z" for p in children(warm)), 10)
+        assert len(children(warm)) <= 3
+
+
+def test_warm_process_and_ready_pair_end_with_the_agent_and_tasks_go_on(home: Path) -> None:
+    client = Client()
+    done = home / "done"
+    prepared = prepare_cell(f"import time\ntime.sleep(2)\nopen({str(done)!r}, 'w').close()",
+                            {}, client.host(), TaskOptions(nowait=True))
+    record = client.submit(prepared).record
+    agent = int(client.hello("localhost")["pid"])
+    assert wait_for(lambda: ready_pair(agent) is not None, 10)
+    warm, supervisor, waiting = ready_pair(agent)  # type: ignore[misc]
+    paths = TaskPaths(record.remote_dir)
+    assert wait_for(lambda: read_state(paths)["state"] == "running", 10)
+    client.close()
+    assert wait_for(lambda: not any(comm(p) for p in (agent, warm, supervisor, waiting)), 10)
+    assert wait_for(lambda: read_state(paths)["state"] == "completed", 20)
+    assert done.exists()
+
+
+def test_a_task_that_kills_its_runner_fails_and_the_next_one_runs(home: Path) -> None:
+    def die() -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        with pytest.raises(RemoteTaskError, match="SIGKILL"):
+            pool.submit(die).result(timeout=30)
+        assert pool.submit(pow, 2, 5).result(timeout=30) == 32
+
+
+def test_a_task_killed_while_it_waits_for_a_runner_never_runs(home: Path, install: Any) -> None:
+    slow = install("import time\ntime.sleep(6)\n")  # the warm process will be busy with it
+    ran = home / "ran"
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        pool.submit(load, slow).result(timeout=30)
+        assert wait_for(lambda: slow in warm_file(home).get("modules", []), 10)
+    client = Client()
+    try:
+        # The warm process imports `slow` now, with one ready pair forked before: take it.
+        client.submit(prepare_cell("1", {}, client.host(), TaskOptions(nowait=True)))
+        prepared = prepare_cell(f"open({str(ran)!r}, 'w').close()", {}, client.host(),
+                                TaskOptions(nowait=True))
+        record = client.submit(prepared).record
+        assert client.kill([record])[record.id] in ("cancelled", "cancelling")
+        paths = TaskPaths(record.remote_dir)
+        assert wait_for(lambda: read_state(paths)["state"] == "cancelled", 10)
+        import time
+
+        time.sleep(2)  # past the moment it would have been started cold
+    finally:
+        client.close()
+    assert not ran.exists()
+
+
+def test_tasks_do_not_wait_for_a_warm_process_busy_importing(home: Path, install: Any) -> None:
+    slow = install("import time\ntime.sleep(20)\n")
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        # learned from a task that paid the import itself (in the background, not waited)
+        pool.submit(load, slow)
+        assert wait_for(lambda: slow in warm_file(home).get("modules", []), 30)
+        import time
+
+        start = time.monotonic()
+        assert [pool.submit(pow, 2, n).result(timeout=30) for n in range(3)] == [1, 2, 4]
+        assert time.monotonic() - start < 10  # started cold, not after the 20 s import
+
+
+# ---------------------------------------------------------------- learning
+
+def test_modules_a_task_imported_are_imported_ahead_for_the_next(home: Path,
+                                                                  install: Any) -> None:
+    module = install(RECORDS_PID)
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        by, task = pool.submit(imported_by, module).result(timeout=30)
+        assert by == task  # the first task imports it itself
+        assert wait_for(lambda: module in warm_file(home).get("modules", []), 10)
+
+        def preloaded() -> bool:
+            by, task = pool.submit(imported_by, module).result(timeout=30)
+            return by != task
+
+        assert wait_for(preloaded, 15)
+        agent = agent_pid()
+        warm = ready_pair(agent)
+        assert warm is not None and pool.submit(imported_by, module).result(timeout=30)[0] \
+            == warm[0]
+
+
+def test_numpy_random_state_differs_between_tasks_forked_warm(home: Path) -> None:
+    def draw() -> tuple[bool, float]:
+        import sys
+
+        ahead = "numpy.random" in sys.modules
+        import numpy as np
+
+        return ahead, float(np.random.rand())
+
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        assert wait_for(lambda: pool.submit(draw).result(timeout=30)[0], 20)
+        draws = [pool.submit(draw).result(timeout=30) for _ in range(3)]
+    assert all(ahead for ahead, _ in draws)
+    assert len({value for _, value in draws}) == 3
+
+
+def test_a_module_that_starts_a_thread_on_import_is_left_out(home: Path, install: Any) -> None:
+    threaded = install("import os, threading, time\nIMPORTED_BY = os.getpid()\n"
+                       "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        pool.submit(imported_by, threaded).result(timeout=30)
+        assert wait_for(lambda: threaded in warm_file(home).get("unsafe", []), 15)
+        assert threaded not in warm_file(home)["modules"]
+        for _ in range(3):  # never imported ahead: the replacement warm process skips it
+            by, task = pool.submit(imported_by, threaded).result(timeout=30)
+            assert by == task
+        agent = agent_pid()
+        assert wait_for(lambda: ready_pair(agent) is not None, 10)
+
+
+def test_only_installed_public_shallow_modules_are_learned(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    import types
+
+    local = types.ModuleType("notebook_helpers")
+    local.__file__ = str(tmp_path / "notebook_helpers.py")  # the notebook's own folder
+    monkeypatch.setitem(sys.modules, "notebook_helpers", local)
+    roots = learned.installed_roots()
+    names = ["json", "email.mime", "pytest", "_pytest", "numpy.linalg", "numpy.linalg.linalg",
+             "numpy._core", "notebook_helpers", "torch", "sys", "remote_magic.host"]
+    import email.mime  # noqa: F401
+
+    import numpy.linalg  # noqa: F401
+
+    assert learnable(names, roots) == ["json", "pytest", "numpy.linalg"]
+
+
+def test_learned_names_are_capped_and_kept_atomically(tmp_path: Path) -> None:
+    known = Learned(tmp_path)
+    new, dropped = known.add([f"m{i}" for i in range(MAX_NAMES + 30)])
+    assert len(new) == MAX_NAMES + 30 and dropped == 30
+    assert len(Learned(tmp_path).names) == MAX_NAMES  # what was saved
+    new, dropped = known.add(["m0", "fresh"])
+    assert new == ["fresh"] and known.names[:2] == ["m0", "fresh"] and dropped == 1
+    known.mark_unsafe("fresh")
+    assert known.add(["fresh", "torch.nn"]) == ([], 0)
+    assert not list(tmp_path.glob("*.tmp*")) and sorted(p.name for p in tmp_path.iterdir()) \
+        == [learned.FILE]
+    (tmp_path / learned.FILE).write_text("{not json")
+    assert Learned(tmp_path).names == []  # damaged: learned afresh, nothing raised
+
+
+def test_a_report_fits_one_atomic_pipe_write() -> None:
+    line = report([f"package_{i:04d}.subpackage_name" for i in range(1000)])
+    assert len(line) <= 4096 and line.endswith(b"\n") and line.startswith(b"learn ")
