@@ -85,6 +85,7 @@ class HostSession:
         self._checked: AgentClient | None = None
         self.dispatcher: Callable[[HostSession], None] | None = None  # starts waiting tasks
         self.polls = 0  # status round trips so far (what a poll costs the host)
+        self._pushed: dict[str, tuple[Any, dict[str, Any]]] = {}  # task -> (from, final status)
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------ requests
@@ -115,6 +116,9 @@ class HostSession:
         return self.agent().request(op, **args)
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if "status" in event:
+            with self._lock:
+                self._pushed[event["task"]] = (event.get("from"), event["status"])
         self._wake.set()
 
     # ------------------------------------------------------------ watching
@@ -181,11 +185,20 @@ class HostSession:
             self._wake.clear()
 
     def poll(self, watches: dict[str, Watch]) -> None:
-        """One round trip for all watched tasks."""
+        """One round trip for all watched tasks; none for a task whose end the agent pushed
+        with its final status, read from where this watch had read to."""
+        with self._lock:
+            pushed, self._pushed = self._pushed, {}
         query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
                  for w in watches.values()}
-        statuses = self.request("status", tasks=query)
-        self.polls += 1
+        statuses = {}
+        for task_id, (start, status) in pushed.items():
+            if task_id in query and start == query[task_id]:
+                statuses[task_id] = status
+                del query[task_id]
+        if query:
+            statuses.update(self.request("status", tasks=query))
+            self.polls += 1
         for task_id, status in statuses.items():
             watch = watches[task_id]
             update = self._apply(watch, status)

@@ -69,6 +69,9 @@ class Agent:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
         self.tasks_dir = self.workdir / TASKS
         self.children: dict[int, str] = {}  # supervisor pid -> task id
+        # Where each unfinished task's output was last read to for the kernel (None: it asked
+        # for none): a task's end is pushed with the rest, and the kernel need not ask.
+        self.served: dict[str, dict[str, int] | None] = {}
         self.hostname = socket.gethostname()
         self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
         self.batch = BatchOps(self.paths)
@@ -219,8 +222,29 @@ class Agent:
         batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
         records.update(self.batch.states(batch))
         for task_id, record in records.items():
-            answers[task_id] = self._report(self.paths(task_id), record, tasks[task_id])
+            answers[task_id] = answer = self._report(self.paths(task_id), record, tasks[task_id])
+            if record["state"] in FINAL_STATES:
+                self.served.pop(task_id, None)
+            else:
+                self.served[task_id] = None if tasks[task_id] is None else \
+                    {s: answer[f"{s}_end"] for s in ("stdout", "stderr", "events")}
         return answers
+
+    def ended(self, task_id: str) -> dict[str, Any]:
+        """The event telling the kernel that a task ended; with its final status, from where
+        the kernel last read, when the kernel has asked about it before."""
+        event: dict[str, Any] = {"event": "finished", "task": task_id}
+        if task_id in self.served:
+            offsets = self.served.pop(task_id)
+            try:
+                paths = self.paths(task_id)
+                record = read_state(paths)
+                if record["state"] in FINAL_STATES:
+                    event["status"] = self._report(paths, record, offsets)
+                    event["from"] = offsets
+            except Exception:  # noqa: BLE001 - the kernel asks, and hears why
+                pass
+        return event
 
     def _report(self, paths: TaskPaths, record: dict[str, Any],
                 offsets: dict[str, int] | None) -> dict[str, Any]:
@@ -484,14 +508,14 @@ def serve(workdir: str) -> int:
                     agent.handle(message, payload, send)
             elif agent.warm is not None and key.fileobj == agent.warm.events_r:
                 for task_id in agent.warm.events():
-                    send({"event": "finished", "task": task_id})
+                    send(agent.ended(task_id))
             else:
                 try:
                     wake_r.recv(4096)
                 except BlockingIOError:
                     pass
                 for task_id in agent.reap():
-                    send({"event": "finished", "task": task_id})
+                    send(agent.ended(task_id))
         agent.start_overdue()
 
 

@@ -122,13 +122,15 @@ class FileOps:
             os.close(fd)
 
     def op_stage(self, exchange: Exchange, task: str, files: list[dict[str, Any]],
-                 size: int = 0) -> dict[str, Any]:
+                 size: int = 0, commit: bool = False) -> dict[str, Any]:
         """Begin staging a task: a private staging directory with the payload's small files.
 
         Returns {"root"} and either "staging" (where the kernel puts the rest, relative to the
         work directory, before `commit`) or "existing": the state of an identical task that is
         already there, which the kernel attaches to instead. `size` is every byte the task will
-        put there, so that a disk without room refuses before anything is sent.
+        put there, so that a disk without room refuses before anything is sent. With `commit`
+        the payload is the whole task: it is put in place at once, as `op_commit` answers
+        (one round trip fewer for a small task).
         """
         paths = self.paths(task)
         existing = kept_state(paths)
@@ -157,7 +159,9 @@ class FileOps:
             if isinstance(exc, OSError) and disk_full(exc):
                 raise self._no_room(self.tasks_dir, needed, f"task {task}", exc) from None
             raise
-        return {"root": str(paths.root), "staging": staging.relative_to(self.workdir).as_posix()}
+        relative = staging.relative_to(self.workdir).as_posix()
+        return self.op_commit(task, relative) if commit else \
+            {"root": str(paths.root), "staging": relative}
 
     def op_commit(self, task: str, staging: str) -> dict[str, Any]:
         """Put a completely staged task in place; if an identical one got there first (another

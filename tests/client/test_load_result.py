@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.hosts import settled
 from helpers.waiting import wait_for
 
 from remote_magic.client.core import Client
@@ -50,7 +51,9 @@ def run(client: Client, code: str, namespace: dict[str, Any] | None = None
     record, prepared = submit(client, code, namespace)
     for _ in client.follow(record):
         pass
-    return client.store.get(record.id), prepared
+    record = client.store.get(record.id)
+    settled(record.remote_dir)
+    return record, prepared
 
 
 def load(record: TaskRecord, namespace: dict[str, Any] | None = None,

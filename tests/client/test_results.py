@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.hosts import settled
 
 from remote_magic.client.core import Client
 from remote_magic.client.prepare import TaskOptions, prepare_cell
@@ -46,7 +47,9 @@ def run(client: Client, code: str, ns: dict[str, Any]) -> Any:
     for update in client.follow(record):
         if update.final:
             break
-    return client.store.get(record.id)
+    record = client.store.get(record.id)
+    settled(record.remote_dir)
+    return record
 
 
 @pytest.fixture

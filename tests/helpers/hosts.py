@@ -59,3 +59,24 @@ def ssh_host(server: Any, name: str, workdir: Path, **extra: str) -> str:
                 "python": sys.executable, "workdir": workdir, **extra}
     lines = [f"  {name}:"] + [f"    {key}: {value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
+
+
+def settled(remote_dir: str, timeout: float = 10) -> None:
+    """Wait until the task's supervisor has exited: the kernel hears of a task's end from its
+    runner, while the supervisor still writes the exit code and checks the state; a test
+    that damages those files must wait for it."""
+    import os
+
+    from helpers.waiting import wait_for
+    from remote_magic.wire.taskdir import TaskPaths, read_json
+
+    pids = read_json(TaskPaths(remote_dir).pids)
+
+    def gone() -> bool:
+        try:
+            os.kill(pids["supervisor"], 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert pids is None or wait_for(gone, timeout)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.waiting import wait_for
 
 from remote_magic.client.transport.local import LocalTransport
 from remote_magic.config.hosts import HostConfig
@@ -85,13 +86,32 @@ def test_task_runs_reports_and_finishes_with_event(agent: Any) -> None:
     deadline = time.monotonic() + 5
     while not agent.events and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert agent.events[0] == {"event": "finished", "task": TASK}
+    assert (agent.events[0]["event"], agent.events[0]["task"]) == ("finished", TASK)
     status = wait_state(agent, TASK, {"completed"})
-    assert status["stdout"] == "hello\n" and status["exitcode"] == 0
+    assert status["stdout"] == "hello\n"
+    # the runner says it ended before it exits; its supervisor writes the exit code after
+    assert wait_for(lambda: wait_state(agent, TASK, {"completed"})["exitcode"] == 0, 5)
     assert set(status["history"]) >= {"submitted", "running", "completed"}
     assert oct(paths.root.stat().st_mode & 0o777) == "0o700"
     with pytest.raises(TransportError, match="already started"):
         agent.request("start", task=TASK)
+
+
+def test_the_end_of_a_task_comes_with_its_final_status(agent: Any) -> None:
+    """The kernel need not ask again: the event carries the status and the output from where
+    the kernel last read to."""
+    stage(agent, "print('hi')\nimport time\ntime.sleep(1)\nprint('bye')")
+    agent.request("start", task=TASK)
+    assert wait_for(lambda: agent.request("status", tasks={TASK: None})[TASK]["state"]
+                    == "running", 10)
+    assert wait_for(lambda: "hi" in agent.request(
+        "status", tasks={TASK: {"stdout": 0, "stderr": 0, "events": 0}})[TASK]["stdout"], 10)
+    seen = agent.request("status", tasks={TASK: {"stdout": 0, "stderr": 0, "events": 0}})[TASK]
+    assert seen["state"] == "running"
+    assert wait_for(lambda: agent.events, 10)
+    event = agent.events[0]
+    assert event["from"] == {"stdout": seen["stdout_end"], "stderr": 0, "events": 0}
+    assert event["status"]["state"] == "completed" and event["status"]["stdout"] == "bye\n"
 
 
 def test_python_dying_hard_is_failed_with_reason(agent: Any) -> None:

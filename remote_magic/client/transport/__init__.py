@@ -85,6 +85,19 @@ def collect_found(found: dict[str, Any], patterns: list[str], dest: Path,
     return collected
 
 
+def inline_payload(source: Path, names: list[str], limit: int
+                   ) -> tuple[list[str], list[dict[str, Any]], bytes]:
+    """The task files of at most `limit` bytes, which travel inside the stage request: their
+    names, their entries (name, size, hash, as the agent checks them) and their bytes."""
+    import hashlib
+
+    small = [n for n in names if (source / n).stat().st_size <= limit]
+    data = [(source / n).read_bytes() for n in small]
+    files = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+             for n, d in zip(small, data)]
+    return small, files, b"".join(data)
+
+
 def stage_plan(source: Path, names: list[str], extra: Iterable[tuple[Path, str]]
                ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], int]:
     """Which files go into the task's directory (local path, name there), which go elsewhere

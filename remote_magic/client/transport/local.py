@@ -36,7 +36,9 @@ from ...wire.taskdir import (
 from ...wire.tempnames import part_tag, temp_beside
 from ..agent_client import AgentClient
 from ..paths import data_dir
-from . import Collected, collect_found, stage_plan
+from . import Collected, collect_found, inline_payload, stage_plan
+
+INLINE_MAX = 256 * 1024  # a task whose files are all this small is sent, not linked
 
 
 class LocalTransport:
@@ -91,6 +93,11 @@ class LocalTransport:
         self._trusted()
         agent = self.agent()
         inside, outside, _ = stage_plan(source, names, extra)
+        small, files, payload = inline_payload(source, names, INLINE_MAX)
+        if not outside and all(name in small for _, name in inside):
+            # A small task travels in the request and is put in place by it: one round trip.
+            return agent.call("stage", {"task": valid_task_id(task_id), "files": files,
+                                        "size": len(payload), "commit": True}, payload)[0]["root"]
         # Hard links take no room: a disk without it is found out by the copies, if any.
         answer = agent.request("stage", task=valid_task_id(task_id), files=[])
         if answer.get("existing"):

@@ -31,7 +31,7 @@ from ...wire.protocol import MARKER
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import part_tag, temp_prefix
 from ..agent_client import AgentClient
-from . import Collected, collect_found, stage_plan
+from . import Collected, collect_found, inline_payload, stage_plan
 from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
@@ -416,15 +416,13 @@ class SSHTransport:
         If the identical task is already on the host (another kernel sent it at the same
         time, or it completed), nothing is sent: the task's start attaches to it.
         """
-        small = [n for n in names if (source / n).stat().st_size <= INLINE_MAX]
-        payload = [(source / n).read_bytes() for n in small]
-        files = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-                 for n, d in zip(small, payload)]
+        small, files, payload = inline_payload(source, names, INLINE_MAX)
         inside, outside, size = stage_plan(source, names, extra)
+        whole = not outside and all(name in small for _, name in inside)
         answer = self.agent().call(
-            "stage", {"task": valid_task_id(task_id), "files": files, "size": size},
-            b"".join(payload))[0]
-        if answer.get("existing"):
+            "stage", {"task": valid_task_id(task_id), "files": files, "size": size,
+                      "commit": whole}, payload)[0]
+        if answer.get("existing") or whole:
             return answer["root"]
         staging = answer["staging"]
         try:

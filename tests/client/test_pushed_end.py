@@ -1,0 +1,66 @@
+"""The agent pushes a task's end with its final status: the session uses it instead of asking,
+when it starts where this watch had read to (and asks when it does not)."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remote_magic.client.session import HostSession, Watch
+from remote_magic.client.store import TaskStore
+from remote_magic.config.hosts import HostConfig
+
+TASK = "00112233445566778899"
+
+
+def final(stdout: str) -> dict[str, Any]:
+    return {"state": "completed", "reason": None, "history": {"completed": 2.0},
+            "progress": None, "exitcode": None, "job_id": None, "stdout": stdout,
+            "stderr": "", "stdout_end": 10 + len(stdout), "stderr_end": 0, "events": [],
+            "events_end": 0, "events_more": False, "output_more": False}
+
+
+@pytest.fixture
+def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    session = HostSession(HostConfig(name="localhost", workdir=str(tmp_path / "w")),
+                          TaskStore(tmp_path / "s.sqlite"))
+    session.asked = []
+
+    def request(op: str, **args: Any) -> Any:
+        session.asked.append(args["tasks"])
+        return {task: final("from a request\n") for task in args["tasks"]}
+
+    monkeypatch.setattr(session, "request", request)
+    return session
+
+
+def watched(session: HostSession) -> Watch:
+    """A cell's watch that has read 10 bytes of stdout (polled by hand: no session thread)."""
+    watch = Watch(TASK, live_output=True, updates=queue.Queue())
+    watch.offsets.update(stdout=10)
+    return watch
+
+
+def test_an_end_pushed_from_where_the_watch_read_needs_no_request(session: Any) -> None:
+    session._on_event({"event": "finished", "task": TASK, "status": final("bye\n"),
+                       "from": {"stdout": 10, "stderr": 0, "events": 0}})
+    watch = watched(session)
+    session.poll({TASK: watch})
+    assert session.asked == [] and session.polls == 0
+    update = watch.updates.get_nowait()
+    assert update.final and update.stdout == "bye\n" and update.stdout_at == 10
+    assert watch.offsets["stdout"] == 14
+
+
+def test_an_end_pushed_from_elsewhere_is_asked_for_again(session: Any) -> None:
+    session._on_event({"event": "finished", "task": TASK, "status": final("bye\n"),
+                       "from": {"stdout": 0, "stderr": 0, "events": 0}})
+    watch = watched(session)
+    session.poll({TASK: watch})
+    assert session.asked == [{TASK: {"stdout": 10, "stderr": 0, "events": 0}}]
+    assert watch.updates.get_nowait().stdout == "from a request\n"
+    session.poll({})
+    assert len(session.asked) == 1  # the pushed status was not kept for later
