@@ -148,6 +148,14 @@ def whole(value: Any, where: KeyPath, low: int = 1, high: int | None = None) -> 
     raise Invalid(f"must be a whole number {span}, not {show(value)}{hint}", where)
 
 
+def switch(value: Any, where: KeyPath) -> bool:
+    if isinstance(value, bool):
+        return value
+    hint = "; write it without quotes" if isinstance(value, str) and \
+        value.strip().lower() in ("true", "false") else ""
+    raise Invalid(f"must be true or false, not {show(value)}{hint}", where)
+
+
 def port(value: Any, where: KeyPath) -> int:
     return whole(value, where, 1, 65535)
 

@@ -73,6 +73,10 @@ class HostConfig:
     # How much of the notebook folder's files a cell uses may be staged automatically, and
     # how much of what it writes comes back, on a host that does not share that folder.
     auto_files: str | int = "100M"
+    # Keep a runner forked ahead with this host's usual imports done (host/warm.py); false
+    # starts every task in a fresh fork of the agent, for a library that breaks in a forked
+    # child after import and that remote_magic does not know of.
+    warm: bool = True
 
     @property
     def is_local(self) -> bool:
@@ -334,5 +338,6 @@ _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "max_running": checks.whole,
     "template": checks.text,
     "auto_files": checks.amount,
+    "warm": checks.switch,
 }
 assert tuple(_HOST_CHECKS) == HOST_KEYS

@@ -466,8 +466,9 @@ def serve_once(workdir: str) -> int:
     return 0
 
 
-def serve(workdir: str) -> int:
-    """Answer framed requests on stdin until it closes."""
+def serve(workdir: str, warm: bool = True) -> int:
+    """Answer framed requests on stdin until it closes; with `warm`, tasks start in runners
+    forked ahead (warm.py)."""
     agent = Agent(workdir)
     wake_r, wake_w = socket.socketpair()
     for sock in (wake_r, wake_w):
@@ -485,6 +486,7 @@ def serve(workdir: str) -> int:
     out.flush()
     if agent.refusal is None:
         agent.files.sweep()
+    if agent.refusal is None and warm:
         agent.warm = WarmPool(agent.workdir, agent.tasks_dir)
         agent.warm.start()
         selector.register(agent.warm.events_r, selectors.EVENT_READ)
@@ -526,8 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--once", action="store_true",
                         help="answer the requests on stdin, then exit (no resident process)")
+    parser.add_argument("--cold", action="store_true",
+                        help="start every task in a fresh fork: no warm runners")
     args = parser.parse_args(argv)
-    return serve_once(args.workdir) if args.once else serve(args.workdir)
+    return serve_once(args.workdir) if args.once else serve(args.workdir, not args.cold)
 
 
 if __name__ == "__main__":

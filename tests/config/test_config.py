@@ -115,6 +115,7 @@ def test_constants_match_the_spec() -> None:
     assert set(HOST_KEYS) == {
         "address", "port", "identity_file", "proxy_jump", "known_hosts", "scheduler", "python",
         "workdir", "setup", "paths", "resources", "max_running", "template", "auto_files",
+        "warm",
     }
 
 
@@ -818,6 +819,15 @@ def test_counts_beyond_any_machine_are_refused() -> None:
     with pytest.raises(OptionError) as info:
         check_resources({"cores": 10 ** 30})
     assert "cores must be a whole number from 1 to" in str(info.value)
+
+
+def test_warm_is_a_switch() -> None:
+    assert parse("hosts: {hpc: {address: h}}").host("hpc").warm is True
+    assert parse("hosts: {hpc: {address: h, warm: false}}").host("hpc").warm is False
+    with pytest.raises(ConfigError, match="must be true or false.*without quotes"):
+        parse('hosts: {hpc: {address: h, warm: "false"}}')
+    with pytest.raises(ConfigError, match="must be true or false"):
+        parse("hosts: {hpc: {address: h, warm: 1}}")
 
 
 def test_auto_files_of_zero_in_any_unit_turns_staging_off() -> None:

@@ -228,20 +228,23 @@ def test_modules_a_task_imported_are_imported_ahead_for_the_next(home: Path,
             == warm[0]
 
 
-def test_numpy_random_state_differs_between_tasks_forked_warm(home: Path) -> None:
-    def draw() -> tuple[bool, float]:
+def test_numpy_imported_ahead_draws_anew_and_multiplies_on_all_threads(home: Path) -> None:
+    """NumPy's BLAS started its threads in the warm process; a forked task still multiplies
+    (OpenBLAS restarts them after fork), and its global generator is seeded anew per task."""
+    def draw() -> tuple[bool, float, float]:
         import sys
 
         ahead = "numpy.random" in sys.modules
         import numpy as np
 
-        return ahead, float(np.random.rand())
+        a = np.ones((400, 400))
+        return ahead, float(np.random.rand()), float((a @ a).sum())
 
     with RemoteExecutor("localhost", rerun=True) as pool:
         assert wait_for(lambda: pool.submit(draw).result(timeout=30)[0], 20)
         draws = [pool.submit(draw).result(timeout=30) for _ in range(3)]
-    assert all(ahead for ahead, _ in draws)
-    assert len({value for _, value in draws}) == 3
+    assert all(ahead and product == 400.0 ** 3 for ahead, _, product in draws)
+    assert len({value for _, value, _ in draws}) == 3
 
 
 def test_a_module_that_starts_a_thread_on_import_is_left_out(home: Path, install: Any) -> None:
@@ -293,3 +296,22 @@ def test_learned_names_are_capped_and_kept_atomically(tmp_path: Path) -> None:
 def test_a_report_fits_one_atomic_pipe_write() -> None:
     line = report([f"package_{i:04d}.subpackage_name" for i in range(1000)])
     assert len(line) <= 4096 and line.endswith(b"\n") and line.startswith(b"learn ")
+
+
+def test_a_host_set_warm_false_starts_every_task_cold(home: Path) -> None:
+    (home / "hosts.yaml").write_text(
+        f"hosts:\n  localhost:\n    workdir: {home / 'work'}\n    warm: false\n")
+
+    def forked_by() -> int:
+        """The parent of this task's supervisor."""
+        import os
+
+        status = open(f"/proc/{os.getppid()}/status").read()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("PPid:")))
+
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        for _ in range(2):
+            assert pool.submit(forked_by).result(timeout=30) == agent_pid()
+        assert children(agent_pid(), "rm-warm") == []
+    assert not (home / "work" / learned.FILE).exists()

@@ -63,7 +63,8 @@ class LocalTransport:
             return self._agent
 
     def _command(self) -> list[str]:
-        argv = [self.python, "-m", "remote_magic.host.agent", "--workdir", str(self.workdir)]
+        argv = [self.python, "-m", "remote_magic.host.agent", "--workdir", str(self.workdir),
+                *([] if self.host.warm else ["--cold"])]
         if not self.host.setup.strip():
             return argv
         script = f"{self.host.setup}\nexec {shlex.join(argv)}"

@@ -215,7 +215,8 @@ class SSHTransport:
             '( umask 077 && : >>"$W/agent.log" )',  # private whatever the login's umask
             'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
             f'exec {shlex.quote(self.python)} -m remote_magic.host.agent --workdir "$W" '
-            + ("--once " if once else "") + '2>>"$W/agent.log"',
+            + ("--once " if once else "") + ("" if self.host.warm else "--cold ")
+            + '2>>"$W/agent.log"',
         ])
         return self.login_shell(script)
 
