@@ -116,7 +116,7 @@ class AgentClient:
 
     def _dispatch(self, message: dict[str, Any], payload: bytes) -> None:
         if "event" in message:
-            self._on_event(message)
+            self._on_event({**message, "payload": payload} if payload else message)
             return
         streamed = "stream" in message
         with self._lock:

@@ -116,6 +116,8 @@ class HostSession:
         return self.agent().request(op, **args)
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if "files" in event:  # the result files, pushed because this host's are copied here
+            self.transport.keep_results(event["task"], event["files"], event.get("payload", b""))
         if "status" in event:
             with self._lock:
                 self._pushed[event["task"]] = (event.get("from"), event["status"])
@@ -196,8 +198,8 @@ class HostSession:
             if task_id in query and start == query[task_id]:
                 statuses[task_id] = status
                 del query[task_id]
-        if query:
-            statuses.update(self.request("status", tasks=query))
+        if query:  # a host whose results are copied here gets them pushed with the end
+            statuses.update(self.request("status", tasks=query, push=not self.host.is_local))
             self.polls += 1
         for task_id, status in statuses.items():
             watch = watches[task_id]

@@ -29,6 +29,7 @@ from ..wire.protocol import MARKER, FrameReader, encode_header
 from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
     HEARTBEAT_INTERVAL,
+    RESULT_FILES,
     TASKS,
     Refusal,
     TaskPaths,
@@ -51,6 +52,7 @@ from .warm import WarmPool, max_fd
 
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
+PUSH_MAX = 1024 * 1024  # result files up to this size each are pushed with a task's end
 STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL  # a running task silent this long has lost its node
 START_GRACE = 30.0  # a submitted process task with no supervisor after this long is lost
 
@@ -70,8 +72,9 @@ class Agent:
         self.tasks_dir = self.workdir / TASKS
         self.children: dict[int, str] = {}  # supervisor pid -> task id
         # Where each unfinished task's output was last read to for the kernel (None: it asked
-        # for none): a task's end is pushed with the rest, and the kernel need not ask.
-        self.served: dict[str, dict[str, int] | None] = {}
+        # for none), and whether it wants the result files pushed: a task's end is pushed with
+        # the rest, and the kernel need not ask.
+        self.served: dict[str, tuple[dict[str, int] | None, bool]] = {}
         self.hostname = socket.gethostname()
         self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
         self.batch = BatchOps(self.paths)
@@ -204,8 +207,10 @@ class Agent:
         finally:
             os._exit(code)
 
-    def op_status(self, tasks: dict[str, Any]) -> dict[str, Any]:
-        """State, progress and new output of many tasks: one request, one poll."""
+    def op_status(self, tasks: dict[str, Any], push: bool = False) -> dict[str, Any]:
+        """State, progress and new output of many tasks: one request, one poll. With `push`,
+        the end of each task comes with its result files when they are small (a kernel that
+        copies them would otherwise ask)."""
         records: dict[str, dict[str, Any]] = {}
         answers: dict[str, Any] = {}
         for task_id in tasks:
@@ -226,25 +231,34 @@ class Agent:
             if record["state"] in FINAL_STATES:
                 self.served.pop(task_id, None)
             else:
-                self.served[task_id] = None if tasks[task_id] is None else \
-                    {s: answer[f"{s}_end"] for s in ("stdout", "stderr", "events")}
+                self.served[task_id] = (None if tasks[task_id] is None else {
+                    s: answer[f"{s}_end"] for s in ("stdout", "stderr", "events")}, push)
         return answers
 
-    def ended(self, task_id: str) -> dict[str, Any]:
-        """The event telling the kernel that a task ended; with its final status, from where
-        the kernel last read, when the kernel has asked about it before."""
+    def ended(self, task_id: str) -> tuple[dict[str, Any], bytes]:
+        """The event telling the kernel that a task ended, and its payload: with its final
+        status, from where the kernel last read, when the kernel has asked about it before;
+        and the result files, when it asked for them and they are small."""
         event: dict[str, Any] = {"event": "finished", "task": task_id}
-        if task_id in self.served:
-            offsets = self.served.pop(task_id)
-            try:
-                paths = self.paths(task_id)
-                record = read_state(paths)
-                if record["state"] in FINAL_STATES:
-                    event["status"] = self._report(paths, record, offsets)
-                    event["from"] = offsets
-            except Exception:  # noqa: BLE001 - the kernel asks, and hears why
-                pass
-        return event
+        if task_id not in self.served:
+            return event, b""
+        offsets, push = self.served.pop(task_id)
+        try:
+            paths = self.paths(task_id)
+            record = read_state(paths)
+            if record["state"] not in FINAL_STATES:
+                return event, b""
+            event["status"] = self._report(paths, record, offsets)
+            event["from"] = offsets
+            if push:
+                exchange = Exchange()
+                listing = self.files.op_read(exchange, task_id, list(RESULT_FILES), PUSH_MAX)
+                if all(entry["inline"] for entry in listing):
+                    event["files"] = listing
+                    return event, exchange.payload_out
+        except Exception:  # noqa: BLE001 - the kernel asks, and hears why
+            pass
+        return event, b""
 
     def _report(self, paths: TaskPaths, record: dict[str, Any],
                 offsets: dict[str, int] | None) -> dict[str, Any]:
@@ -510,14 +524,14 @@ def serve(workdir: str, warm: bool = True) -> int:
                     agent.handle(message, payload, send)
             elif agent.warm is not None and key.fileobj == agent.warm.events_r:
                 for task_id in agent.warm.events():
-                    send(agent.ended(task_id))
+                    send(*agent.ended(task_id))
             else:
                 try:
                     wake_r.recv(4096)
                 except BlockingIOError:
                     pass
                 for task_id in agent.reap():
-                    send(agent.ended(task_id))
+                    send(*agent.ended(task_id))
         agent.start_overdue()
 
 

@@ -499,3 +499,25 @@ def test_one_status_request_per_poll_however_many_tasks(hpc: Path,
     assert len(asked) == session.polls
     assert max(asked) == 8  # all eight in one request
     client.close()
+
+
+def test_small_results_come_with_the_end_and_large_ones_are_asked_for(
+        hpc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent pushes a task's end with its final status and, when they are small, its
+    result files: the kernel neither polls again nor asks for them."""
+    from remote_magic.client.agent_client import AgentClient
+
+    asked: list[str] = []
+    call = AgentClient.call
+
+    def recording(self: AgentClient, op: str, *rest: Any, **options: Any) -> Any:
+        asked.append(op)
+        return call(self, op, *rest, **options)
+
+    monkeypatch.setattr(AgentClient, "call", recording)
+    with RemoteExecutor("hpc", rerun=True) as pool:
+        assert pool.submit(sleep_then, 1.0, "small").result(timeout=60) == "small"
+        assert "read" not in asked and "status" in asked
+        ended = len(asked)
+        big = pool.submit(sleep_then, 1.0, "x" * 3_000_000).result(timeout=60)
+        assert len(big) == 3_000_000 and "read" in asked[ended:]

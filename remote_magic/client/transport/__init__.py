@@ -27,6 +27,9 @@ class Transport(Protocol):
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Where the finished task's result files can be read on this machine."""
 
+    def keep_results(self, task_id: str, listing: list[dict[str, Any]], payload: bytes) -> None:
+        """The result files the agent pushed with the task's end, for `results` to use."""
+
     def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
         """Copy files matching `patterns` in the task's working directory into `dest`."""
 

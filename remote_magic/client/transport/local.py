@@ -124,6 +124,9 @@ class LocalTransport:
                     self.workdir)).for_host(self.host.name)) from None
             raise
 
+    def keep_results(self, task_id: str, listing: list[dict[str, Any]], payload: bytes) -> None:
+        """Nothing to keep: results are read in place here (and never pushed)."""
+
     def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
         """Copy the files of the task's working directory that match `patterns` into `dest`
         (found by the agent, as on any host: no link loops, a cap on matches and time); a

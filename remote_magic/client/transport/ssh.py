@@ -39,6 +39,7 @@ from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsaf
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
 HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
 CHUNK = 4 * 1024 * 1024
+KEPT_MAX = 64  # tasks whose pushed result files are kept, waiting to be loaded
 NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or not executable
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RECONNECT_FIRST = 0.5  # seconds to wait after the first failed attempt to connect
@@ -103,6 +104,9 @@ class SSHTransport:
         self._where: dict[str, str] = {}  # the agent's absolute workdir and home
         self._data: AgentClient | None = None
         self._lock = threading.RLock()
+        # result files the agent pushed with a task's end (its events come from the reader)
+        self._kept: dict[str, tuple[list[dict[str, Any]], bytes]] = {}
+        self._kept_lock = threading.Lock()
         self.notes: list[str] = []  # what happened that `remote-magic test` should say
         self.reconnect = Reconnect()
 
@@ -480,7 +484,9 @@ class SSHTransport:
         complete = paths.fetched  # written last: a copy cut short is fetched again
         if complete.exists():
             return paths
-        listing, payload = self.agent().call(
+        with self._kept_lock:
+            kept = self._kept.pop(task_id, None)
+        listing, payload = kept or self.agent().call(
             "read", {"task": task_id, "names": list(RESULT_FILES), "inline_max": INLINE_MAX})
         refused = [str(entry.get("name")) for entry in listing
                    if entry.get("name") not in RESULT_FILES]
@@ -500,6 +506,13 @@ class SSHTransport:
                 self.download(f"{task_path(task_id)}/{entry['name']}", target)
         complete.touch()
         return paths
+
+    def keep_results(self, task_id: str, listing: list[dict[str, Any]], payload: bytes) -> None:
+        """Keep the pushed files until `results` wants them (the oldest go past KEPT_MAX)."""
+        with self._kept_lock:
+            self._kept[task_id] = (listing, payload)
+            while len(self._kept) > KEPT_MAX:
+                self._kept.pop(next(iter(self._kept)))
 
     def collect(self, task_id: str, patterns: list[str], dest: Path) -> Collected:
         """Copy the matching files back into `dest`; a name that would land outside it (the
