@@ -242,8 +242,9 @@ def run_task(root: str, on_end: Callable[[list[str]], None] | None = None) -> in
     recorder.unpatch()
     _write_outputs(paths, spec, ns, sent, watch, recorder, raised=raised, settings=settings,
                    written=_written(paths.work, before) if before is not None else [])
-    dump_namespace({"displays": recorder.entries, "result": recorder.result}, paths.displays,
-                   on_error="skip")
+    if recorder.entries or recorder.result is not None:  # no file is no display
+        dump_namespace({"displays": recorder.entries, "result": recorder.result},
+                       paths.displays, on_error="skip")
     _flush_std()
     if error is not None:
         write_json(paths.error, error)

@@ -27,6 +27,7 @@ The pipes, and why each exists:
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import selectors
@@ -268,6 +269,9 @@ class Zygote:
             sock.close()
 
     def fork_pair(self) -> None:
+        # Everything imported so far lives as long as this process: out of the collector's
+        # reach (gc.freeze), a collection in a task does not write to, and so copy, its pages.
+        gc.freeze()
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
