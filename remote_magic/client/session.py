@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -86,6 +87,9 @@ class HostSession:
         self.dispatcher: Callable[[HostSession], None] | None = None  # starts waiting tasks
         self.polls = 0  # status round trips so far (what a poll costs the host)
         self._pushed: dict[str, tuple[Any, dict[str, Any]]] = {}  # task -> (from, final status)
+        # Tasks to ask about at the next poll even if the others are not due: new watches, and
+        # tasks whose end was announced without their status.
+        self._asked_now: set[str] = set()
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------ requests
@@ -118,9 +122,12 @@ class HostSession:
     def _on_event(self, event: dict[str, Any]) -> None:
         if "files" in event:  # the result files, pushed because this host's are copied here
             self.transport.keep_results(event["task"], event["files"], event.get("payload", b""))
-        if "status" in event:
+        if "task" in event:
             with self._lock:
-                self._pushed[event["task"]] = (event.get("from"), event["status"])
+                if "status" in event:
+                    self._pushed[event["task"]] = (event.get("from"), event["status"])
+                else:
+                    self._asked_now.add(event["task"])
         self._wake.set()
 
     # ------------------------------------------------------------ watching
@@ -141,6 +148,7 @@ class HostSession:
                 watch.on_final.append(on_final)
             if listener is not None:
                 watch.listeners.append(listener)
+            self._asked_now.add(task_id)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"remote-session-{self.host.name}")
@@ -165,6 +173,7 @@ class HostSession:
 
     def _run(self) -> None:
         backoff = FAST_POLL
+        due = 0.0  # when every watched task is asked about again
         while True:
             with self._lock:
                 watches = dict(self._watches)
@@ -172,32 +181,49 @@ class HostSession:
                 self._wake.wait(SLOW_POLL)
                 self._wake.clear()
                 continue
+            # Woken before then (a task ended, a new watch): only those tasks are asked
+            # about; with hundreds in flight, asking about all on every end costs the host
+            # a read of each one's files per task that ends.
+            everything = time.monotonic() >= due
             try:
-                self.poll(watches)
+                self.poll(watches, everything)
                 if self.dispatcher is not None:
                     self.dispatcher(self)
             except TransportError as exc:
                 for watch in watches.values():
                     self._deliver(watch, Update(watch.task_id, watch.state, problem=str(exc)))
                 backoff = after_failure(backoff, self.transport.retry_delay())
+                due = time.monotonic() + backoff
             else:
-                batch = self.host.scheduler != "process"
-                backoff = next_poll(backoff, watches.values(), batch=batch)
-            self._wake.wait(backoff)
+                if everything:
+                    batch = self.host.scheduler != "process"
+                    backoff = next_poll(backoff, watches.values(), batch=batch)
+                    due = time.monotonic() + backoff
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
 
-    def poll(self, watches: dict[str, Watch]) -> None:
-        """One round trip for all watched tasks; none for a task whose end the agent pushed
-        with its final status, read from where this watch had read to."""
-        with self._lock:
-            pushed, self._pushed = self._pushed, {}
+    def poll(self, watches: dict[str, Watch], everything: bool = True) -> None:
+        """One round trip for the watched tasks (all of them, or those asked about now); none
+        for a task whose end the agent pushed with its final status, read from where this
+        watch had read to."""
+        with self._lock:  # what concerns these tasks, or none the session watches
+            mine = {t for t in {*self._pushed, *self._asked_now}
+                    if t in watches or t not in self._watches}
+            pushed = {t: self._pushed.pop(t) for t in mine if t in self._pushed}
+            now = mine & self._asked_now
+            self._asked_now -= now
         query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
-                 for w in watches.values()}
+                 for w in watches.values() if everything or w.task_id in now}
         statuses = {}
         for task_id, (start, status) in pushed.items():
-            if task_id in query and start == query[task_id]:
+            watch = watches.get(task_id)
+            if watch is None:
+                continue
+            if start == (dict(watch.offsets) if watch.wants_output else None):
                 statuses[task_id] = status
-                del query[task_id]
+                query.pop(task_id, None)
+            elif not everything:  # read from elsewhere: ask about it now
+                query[task_id] = dict(watch.offsets) if watch.wants_output else None
         if query:  # a host whose results are copied here gets them pushed with the end
             statuses.update(self.request("status", tasks=query, push=not self.host.is_local))
             self.polls += 1
