@@ -116,18 +116,22 @@ class WarmPool:
         except BlockingIOError:
             return []
         lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+        self._partial = lines.pop()[-RECORD * 4:]  # our lines are short; junk is cut
         ended = []
         for line in lines:
-            kind, pid, task = line.decode().split(" ", 2)
+            try:  # a runner holds this pipe while the cell runs: take nothing for granted
+                kind, number, task = line.decode().split(" ", 2)
+                pid = int(number)
+            except ValueError:
+                continue
             if kind == "took":
                 self.offered.pop(task, None)
-                self.took[int(pid)] = task
+                self.took[pid] = task
             elif kind == "ended":
                 self._told.add(task)
                 ended.append(task)
-            else:
-                self.took.pop(int(pid), None)
+            elif kind == "done":
+                self.took.pop(pid, None)
                 if task not in self._told:
                     ended.append(task)
                 self._told.discard(task)

@@ -315,3 +315,20 @@ def test_a_host_set_warm_false_starts_every_task_cold(home: Path) -> None:
             assert pool.submit(forked_by).result(timeout=30) == agent_pid()
         assert children(agent_pid(), "rm-warm") == []
     assert not (home / "work" / learned.FILE).exists()
+
+
+def test_the_agent_hears_each_end_once_and_skips_lines_it_cannot_read(tmp_path: Path) -> None:
+    from remote_magic.host.warm import WarmPool
+
+    pool = WarmPool(tmp_path, tmp_path)  # its pipes only: nothing is forked
+    try:
+        os.write(pool.events_w, b"garbage\nended x y\ntook 12 aaaa\nended 13 aaaa\n"
+                                b"done 12 aaaa\ndone 14 bbbb\ntook 15 cc")
+        # the runner's "ended" is heard; its supervisor's "done" only when no "ended" came
+        assert pool.events() == ["aaaa", "bbbb"]
+        assert pool.took == {}
+        os.write(pool.events_w, b"cc\n")  # a line cut between two reads is joined
+        assert pool.events() == [] and pool.took == {15: "cccc"}
+    finally:
+        for fd in (pool.task_r, pool.task_w, pool.events_r, pool.events_w):
+            os.close(fd)
