@@ -368,18 +368,22 @@ def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, even
 
 
 def _wait_for_task(task_r: int, zygote: socket.socket) -> str | None:
+    """The next task id off the pipe; None when this pair is retired or the agent is gone.
+    A task already on the pipe comes first: the agent said it started."""
     with selectors.DefaultSelector() as selector:
         selector.register(task_r, selectors.EVENT_READ)
         selector.register(zygote, selectors.EVENT_READ)
         while True:
-            for key, _ in selector.select():
-                if key.fileobj is zygote:
-                    return None
+            ready = {key.fileobj for key, _ in selector.select()}
+            if task_r in ready:
                 try:
                     record = os.read(task_r, RECORD)
                 except BlockingIOError:  # another ready pair took it
-                    continue
-                return record.decode().strip() or None
+                    record = None
+                if record is not None:
+                    return record.decode().strip() or None
+            if zygote in ready:
+                return None
 
 
 def _reseed() -> None:
