@@ -359,7 +359,9 @@ class TextView(TaskView):
         said = (self.state, self.job_id, format_progress(self.progress), *self.notes())
         if said != self._last:
             self._last = said
-            print(self.summary(), flush=True)
+            # Not flushed: the kernel sends its output within 0.2 s anyway, and before any
+            # display; waiting for each line to be sent cost a short cell a millisecond.
+            print(self.summary())
         return True
 
 
