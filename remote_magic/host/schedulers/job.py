@@ -25,6 +25,8 @@ from ...wire.taskdir import TaskPaths, read_json, read_state, set_state
 from .. import runner
 from . import BatchScheduler, scheduler_for
 
+STARTING = 60.0  # seconds a claim may stand before its start has set the task running
+
 
 def run_once(root: str, scheduler: str) -> int:
     """Run the task unless a job has started it before; the job's exit code."""
@@ -53,6 +55,13 @@ def refuse(paths: TaskPaths, batch: BatchScheduler, first: dict[str, Any],
         reason = f"{record['reason']}; then {why}" if record.get("reason") else why
         set_state(paths, state, reason, when=record.get("history", {}).get(state),
                   refused_starts=starts)
+    elif State.RUNNING not in record.get("history", {}) and \
+            time.time() - first.get("time", time.time()) < STARTING:
+        # Two starts at once: the first claimed the task a moment ago and is starting it
+        # still (its claim may not even be written yet). Calling it lost would make that
+        # start refuse too, and nobody would run the cell.
+        set_state(paths, state, record.get("reason"),
+                  when=record.get("history", {}).get(state), refused_starts=starts)
     else:
         set_state(paths, State.LOST, "its first run left no outcome (its node failed, or it was "
                                  f"killed with it); {why}", checked=True, refused_starts=starts)
