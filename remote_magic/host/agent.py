@@ -48,7 +48,8 @@ from .batchops import BatchOps
 from .exchange import Exchange
 from .fileops import FileOps
 from .proctitle import set_name
-from .warm import WarmPool, max_fd
+from .warm import WarmPool
+from .zygote import max_fd
 
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request

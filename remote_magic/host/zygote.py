@@ -1,0 +1,285 @@
+"""The warm process and its ready pairs, on the host (see warm.py for the design).
+
+`Zygote` is the warm process: it imports what this host's tasks import (learned.py), never
+runs a cell, and keeps a *ready pair* forked: a supervisor (`rm-ready`) and its runner
+(`rm-ready-run`), both waiting. The supervisor takes the next task id off the task pipe, tells
+the warm process to fork the next pair, hands the task to its runner and supervises it as a
+cold supervisor does (runner.watch).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from ..wire.taskdir import TaskPaths, valid_task_id
+from . import runner
+from .learned import MAX_NAMES, Learned, installed_roots, learnable, report
+from .proctitle import set_name
+
+RECORD = 128  # bytes per task record on the task pipe (task ids have at most 64 characters)
+MPLBACKEND = "module://remote_magic.host.mpl_backend"  # what the runner sets, set before imports
+
+
+class Zygote:
+    """The warm process: imports what tasks use, keeps a ready pair, forks the next."""
+
+    def __init__(self, workdir: Path, tasks_dir: Path, task_r: int, events_w: int,
+                 life_r: int) -> None:
+        self.tasks_dir, self.task_r, self.events_w, self.life_r = \
+            tasks_dir, task_r, events_w, life_r
+        self.learned = Learned(workdir)
+        self.pairs: dict[socket.socket, int] = {}  # our end of a ready pair's socket -> pid
+        self.dropped = 0  # learned names dropped since this process started, still imported
+
+    def run(self) -> int:
+        set_name("rm-warm")
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # ended supervisors reap themselves
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        self.learn_r, self.learn_w = os.pipe()
+        _close_except({0, 1, 2, self.task_r, self.events_w, self.life_r, self.learn_r,
+                       self.learn_w})
+        os.set_blocking(self.learn_r, False)
+        self.selector = selectors.DefaultSelector()  # made after the agent's fds are closed
+        os.environ["MPLBACKEND"] = MPLBACKEND
+        installed_roots()  # computed once here, inherited by every runner
+        self.selector.register(self.life_r, selectors.EVENT_READ)
+        self.selector.register(self.learn_r, selectors.EVENT_READ)
+        self.fork_pair()  # ready at once, before the imports below
+        if not self.preload(self.learned.names):
+            return 0
+        self.renew()
+        partial = b""
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj == self.life_r:
+                    if not os.read(self.life_r, 1):
+                        return 0
+                elif key.fileobj == self.learn_r:
+                    try:
+                        data = partial + os.read(self.learn_r, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    *lines, partial = data.split(b"\n")
+                    if not self.learn(lines):
+                        return 0
+                else:
+                    self.service(key.fileobj)  # type: ignore[arg-type]
+
+    def learn(self, lines: list[bytes]) -> bool:
+        """Take in the runners' reports; False when this process should end and be
+        replaced: an import was unsafe, or it holds too many modules no longer learned
+        (they cannot be unloaded)."""
+        new: list[str] = []
+        for line in lines:
+            names = line.decode(errors="replace").split()[1:]
+            added, dropped = self.learned.add(names)
+            self.dropped += dropped
+            new += added
+        if self.dropped > MAX_NAMES // 4:
+            return False
+        if new:
+            if not self.preload(new):
+                return False
+            self.renew()
+        return True
+
+    def preload(self, names: list[str]) -> bool:
+        """Import modules ahead of need; an import that starts a thread makes this process
+        unsafe to fork: the module is marked, and the process ends to be replaced."""
+        for name in names:
+            if name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - not importable here: tasks import it
+                self.learned.mark_unsafe(name)
+                continue
+            if threading.active_count() > 1:
+                self.learned.mark_unsafe(name)
+                return False
+            self.poll_pairs()
+        return True
+
+    def poll_pairs(self) -> None:
+        """Between two long imports: replace a ready pair that took a task meanwhile."""
+        for key, _ in self.selector.select(0):
+            if key.fileobj not in (self.life_r, self.learn_r):
+                self.service(key.fileobj)  # type: ignore[arg-type]
+
+    def service(self, sock: socket.socket) -> None:
+        """A ready pair spoke: it took a task (or died): fork the next one."""
+        try:
+            sock.recv(16)
+        except OSError:
+            pass
+        self.selector.unregister(sock)
+        self.pairs.pop(sock, None)
+        sock.close()
+        self.fork_pair()
+
+    def renew(self) -> None:
+        """Replace the ready pairs by one forked now, with every module imported so far."""
+        old = list(self.pairs)
+        self.fork_pair()
+        for sock in old:  # end of file: an idle ready pair exits
+            self.selector.unregister(sock)
+            del self.pairs[sock]
+            sock.close()
+
+    def fork_pair(self) -> None:
+        # Everything imported so far lives as long as this process: out of the collector's
+        # reach (gc.freeze), a collection in a task does not write to, and so copy, its pages.
+        gc.freeze()
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                for sock in self.pairs:
+                    sock.close()
+                for fd in (self.life_r, self.learn_r):
+                    os.close(fd)
+                code = ready_supervisor(self.tasks_dir, self.task_r, theirs, self.events_w,
+                                        self.learn_w)
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pairs[ours] = pid
+        self.selector.register(ours, selectors.EVENT_READ)
+
+
+def ready_supervisor(tasks_dir: Path, task_r: int, zygote: socket.socket, events_w: int,
+                     learn_w: int) -> int:
+    """A supervisor forked ahead of its task, with its runner forked and waiting under it."""
+    set_name("rm-ready")
+    os.setsid()  # as a cold supervisor: the task outlives the agent
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _ready_runner(go_r, go_w, task_r, zygote, events_w, learn_w)
+    os.close(go_r)
+    os.close(learn_w)
+    task_id = _wait_for_task(task_r, zygote)
+    if task_id is None:  # retired, or the agent is gone: the idle runner ends with us
+        os.close(go_w)
+        os.waitpid(pid, 0)
+        return 0
+    os.close(task_r)
+    paths = TaskPaths(tasks_dir / valid_task_id(task_id))
+    set_name(f"rm-watch-{task_id[:6]}")
+    log = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    _tell(events_w, f"took {os.getpid()} {task_id}\n")
+
+    def release() -> None:
+        # A kill that came before the pids were written only left the cancel file.
+        if not paths.cancel.exists():
+            os.write(go_w, str(paths.root).encode())
+        os.close(go_w)
+        try:  # now that the task runs: the warm process forks the next pair meanwhile
+            zygote.send(b"t")
+        except OSError:
+            pass
+        zygote.close()
+
+    code = runner.watch(paths, pid, release)
+    _tell(events_w, f"done {os.getpid()} {task_id}\n")
+    return code
+
+
+def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, events_w: int,
+                  learn_w: int) -> None:
+    """The runner of a ready pair: waits for its task's folder, then runs it."""
+    code = 0
+    try:
+        set_name("rm-ready-run")
+        os.setpgid(0, 0)
+        zygote.close()
+        for fd in (go_w, task_r):
+            os.close(fd)
+        chunks = []
+        while chunk := os.read(go_r, 4096):
+            chunks.append(chunk)
+        os.close(go_r)
+        if chunks:
+            _reseed()
+            paths = TaskPaths(b"".join(chunks).decode())
+
+            def on_end(imported: list[str]) -> None:
+                _tell(events_w, f"ended {os.getppid()} {paths.root.name}\n")
+                os.close(events_w)  # user code may have started processes: not theirs
+                found = learnable(imported, installed_roots())
+                if found:
+                    _tell(learn_w, report(found).decode())
+
+            runner.become_runner(paths, on_end)
+    finally:
+        os._exit(code)
+
+
+def _wait_for_task(task_r: int, zygote: socket.socket) -> str | None:
+    """The next task id off the pipe; None when this pair is retired or the agent is gone.
+    A task already on the pipe comes first: the agent said it started."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(task_r, selectors.EVENT_READ)
+        selector.register(zygote, selectors.EVENT_READ)
+        while True:
+            ready = {key.fileobj for key, _ in selector.select()}
+            if task_r in ready:
+                try:
+                    record = os.read(task_r, RECORD)
+                except BlockingIOError:  # another ready pair took it
+                    record = None
+                if record is not None:
+                    return record.decode().strip() or None
+            if zygote in ready:
+                return None
+
+
+def _reseed() -> None:
+    """Random state imported in the warm process would be the same in every task: NumPy's
+    global generator does not reseed itself in a forked child (Python's `random` does)."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            numpy_random.seed()
+        except Exception:  # noqa: BLE001 - an odd NumPy: leave it as it is
+            pass
+
+
+def _tell(fd: int, line: str) -> None:
+    try:
+        os.write(fd, line.encode())
+    except OSError:  # the agent is gone; the kernel's next poll reads the task's files
+        pass
+
+
+def _close_except(keep: set[int]) -> None:
+    start = 0
+    for fd in sorted(keep):
+        if start < fd:  # closerange(n, n) may close everything (close_range(n, n - 1))
+            os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, max_fd())
+
+
+def max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        return 4096
