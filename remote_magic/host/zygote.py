@@ -58,7 +58,6 @@ class Zygote:
         self.fork_pair()  # ready at once, before the imports below
         if not self.preload(self.learned.names):
             return 0
-        self.renew()
         partial = b""
         while True:
             for key, _ in self.selector.select():
@@ -88,15 +87,13 @@ class Zygote:
             new += added
         if self.dropped > MAX_NAMES // 4:
             return False
-        if new:
-            if not self.preload(new):
-                return False
-            self.renew()
-        return True
+        return self.preload(new)
 
     def preload(self, names: list[str]) -> bool:
-        """Import modules ahead of need; an import that starts a thread makes this process
-        unsafe to fork: the module is marked, and the process ends to be replaced."""
+        """Import modules ahead of need, then renew the ready pair if anything was imported.
+        An import that starts a thread makes this process unsafe to fork: the module is
+        marked, and False says this process must end, to be replaced."""
+        loaded = len(sys.modules)
         for name in names:
             if name in sys.modules:
                 continue
@@ -109,6 +106,8 @@ class Zygote:
                 self.learned.mark_unsafe(name)
                 return False
             self.poll_pairs()
+        if len(sys.modules) != loaded:
+            self.renew()
         return True
 
     def poll_pairs(self) -> None:
