@@ -65,13 +65,14 @@ class WarmPool:
             return False
         life_r, life_w = os.pipe()
         sys.stdout.flush()
+        agent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(life_w)
                 code = Zygote(self.workdir, self.tasks_dir, self.task_r, self.events_w,
-                              life_r).run()
+                              life_r).run(agent)
             finally:
                 os._exit(code)
         os.close(life_r)

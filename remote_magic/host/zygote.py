@@ -22,7 +22,7 @@ from pathlib import Path
 from ..wire.taskdir import TaskPaths, valid_task_id
 from . import runner
 from .learned import MAX_NAMES, Learned, installed_roots, learnable, report
-from .proctitle import set_name
+from .proctitle import die_with_parent, set_name
 
 RECORD = 128  # bytes per task record on the task pipe (task ids have at most 64 characters)
 MPLBACKEND = "module://remote_magic.host.mpl_backend"  # what the runner sets, set before imports
@@ -39,8 +39,9 @@ class Zygote:
         self.pairs: dict[socket.socket, int] = {}  # our end of a ready pair's socket -> pid
         self.dropped = 0  # learned names dropped since this process started, still imported
 
-    def run(self) -> int:
+    def run(self, agent: int) -> int:
         set_name("rm-warm")
+        die_with_parent(agent)  # its ready pairs follow: their socket to it closes
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # ended supervisors reap themselves
         null = os.open(os.devnull, os.O_RDWR)

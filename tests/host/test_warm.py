@@ -157,6 +157,24 @@ def test_warm_process_and_ready_pair_end_with_the_agent_and_tasks_go_on(home: Pa
     assert done.exists()
 
 
+def test_a_warm_process_stuck_in_an_import_ends_with_the_agent(home: Path,
+                                                                install: Any) -> None:
+    """An import that never returns (here: only in the warm process) does not leave the warm
+    process behind the agent: the kernel kills it when the agent ends."""
+    stuck = install("import time\nif open('/proc/self/comm').read().strip() == 'rm-warm':\n"
+                    "    time.sleep(600)\n")
+    client = Client()
+    try:
+        with RemoteExecutor("localhost", rerun=True, client=client) as pool:
+            pool.submit(load, stuck).result(timeout=30)
+            assert wait_for(lambda: stuck in warm_file(home).get("modules", []), 10)
+            warm = children(int(client.hello("localhost")["pid"]), "rm-warm")
+            assert warm
+    finally:
+        client.close()  # the agent ends; its warm process is in the import for ten minutes
+    assert wait_for(lambda: not any(comm(p) == "rm-warm" for p in warm), 10)
+
+
 def test_a_task_that_kills_its_runner_fails_and_the_next_one_runs(home: Path) -> None:
     def die() -> None:
         import os
