@@ -3,11 +3,12 @@
 Started once per connection (a local pipe for `localhost`, an SSH channel otherwise), it
 answers requests over stdin/stdout: start a task, report the state and new output of many
 tasks at once, kill, purge, read logs. A request costs a message on an open pipe instead of a
-process or remote-shell start. It forks tasks from itself (the runner is already imported), each
-in a new session so that they outlive the agent; when one of its children ends it tells the
-kernel at once, without waiting for the next poll. Every operation a request may name is in one
-table (`Agent.operations`); the file and batch operations are parts the agent holds
-(`fileops.FileOps`, `batchops.BatchOps`).
+process or remote-shell start. A task starts in a runner its warm process forked ahead
+(warm.py), or cold, forked from the agent itself (the runner is already imported); either way
+in a new session, so that it outlives the agent. When a task ends the agent tells the kernel
+at once, with its final status, without waiting for the next poll. Every operation a request
+may name is in one table (`Agent.operations`); the file and batch operations are parts the
+agent holds (`fileops.FileOps`, `batchops.BatchOps`).
 
 Single-threaded on purpose: it forks, and forking a threaded process is unsafe.
 """
@@ -174,9 +175,12 @@ class Agent:
         if self.warm is None:
             return
         for task in self.warm.overdue():
-            paths = self.paths(task)
-            if not paths.cancel.exists():
-                self._fork_supervisor(paths, task)
+            try:
+                paths = self.paths(task)
+                if not paths.cancel.exists():
+                    self._fork_supervisor(paths, task)
+            except Exception:  # noqa: BLE001 - the agent lives on; the task's next status
+                continue  # finds no process for it and says so
 
     def op_submit(self, task: str, *args: Any, **options: Any) -> dict[str, Any]:
         """Submit a staged task as a batch job, once, however many kernels staged it."""
