@@ -64,10 +64,10 @@ def learnable(names: list[str], roots: tuple[str, ...]) -> list[str]:
     for name in names:
         parts = name.split(".")
         if len(parts) > MAX_DEPTH or parts[0] in DENIED or \
-                any(part.startswith("_") for part in parts) or name in sys.builtin_module_names:
+                any(part.startswith("_") for part in parts):
             continue
         where = getattr(sys.modules.get(name), "__file__", None)
-        if not isinstance(where, str):
+        if not isinstance(where, str):  # built in, frozen, or a namespace package
             continue
         where = os.path.realpath(where)
         if where.startswith(roots) and not (len(parts) > 1 and where.startswith(stdlib)

@@ -94,9 +94,10 @@ class LocalTransport:
         self._trusted()
         agent = self.agent()
         inside, outside, _ = stage_plan(source, names, extra)
-        small, files, payload = inline_payload(source, names, INLINE_MAX)
-        if not outside and all(name in small for _, name in inside):
+        if not outside and all(local == source / name and local.stat().st_size <= INLINE_MAX
+                               for local, name in inside):
             # A small task travels in the request and is put in place by it: one round trip.
+            _, files, payload = inline_payload(source, names, INLINE_MAX)
             return agent.call("stage", {"task": valid_task_id(task_id), "files": files,
                                         "size": len(payload), "commit": True}, payload)[0]["root"]
         # Hard links take no room: a disk without it is found out by the copies, if any.
