@@ -47,7 +47,7 @@ from ..wire.taskdir import (
 from . import runner
 from .batchops import BatchOps
 from .exchange import Exchange
-from .fileops import FileOps
+from .fileops import FileOps, pid_alive
 from .proctitle import set_name
 from .warm import WarmPool
 from .zygote import max_fd
@@ -295,7 +295,7 @@ class Agent:
             started = record.get("history", {}).get(State.SUBMITTED, time.time())
             if time.time() - started < START_GRACE:
                 return record
-        elif _alive(pids["supervisor"]) or _alive(pids["runner"]):
+        elif pid_alive(pids["supervisor"]) or pid_alive(pids["runner"]):
             return record
         record = read_state(paths)  # it may have ended between the two reads
         if record["state"] in FINAL_STATES:
@@ -330,7 +330,7 @@ class Agent:
             paths.cancel.touch()
             pids = read_json(paths.pids)
             supervisor = pids["supervisor"] if pids else self._child_of(task_id)
-            if supervisor is not None and _alive(supervisor):
+            if supervisor is not None and pid_alive(supervisor):
                 os.kill(supervisor, signal.SIGTERM)
                 outcome[task_id] = "cancelling"
             else:
@@ -399,7 +399,7 @@ class Agent:
                 continue
             paths = self.paths(task_id)
             pids = read_json(paths.pids)
-            if read_exitcode(paths) is None and not (pids and _alive(pids["runner"])):
+            if read_exitcode(paths) is None and not (pids and pid_alive(pids["runner"])):
                 runner.settle(paths, None)
             finished.append(task_id)
         return finished
@@ -453,16 +453,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def serve_once(workdir: str) -> int:

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from ..wire.taskdir import (
     TaskPaths,
     make_task_dir,
     path_problem,
+    read_json,
     read_state,
     valid_task_id,
 )
@@ -46,6 +48,7 @@ TRASH_PREFIX = ".trash-"  # tasks/.trash-ID-TOKEN: a failed run moved aside, bei
 STALE_TEMP = 15 * 60.0  # seconds: a staging directory or .part file idle this long is dead
 SWEEP_SECONDS = 0.5  # the most an agent start spends looking for leftovers in task folders
 GLOB_MAX_FILES = 10_000  # files one --collect brings back, at most
+SUPERVISOR_WAIT = 2.0  # seconds a new run waits for the last run's supervisor to exit
 GLOB_SECONDS = 5.0  # the most one --collect search may take (the agent serves nothing else)
 # Temporary files: ours (`part_tag`) anywhere, and in the task's own folder also those of
 # older versions (`.NAME.part`, `.NAME.PID.part`, `.NAME.staging`); a name of the user's in
@@ -168,6 +171,7 @@ class FileOps:
         kernel), keep that one. A failed, cancelled or lost earlier run is replaced."""
         paths = self.paths(task)
         source = self._staging(task, staging)
+        _let_supervisor_finish(paths)
         TaskPaths(source).staged.touch(mode=0o600)
         trash = None
         with self._lock():
@@ -334,6 +338,30 @@ def no_room(where: Path, needed: int, what: str, exc: OSError | None, workdir: P
 def disk_full(exc: BaseException) -> bool:
     """A write failed for want of space: a full disk, or the user's quota."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _let_supervisor_finish(paths: TaskPaths) -> None:
+    """The kernel hears of a task's end from its runner, while the supervisor still writes the
+    exit code and checks the state: a run of the same task that replaces the directory at once
+    must wait for it (a moment), or it would write into the new run's files."""
+    record = read_state(paths)
+    pids = read_json(paths.pids)
+    if not pids or record.get("launcher") != "process" or \
+            record.get("host") != socket.gethostname():
+        return
+    deadline = time.monotonic() + SUPERVISOR_WAIT
+    while pid_alive(pids["supervisor"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def kept_state(paths: TaskPaths) -> str | None:

@@ -114,6 +114,27 @@ def test_the_end_of_a_task_comes_with_its_final_status(agent: Any) -> None:
     assert event["status"]["state"] == "completed" and event["status"]["stdout"] == "bye\n"
 
 
+def test_a_run_that_replaces_an_ended_one_waits_for_its_supervisor(agent: Any) -> None:
+    """The kernel hears of an end from the runner, before the supervisor's last writes: the
+    same task staged again at once must not be written into by that supervisor."""
+    import subprocess
+
+    from remote_magic.host.fileops import pid_alive
+    from remote_magic.wire.taskdir import read_json
+
+    paths = stage(agent, "out = 1")
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"completed"})
+    assert wait_for(lambda: paths.exitcode.exists(), 5)
+    # a stand-in for the supervisor, still finishing (not our child: nothing here reaps it)
+    lingering = int(subprocess.run(["sh", "-c", "sleep 1 & echo $!"], capture_output=True,
+                                   text=True, check=True).stdout)
+    write_json(paths.pids, {**read_json(paths.pids), "supervisor": lingering})
+    paths.result.unlink()  # its results gone: staging the task again replaces the directory
+    agent.call("stage", {"task": TASK, "files": [], "commit": True})
+    assert not pid_alive(lingering)
+
+
 def test_python_dying_hard_is_failed_with_reason(agent: Any) -> None:
     stage(agent, "import os\nos._exit(3)")
     agent.request("start", task=TASK)
