@@ -146,13 +146,20 @@ class Client:
             if self.store.get(record.id).final:
                 return self.store.get(record.id)
             session.agent()  # connects, and checks the host's Python once per connection
-            record.remote_dir = session.transport.stage(prepared.id, prepared.local_dir,
-                                                        prepared.files, prepared.extra)
+            host = session.host
+            staged = session.transport.stage(
+                prepared.id, prepared.local_dir, prepared.files, prepared.extra,
+                start=host.scheduler == "process" and not host.max_running)  # no slot to wait for
+            record.remote_dir = staged.root
             with self._launching:  # one store write says where it is staged and what next
                 current = self.store.get(record.id)
                 if current.state != State.PREPARED:  # cancelled while it was staged
+                    if staged.started is not None:
+                        session.request("kill", tasks=[record.id])
                     return current
-                if self._slots(session.host) > 0:
+                if staged.started is not None:
+                    self._submitted(record, None)
+                elif self._slots(host) > 0:
                     self._launch(session, record)
                 else:
                     record.reason = (f"waiting for a free slot: {session.host.name} runs at "
@@ -214,6 +221,9 @@ class Client:
                 resources={**host.resources, **(record.resources or {})}, setup=host.setup,
                 python=host.python, template=_template(host))
             job_id = answer["job_id"]
+        self._submitted(record, job_id)
+
+    def _submitted(self, record: TaskRecord, job_id: str | None) -> None:
         record.state, record.submitted, record.job_id = State.SUBMITTED, time.time(), job_id
         self.store.update(record.id, state=State.SUBMITTED, submitted=record.submitted,
                           job_id=job_id, reason=None, remote_dir=record.remote_dir)

@@ -29,7 +29,6 @@ from typing import Any, Callable
 from ..wire.protocol import MARKER, FrameReader, encode_header
 from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
-    HEARTBEAT_INTERVAL,
     RESULT_FILES,
     TASKS,
     Refusal,
@@ -45,7 +44,7 @@ from ..wire.taskdir import (
     workdir_refusal,
 )
 from . import runner
-from .batchops import BatchOps
+from .batchops import BatchOps, silence
 from .exchange import Exchange
 from .fileops import FileOps, pid_alive
 from .proctitle import set_name
@@ -55,7 +54,6 @@ from .zygote import max_fd
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
 PUSH_MAX = 1024 * 1024  # result files up to this size each are pushed with a task's end
-STALE_HEARTBEAT = 15 * HEARTBEAT_INTERVAL  # a running task silent this long has lost its node
 START_GRACE = 30.0  # a submitted process task with no supervisor after this long is lost
 
 try:  # the runner pickles with it: import once here, not once per task
@@ -87,7 +85,7 @@ class Agent:
             "hello": self.op_hello, "mkdir": self.op_mkdir, "start": self.op_start,
             "submit": self.op_submit, "status": self.op_status, "kill": self.op_kill,
             "purge": self.op_purge, "list": self.op_list, "log": self.op_log,
-            "stage": files.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
+            "stage": self.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
             "put_open": files.op_put_open, "put_chunk": files.op_put_chunk,
             "put_close": files.op_put_close, "get": files.op_get, "read": files.op_read,
             "glob": files.op_glob,
@@ -142,6 +140,16 @@ class Agent:
 
     def op_mkdir(self, task: str) -> str:
         return str(make_task_dir(self.paths(task).root).root)
+
+    def op_stage(self, exchange: Exchange, task: str, files: list[dict[str, Any]],
+                 size: int = 0, commit: bool = False, start: bool = False) -> dict[str, Any]:
+        """Stage a task (fileops); a whole small task that is committed in the same request may
+        be started in it too (`start`, answered under "started" as `op_start` answers): its
+        round trip is then the only one between the kernel and a running task."""
+        answer = self.files.op_stage(exchange, task, files, size, commit)
+        if start and commit:
+            answer["started"] = self.op_start(task)
+        return answer
 
     def op_start(self, task: str) -> dict[str, Any]:
         """Start a staged task; if another kernel started the identical task first, answer
@@ -306,13 +314,8 @@ class Agent:
         return set_state(paths, State.LOST, "the task's processes are gone and left no outcome")
 
     def _check_heartbeat(self, paths: TaskPaths, record: dict[str, Any]) -> dict[str, Any]:
-        if record["state"] != State.RUNNING:
-            return record
-        try:
-            age = time.time() - paths.heartbeat.stat().st_mtime
-        except FileNotFoundError:
-            return record
-        if age > STALE_HEARTBEAT and read_state(paths)["state"] == State.RUNNING:
+        age = silence(paths, record)
+        if age is not None and read_state(paths)["state"] == State.RUNNING:
             return set_state(paths, State.LOST, f"no heartbeat for {age:.0f} s: the node died")
         return record
 

@@ -103,7 +103,7 @@ class BatchOps:
             answers = self._ask(batch, sorted(jobs))
             asked_at = self.queue_cache[batch.name][3]
             silent = {job_id: age for job_id, task_id in jobs.items()
-                      if (age := _silence(self.paths(task_id), tasks[task_id])) is not None}
+                      if (age := silence(self.paths(task_id), tasks[task_id])) is not None}
             vouches = self._probe(batch, {j: answers[j] for j in silent if j in answers
                                           and answers[j].state == State.RUNNING
                                           and not answers[j].unreachable})
@@ -280,7 +280,7 @@ def _needs_queue(record: dict[str, Any]) -> bool:
     return record["state"] not in FINAL_STATES or not record.get("checked")
 
 
-def _silence(paths: TaskPaths, record: dict[str, Any]) -> float | None:
+def silence(paths: TaskPaths, record: dict[str, Any]) -> float | None:
     """How long a running task has not been heard from, once that is over STALE_HEARTBEAT;
     None while it beats, and for tasks not running or whose exit-code file exists."""
     if record["state"] != State.RUNNING or paths.exitcode.exists():

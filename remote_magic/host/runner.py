@@ -143,13 +143,13 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def _heartbeat(paths: TaskPaths, stop: threading.Event) -> None:
-    while True:
+    """Beats from the first interval on: until then the running state's time stands for the
+    first beat (batchops.silence), and a short task creates no file for it."""
+    while not stop.wait(HEARTBEAT_INTERVAL):
         try:
             paths.heartbeat.touch()
         except OSError:
             pass
-        if stop.wait(HEARTBEAT_INTERVAL):
-            return
 
 
 def _redirect(out: int, err: int) -> None:

@@ -94,7 +94,8 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, mode)
+        if mode != 0o600:  # mkstemp's own mode
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -271,7 +271,7 @@ def test_any_file_name_is_staged_exactly_where_the_task_will_look(places: dict[s
     try:
         assert prepared.extra == [(notebook / name, f"work/{name}")]
         root = Path(places["transport"].stage(prepared.id, prepared.local_dir, prepared.files,
-                                              prepared.extra))
+                                              prepared.extra).root)
     finally:
         prepared.discard()
     assert (root / "work" / name).read_bytes() == name.encode()

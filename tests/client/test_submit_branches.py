@@ -242,3 +242,26 @@ def test_a_task_that_cannot_be_staged_is_recorded_as_failed(client: Client, home
     assert (record.reason or "").startswith("not started: ")
     assert str(raised.value) in (record.reason or "")
     assert not (workdir / "tasks" / prepared.id).exists()
+
+
+def test_a_task_cancelled_while_its_start_was_on_the_way_is_killed_there(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a process host the staging request starts the task too. A kill that lands while
+    that request is out (the store says cancelled before the answer comes back) is carried
+    to the host: the task does not run on."""
+    prepared = prepare(client, "import time\ntime.sleep(30)\ndone = True")
+    session = client.session("localhost")
+    real = session.transport.stage
+
+    def stage_then_kill(*args: Any, **kwargs: Any) -> Any:
+        staged = real(*args, **kwargs)
+        assert staged.started is not None  # one request staged and started it
+        client.kill([client.store.get(prepared.id)])  # not on the host yet, as the store says
+        return staged
+
+    monkeypatch.setattr(session.transport, "stage", stage_then_kill)
+    record = client.submit(prepared).record
+    assert record.state == State.CANCELLED
+    paths = TaskPaths(client.store.get(prepared.id).remote_dir or
+                      session.transport.workdir / "tasks" / prepared.id)
+    assert wait_for(lambda: read_state(paths)["state"] == State.CANCELLED, timeout=15)

@@ -135,6 +135,27 @@ def test_a_run_that_replaces_an_ended_one_waits_for_its_supervisor(agent: Any) -
     assert not pid_alive(lingering)
 
 
+def test_a_whole_task_is_staged_and_started_in_one_request(agent: Any,
+                                                            tmp_path: Path) -> None:
+    """The kernel's fast path: the files inline, put in place and started by one request; a
+    second such request for the same task attaches to the run instead of starting another."""
+    import hashlib
+
+    dump_namespace({}, tmp_path / "inputs.rmns")
+    write_json(tmp_path / "spec.json", {"code": "out = 41 + 1", "filename": "<cell>",
+                                        "inputs": [], "outputs": ["out"], "imports": {},
+                                        "last_expression": False})
+    data = [(name, (tmp_path / name).read_bytes()) for name in ("spec.json", "inputs.rmns")]
+    files = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+             for n, d in data]
+    args = {"task": TASK, "files": files, "commit": True, "start": True}
+    answer = agent.call("stage", args, b"".join(d for _, d in data))[0]
+    assert "pid" in answer["started"] and "attached" not in answer["started"]
+    again = agent.call("stage", args, b"".join(d for _, d in data))[0]
+    assert again.get("existing") and again["started"].get("attached")
+    assert wait_state(agent, TASK, {"completed"})["exitcode"] == 0
+
+
 def test_python_dying_hard_is_failed_with_reason(agent: Any) -> None:
     stage(agent, "import os\nos._exit(3)")
     agent.request("start", task=TASK)
@@ -211,12 +232,28 @@ def test_agent_death_is_reported_and_it_restarts(agent: Any) -> None:
 def test_a_task_on_another_node_is_lost_only_when_its_heartbeat_stops(agent: Any) -> None:
     """A workdir on a shared filesystem: a task started by another node's agent cannot be
     asked about by pid here, so its heartbeat file decides; a silent one means the node died."""
-    from remote_magic.host.agent import STALE_HEARTBEAT
+    from remote_magic.host.batchops import STALE_HEARTBEAT
     paths = stage(agent, "pass")
     set_state(paths, "running", launcher="process", host="some-other-node")
     paths.heartbeat.touch()
     assert agent.request("status", tasks={TASK: None})[TASK]["state"] == "running"
     old = time.time() - STALE_HEARTBEAT - 5
+    set_state(paths, "running", when=old - 60)  # began long before its last beat
+    assert agent.request("status", tasks={TASK: None})[TASK]["state"] == "running"
     os.utime(paths.heartbeat, (old, old))
+    answer = agent.request("status", tasks={TASK: None})[TASK]
+    assert answer["state"] == "lost" and "no heartbeat" in answer["reason"]
+
+
+def test_a_task_whose_first_beat_never_came_is_lost_from_its_running_time(agent: Any) -> None:
+    """The first beat comes one interval after the start (a short task writes no heartbeat
+    file); until then the time it began running stands for it, so a node that died at once
+    is still found out."""
+    from remote_magic.host.batchops import STALE_HEARTBEAT
+    paths = stage(agent, "pass")
+    set_state(paths, "running", launcher="process", host="some-other-node")
+    assert not paths.heartbeat.exists()
+    assert agent.request("status", tasks={TASK: None})[TASK]["state"] == "running"
+    set_state(paths, "running", when=time.time() - STALE_HEARTBEAT - 5)
     answer = agent.request("status", tasks={TASK: None})[TASK]
     assert answer["state"] == "lost" and "no heartbeat" in answer["reason"]

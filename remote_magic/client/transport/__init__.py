@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from ...config.hosts import HostConfig
 from ...wire.taskdir import TaskPaths
@@ -21,8 +21,9 @@ class Transport(Protocol):
     def agent(self) -> AgentClient: ...
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = ...) -> str:
-        """Put the task's files (and `--files`: local path, destination) on the host."""
+              extra: list[tuple[Path, str]] = ..., start: bool = ...) -> Staged:
+        """Put the task's files (and `--files`: local path, destination) on the host; with
+        `start`, a task that goes in one request is started by it too."""
 
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Where the finished task's result files can be read on this machine."""
@@ -45,6 +46,14 @@ class Transport(Protocol):
         """Seconds until the host may be tried again after failures to reach it (0: now)."""
 
     def close(self) -> None: ...
+
+
+class Staged(NamedTuple):
+    """Where a task was staged, and the agent's answer to its start (as to a "start"
+    request) when the staging request started it too; None: it is still to be started."""
+
+    root: str
+    started: dict[str, Any] | None = None
 
 
 class Collected(list[str]):

@@ -36,7 +36,7 @@ from ...wire.taskdir import (
 from ...wire.tempnames import part_tag, temp_beside
 from ..agent_client import AgentClient
 from ..paths import data_dir
-from . import Collected, collect_found, inline_payload, stage_plan
+from . import Collected, Staged, collect_found, inline_payload, stage_plan
 
 INLINE_MAX = 256 * 1024  # a task whose files are all this small is sent, not linked
 
@@ -83,7 +83,7 @@ class LocalTransport:
             raise TransportError(workdir_message(problem, self.host.name))
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = ()) -> str:
+              extra: list[tuple[Path, str]] = (), start: bool = False) -> Staged:
         """Put the prepared files of a task into its directory on the host.
 
         They are linked into a staging directory of the agent's, which it puts in place whole;
@@ -98,12 +98,14 @@ class LocalTransport:
                                for local, name in inside):
             # A small task travels in the request and is put in place by it: one round trip.
             _, files, payload = inline_payload(source, names, INLINE_MAX)
-            return agent.call("stage", {"task": valid_task_id(task_id), "files": files,
-                                        "size": len(payload), "commit": True}, payload)[0]["root"]
+            answer = agent.call("stage", {"task": valid_task_id(task_id), "files": files,
+                                          "size": len(payload), "commit": True,
+                                          "start": start}, payload)[0]
+            return Staged(answer["root"], answer.get("started"))
         # Hard links take no room: a disk without it is found out by the copies, if any.
         answer = agent.request("stage", task=valid_task_id(task_id), files=[])
         if answer.get("existing"):
-            return answer["root"]
+            return Staged(answer["root"])
         staging = self.workdir / answer["staging"]
         writing = staging.parent  # where a full disk would be (the tasks folder)
         try:
@@ -112,7 +114,8 @@ class LocalTransport:
             for local, destination in outside:  # copied: the task may edit them
                 writing = Path(os.path.expanduser(destination)).parent
                 _copy_file(local, Path(os.path.expanduser(destination)))
-            return agent.request("commit", task=task_id, staging=answer["staging"])["root"]
+            return Staged(agent.request("commit", task=task_id,
+                                        staging=answer["staging"])["root"])
         except BaseException as exc:
             try:
                 agent.request("unstage", task=task_id, staging=answer["staging"], timeout=10)

@@ -31,7 +31,7 @@ from ...wire.protocol import MARKER
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import part_tag, temp_prefix
 from ..agent_client import AgentClient
-from . import Collected, collect_found, inline_payload, stage_plan
+from . import Collected, Staged, collect_found, inline_payload, stage_plan
 from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
@@ -414,7 +414,7 @@ class SSHTransport:
     # ------------------------------------------------------------ files
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = ()) -> str:
+              extra: list[tuple[Path, str]] = (), start: bool = False) -> Staged:
         """Send a task's files: small ones in one request, large ones streamed after it, all
         into a staging directory that the agent puts in place once everything arrived.
 
@@ -426,9 +426,9 @@ class SSHTransport:
         whole = not outside and all(name in small for _, name in inside)
         answer = self.agent().call(
             "stage", {"task": valid_task_id(task_id), "files": files, "size": size,
-                      "commit": whole}, payload)[0]
+                      "commit": whole, "start": start and whole}, payload)[0]
         if answer.get("existing") or whole:
-            return answer["root"]
+            return Staged(answer["root"], answer.get("started"))
         staging = answer["staging"]
         try:
             for local, name in inside:
@@ -436,7 +436,7 @@ class SSHTransport:
                     self.upload(local, f"{staging}/{name}")
             for local, destination in outside:
                 self.upload(local, destination)
-            return self.agent().request("commit", task=task_id, staging=staging)["root"]
+            return Staged(self.agent().request("commit", task=task_id, staging=staging)["root"])
         except BaseException:
             try:  # the agent also removes it when it exits, or the next one when stale
                 self.agent().request("unstage", task=task_id, staging=staging, timeout=10)
