@@ -126,12 +126,11 @@ class _Matplotlib(_Options):
     skip = frozenset({"backend", "backend_fallback", "interactive"})
 
     def capture(self, module: types.ModuleType) -> Any:
-        params, defaults = module.rcParams, module.rcParamsDefault
+        defaults = dict(_stored(module.rcParamsDefault))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return {k: v for k, v in _stored(params)
-                    if k not in self.skip and (k not in defaults or _differs(v, defaults[k]))
-                    } or None
+            return {k: v for k, v in _stored(module.rcParams)
+                    if k not in self.skip and _differs(v, defaults.get(k, _NONE))} or None
 
     def default(self, module: types.ModuleType, key: str) -> Any:
         return module.rcParamsDefault[key]
