@@ -3,8 +3,13 @@
 `Zygote` is the warm process: it imports what this host's tasks import (learned.py), never
 runs a cell, and keeps a *ready pair* forked: a supervisor (`rm-ready`) and its runner
 (`rm-ready-run`), both waiting. The supervisor takes the next task id off the task pipe, tells
-the warm process to fork the next pair, hands the task to its runner and supervises it as a
-cold supervisor does (runner.watch).
+the warm process that it did, hands the task to its runner and supervises it as a cold
+supervisor does (runner.watch).
+
+The next pair is not forked at once: a fork of this process costs milliseconds of CPU, and on
+a small host it would compete with the task that just started. It is forked when a task ends
+(its runner reports to the warm process), when a task waits on the task pipe with no pair to
+take it (so a burst of tasks is never held back), or after DEFER seconds, whichever is first.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..wire.taskdir import TaskPaths, valid_task_id
@@ -26,6 +32,7 @@ from .proctitle import die_with_parent, set_name
 
 RECORD = 128  # bytes per task record on the task pipe (task ids have at most 64 characters)
 MPLBACKEND = "module://remote_magic.host.mpl_backend"  # what the runner sets, set before imports
+DEFER = 1.0  # seconds at most between a pair taking a task and the next pair's fork
 
 
 class Zygote:
@@ -38,6 +45,7 @@ class Zygote:
         self.learned = Learned(workdir)
         self.pairs: dict[socket.socket, int] = {}  # our end of a ready pair's socket -> pid
         self.dropped = 0  # learned names dropped since this process started, still imported
+        self.due: float | None = None  # when the next pair is forked, unless needed sooner
 
     def run(self, agent: int) -> int:
         set_name("rm-warm")
@@ -61,7 +69,8 @@ class Zygote:
             return 0
         partial = b""
         while True:
-            for key, _ in self.selector.select():
+            timeout = None if self.due is None else max(0.0, self.due - time.monotonic())
+            for key, _ in self.selector.select(timeout):
                 if key.fileobj == self.life_r:
                     if not os.read(self.life_r, 1):
                         return 0
@@ -71,10 +80,15 @@ class Zygote:
                     except BlockingIOError:
                         continue
                     *lines, partial = data.split(b"\n")
-                    if not self.learn(lines):
+                    if not self.learn(lines):  # may renew the pair with new imports
                         return 0
+                    self.fork_due()  # a task ended: the CPU it used is free
+                elif key.fileobj == self.task_r:
+                    self.fork_due()  # a task waits, and no pair is there to take it
                 else:
-                    self.service(key.fileobj)  # type: ignore[arg-type]
+                    self.service(key.fileobj, defer=True)  # type: ignore[arg-type]
+            if self.due is not None and time.monotonic() >= self.due:
+                self.fork_due()
 
     def learn(self, lines: list[bytes]) -> bool:
         """Take in the runners' reports; False when this process should end and be
@@ -114,11 +128,14 @@ class Zygote:
     def poll_pairs(self) -> None:
         """Between two long imports: replace a ready pair that took a task meanwhile."""
         for key, _ in self.selector.select(0):
-            if key.fileobj not in (self.life_r, self.learn_r):
+            if key.fileobj == self.task_r:
+                self.fork_due()
+            elif key.fileobj not in (self.life_r, self.learn_r):
                 self.service(key.fileobj)  # type: ignore[arg-type]
 
-    def service(self, sock: socket.socket) -> None:
-        """A ready pair spoke: it took a task (or died): fork the next one."""
+    def service(self, sock: socket.socket, defer: bool = False) -> None:
+        """A ready pair spoke: it took a task (or died): fork the next one, now or when due
+        (then the task pipe is watched meanwhile: a task waiting there brings it forward)."""
         try:
             sock.recv(16)
         except OSError:
@@ -126,7 +143,15 @@ class Zygote:
         self.selector.unregister(sock)
         self.pairs.pop(sock, None)
         sock.close()
-        self.fork_pair()
+        if not defer:
+            self.fork_pair()
+        elif self.due is None and not self.pairs:
+            self.due = time.monotonic() + DEFER
+            self.selector.register(self.task_r, selectors.EVENT_READ)
+
+    def fork_due(self) -> None:
+        if self.due is not None:
+            self.fork_pair()
 
     def renew(self) -> None:
         """Replace the ready pairs by one forked now, with every module imported so far."""
@@ -138,6 +163,9 @@ class Zygote:
             sock.close()
 
     def fork_pair(self) -> None:
+        if self.due is not None:  # forked now: the task pipe is the new pair's to watch
+            self.due = None
+            self.selector.unregister(self.task_r)
         # Everything imported so far lives as long as this process: out of the collector's
         # reach (gc.freeze), a collection in a task does not write to, and so copy, its pages.
         gc.freeze()
@@ -223,9 +251,8 @@ def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, even
             def on_end(imported: list[str]) -> None:
                 _tell(events_w, f"ended {os.getppid()} {paths.root.name}\n")
                 os.close(events_w)  # user code may have started processes: not theirs
-                found = learnable(imported, installed_roots())
-                if found:
-                    _tell(learn_w, report(found).decode())
+                # always a line, names or not: the warm process forks the next pair on it
+                _tell(learn_w, report(learnable(imported, installed_roots())).decode())
 
             runner.become_runner(paths, on_end)
     finally:
