@@ -20,7 +20,7 @@ from ..wire import ambient
 from ..wire.pickling import loads
 from ..wire.serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
 from ..wire.states import State
-from ..wire.taskdir import TaskPaths, read_json
+from ..wire.taskdir import TaskPaths, parse_state, read_json
 from .inplace import update_in_place
 
 
@@ -94,7 +94,7 @@ def load_result(paths: TaskPaths, task_id: str, host: str, *,
                         originals=originals)
     try:
         record = _read(paths.state, default={"state": State.PREPARED, "reason": None},
-                       needs=("state",))
+                       needs=("state",), parse=_state_record)
         result.state, result.reason = record["state"], record.get("reason")
         raised = None
         meta = _read(paths.result, default=None)
@@ -127,7 +127,8 @@ class _Damaged(Exception):
         self.path, self.why = path, why
 
 
-def _read(path: Path, default: Any, needs: tuple[str, ...] = ()) -> Any:
+def _read(path: Path, default: Any, needs: tuple[str, ...] = (),
+          parse: Callable[[bytes], Any] = json.loads) -> Any:
     """A JSON file of the task: `default` when absent, _Damaged when unreadable or without
     the text fields it `needs`."""
     try:
@@ -137,12 +138,20 @@ def _read(path: Path, default: Any, needs: tuple[str, ...] = ()) -> Any:
     except OSError as exc:
         raise _Damaged(path, f"cannot be read ({exc.strerror})") from None
     try:
-        value = json.loads(data)
+        value = parse(data)
     except ValueError:
         raise _Damaged(path, "is not valid JSON (damaged or cut short)") from None
     if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in needs):
         raise _Damaged(path, "does not hold what a task writes there")
     return value
+
+
+def _state_record(data: bytes) -> dict[str, Any]:
+    """The state file's current record (taskdir.parse_state); ValueError when it has none."""
+    record = parse_state(data)
+    if record is None:
+        raise ValueError("no state record")
+    return record
 
 
 def _load(path: Path, failed: dict[str, str], namespace: dict[str, Any] | None,
