@@ -146,12 +146,11 @@ def _read(path: Path, default: Any, needs: tuple[str, ...] = (),
     return value
 
 
-def _state_record(data: bytes) -> dict[str, Any]:
-    """The state file's current record (taskdir.parse_state); ValueError when it has none."""
+def _state_record(data: bytes) -> Any:
+    """The state file's current record (taskdir.parse_state); without one, what the file
+    holds, for `_read` to say what is wrong with it (not JSON, or not a record)."""
     record = parse_state(data)
-    if record is None:
-        raise ValueError("no state record")
-    return record
+    return record if record is not None else json.loads(data)
 
 
 def _load(path: Path, failed: dict[str, str], namespace: dict[str, Any] | None,
