@@ -7,8 +7,9 @@ imported before (learned.py) and never runs user code. The warm process keeps a 
 forked: a supervisor (`rm-ready`) and, under it, a runner (`rm-ready-run`) waiting for a task.
 
 Starting a task is then one write: the agent puts the task's id on the task pipe, the ready
-supervisor reads it, tells the warm process to fork the next pair, hands the task to its
-runner and supervises it exactly as a cold supervisor does. Each task still has a process of
+supervisor reads it, tells the warm process that it did (the next pair is forked once that
+task ends, or sooner when needed: zygote.py), hands the task to its runner and supervises it
+exactly as a cold supervisor does. Each task still has a process of
 its own, forked from one that never ran a cell. This module is the agent's side (`WarmPool`);
 the warm process and its ready pairs are in zygote.py.
 
