@@ -153,8 +153,12 @@ def _state_bytes(paths: TaskPaths) -> bytes:
 
 def read_state(paths: TaskPaths) -> dict[str, Any]:
     """The task's state record: {"state", "history": {state: time}, "reason"}."""
-    return parse_state(_state_bytes(paths)) or \
-        {"state": State.PREPARED, "history": {}, "reason": None}
+    return _record(_state_bytes(paths))
+
+
+def _record(data: bytes) -> dict[str, Any]:
+    """The record in a state file's bytes; a prepared task's when there is none."""
+    return parse_state(data) or {"state": State.PREPARED, "history": {}, "reason": None}
 
 
 def set_state(paths: TaskPaths, state: str, reason: str | None = None,
@@ -163,7 +167,7 @@ def set_state(paths: TaskPaths, state: str, reason: str | None = None,
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
     data = _state_bytes(paths)
-    record = parse_state(data) or {"state": State.PREPARED, "history": {}, "reason": None}
+    record = _record(data)
     record["state"] = state
     record.setdefault("history", {})[state] = when if when is not None else time.time()
     if reason is not None or state in FINAL_STATES:
