@@ -24,7 +24,9 @@ The pipes, and why each exists:
   (which tells the kernel only when the runner died before saying "ended").
 - life pipe (agent -> warm process): never written; its end of file says the agent is gone,
   and the warm process and its ready pairs exit (running tasks go on, as cold ones do).
-- learn pipe (runners -> warm process): the modules a task imported, one line per task.
+- learn pipe (runners -> warm process): the modules a task imported, one line per task; and
+  now and then the memory pages a runner or supervisor wrote, which the next pairs copy
+  ahead while they wait (prefault.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ The next pair is not forked at once: a fork of this process costs milliseconds o
 a small host it would compete with the task that just started. It is forked when a task ends
 (its runner reports to the warm process), when a task waits on the task pipe with no pair to
 take it (so a burst of tasks is never held back), or after DEFER seconds, whichever is first.
+
+A pair forked from this process shares its memory until it writes to it, and each page it
+writes is then copied on a fault: hundreds of pages for any task. While a pair waits, it copies
+ahead the pages that an earlier pair's runner and supervisor reported writing (prefault.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import select
 import selectors
 import signal
 import socket
@@ -26,13 +31,14 @@ import time
 from pathlib import Path
 
 from ..wire.taskdir import TaskPaths, valid_task_id
-from . import runner
+from . import prefault, runner
 from .learned import MAX_NAMES, Learned, installed_roots, learnable, report
 from .proctitle import die_with_parent, set_name
 
 RECORD = 128  # bytes per task record on the task pipe (task ids have at most 64 characters)
 MPLBACKEND = "module://remote_magic.host.mpl_backend"  # what the runner sets, set before imports
 DEFER = 1.0  # seconds at most between a pair taking a task and the next pair's fork
+REPORT_EVERY = 25  # pairs between two reports of the pages a task wrote (prefault.py)
 
 
 class Zygote:
@@ -46,6 +52,9 @@ class Zygote:
         self.pairs: dict[socket.socket, int] = {}  # our end of a ready pair's socket -> pid
         self.dropped = 0  # learned names dropped since this process started, still imported
         self.due: float | None = None  # when the next pair is forked, unless needed sooner
+        self.pages: dict[str, prefault.Ranges] = {}  # "run"/"sup" -> pages to copy ahead
+        self.forks = 0
+        self.report_due = True  # no report yet since this process's imports changed
 
     def run(self, agent: int) -> int:
         set_name("rm-warm")
@@ -80,6 +89,9 @@ class Zygote:
                     except BlockingIOError:
                         continue
                     *lines, partial = data.split(b"\n")
+                    lines = [line for line in lines if not self.take_pages(line)]
+                    if not lines:
+                        continue
                     if not self.learn(lines):  # may renew the pair with new imports
                         return 0
                     self.fork_due()  # a task ended: the CPU it used is free
@@ -89,6 +101,16 @@ class Zygote:
                     self.service(key.fileobj, defer=True)  # type: ignore[arg-type]
             if self.due is not None and time.monotonic() >= self.due:
                 self.fork_due()
+
+    def take_pages(self, line: bytes) -> bool:
+        """Keep a `pages KIND ...` report for the next pairs; False for any other line."""
+        if not line.startswith(b"pages "):
+            return False
+        kind, *words = line.decode(errors="replace").split()[1:]
+        if kind in ("run", "sup"):
+            self.pages[kind] = prefault.decode(words)
+            self.report_due = self.report_due and kind != "run"
+        return True
 
     def learn(self, lines: list[bytes]) -> bool:
         """Take in the runners' reports; False when this process should end and be
@@ -122,6 +144,7 @@ class Zygote:
                 return False
             self.poll_pairs()
         if len(sys.modules) != loaded:
+            self.report_due = True
             self.renew()
         return True
 
@@ -169,6 +192,8 @@ class Zygote:
         # Everything imported so far lives as long as this process: out of the collector's
         # reach (gc.freeze), a collection in a task does not write to, and so copy, its pages.
         gc.freeze()
+        self.forks += 1
+        tell_pages = self.report_due or self.forks % REPORT_EVERY == 0
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
@@ -180,7 +205,7 @@ class Zygote:
                 for fd in (self.life_r, self.learn_r):
                     os.close(fd)
                 code = ready_supervisor(self.tasks_dir, self.task_r, theirs, self.events_w,
-                                        self.learn_w)
+                                        self.learn_w, self.pages, tell_pages)
             finally:
                 os._exit(code)
         theirs.close()
@@ -189,18 +214,21 @@ class Zygote:
 
 
 def ready_supervisor(tasks_dir: Path, task_r: int, zygote: socket.socket, events_w: int,
-                     learn_w: int) -> int:
-    """A supervisor forked ahead of its task, with its runner forked and waiting under it."""
+                     learn_w: int, pages: dict[str, prefault.Ranges], tell_pages: bool) -> int:
+    """A supervisor forked ahead of its task, with its runner forked and waiting under it.
+    While they wait, each copies ahead the pages its task will write (`pages`); with
+    `tell_pages`, each tells the warm process afterwards which pages that were."""
     set_name("rm-ready")
     os.setsid()  # as a cold supervisor: the task outlives the agent
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _ready_runner(go_r, go_w, task_r, zygote, events_w, learn_w)
+        _ready_runner(go_r, go_w, task_r, zygote, events_w, learn_w, pages.get("run"), tell_pages)
     os.close(go_r)
-    os.close(learn_w)
-    task_id = _wait_for_task(task_r, zygote)
+    if not tell_pages:
+        os.close(learn_w)
+    task_id = _wait_for_task(task_r, zygote, pages.get("sup"))
     if task_id is None:  # retired, or the agent is gone: the idle runner ends with us
         os.close(go_w)
         os.waitpid(pid, 0)
@@ -227,11 +255,13 @@ def ready_supervisor(tasks_dir: Path, task_r: int, zygote: socket.socket, events
 
     code = runner.watch(paths, pid, release)
     _tell(events_w, f"done {os.getpid()} {task_id}\n")
+    if tell_pages:
+        _tell(learn_w, prefault.report("sup").decode())
     return code
 
 
 def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, events_w: int,
-                  learn_w: int) -> None:
+                  learn_w: int, pages: prefault.Ranges | None, tell_pages: bool) -> None:
     """The runner of a ready pair: waits for its task's folder, then runs it."""
     code = 0
     try:
@@ -240,6 +270,8 @@ def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, even
         zygote.close()
         for fd in (go_w, task_r):
             os.close(fd)
+        if pages:
+            prefault.populate(pages, lambda: bool(select.select([go_r], [], [], 0)[0]))
         chunks = []
         while chunk := os.read(go_r, 4096):
             chunks.append(chunk)
@@ -251,6 +283,8 @@ def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, even
             def on_end(imported: list[str]) -> None:
                 _tell(events_w, f"ended {os.getppid()} {paths.root.name}\n")
                 os.close(events_w)  # user code may have started processes: not theirs
+                if tell_pages:  # before the line that has the next pair forked
+                    _tell(learn_w, prefault.report("run").decode())
                 # always a line, names or not: the warm process forks the next pair on it
                 _tell(learn_w, report(learnable(imported, installed_roots())).decode())
 
@@ -259,12 +293,16 @@ def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, even
         os._exit(code)
 
 
-def _wait_for_task(task_r: int, zygote: socket.socket) -> str | None:
+def _wait_for_task(task_r: int, zygote: socket.socket,
+                   pages: prefault.Ranges | None = None) -> str | None:
     """The next task id off the pipe; None when this pair is retired or the agent is gone.
-    A task already on the pipe comes first: the agent said it started."""
+    A task already on the pipe comes first: the agent said it started. Meanwhile, `pages`
+    are copied ahead."""
     with selectors.DefaultSelector() as selector:
         selector.register(task_r, selectors.EVENT_READ)
         selector.register(zygote, selectors.EVENT_READ)
+        if pages:
+            prefault.populate(pages, lambda: bool(selector.select(0)))
         while True:
             ready = {key.fileobj for key, _ in selector.select()}
             if task_r in ready:

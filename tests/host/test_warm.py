@@ -140,6 +140,30 @@ def test_a_task_runs_in_the_runner_forked_ahead_and_a_new_pair_replaces_it(home:
         assert len(children(warm)) <= 3
 
 
+def faults(pid: int) -> int:
+    """Minor page faults so far of process `pid` (a page copied ahead counts as one)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_a_ready_pair_copies_ahead_the_pages_the_last_task_wrote(home: Path) -> None:
+    with RemoteExecutor("localhost", rerun=True) as pool:
+        agent = agent_pid()
+        assert wait_for(lambda: ready_pair(agent) is not None, 10)
+        _, supervisor, waiting = ready_pair(agent)  # type: ignore[misc]
+        before = faults(supervisor), faults(waiting)  # the first pair: nothing to copy yet
+        for _ in range(3):  # one task reports its runner's pages, the next its supervisor's
+            pool.submit(os.getpid).result(timeout=30)
+
+        def copied() -> bool:
+            pair = ready_pair(agent)
+            return (pair is not None and faults(pair[1]) > before[0] + 150
+                    and faults(pair[2]) > before[1] + 300)
+
+        assert wait_for(copied, 10), (before, ready_pair(agent))
+        _, _, waiting = ready_pair(agent)  # type: ignore[misc]
+        assert pool.submit(os.getpid).result(timeout=30) == waiting
+
+
 def test_warm_process_and_ready_pair_end_with_the_agent_and_tasks_go_on(home: Path) -> None:
     client = Client()
     done = home / "done"
