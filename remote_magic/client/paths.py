@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -20,22 +21,44 @@ def data_dir() -> Path:
 
     Created private (0700). The kernel unpickles what it keeps there (results copied from a
     host, inputs sent), so one that another user could write is refused, saying what to do.
+    The whole check (every directory above it) runs on first use in this process and again
+    whenever the directory itself is not the one checked (a new inode, owner or mode): it is
+    asked for several times per task.
     """
     override = os.environ.get("REMOTE_MAGIC_HOME")
     if override:
         path = Path(override).expanduser()
         remedy = "Set $REMOTE_MAGIC_HOME to a directory of your own"
     else:
-        import platformdirs
-
-        path = Path(platformdirs.user_data_dir("remote_magic", appauthor=False))
+        path = _user_data_dir(os.environ.get("XDG_DATA_HOME"), os.environ.get("HOME"))
         remedy = "Set $REMOTE_MAGIC_HOME to a directory of your own instead"
+    try:
+        if _checked.get(path) == _identity(os.stat(path)):
+            return path
+    except OSError:  # not there (yet): checked and made below
+        pass
     problem = trust_problem(str(path), create=True)
     if problem is not None:
         raise RemoteMagicError(describe_problem(
             problem, "the directory of remote_magic's task store", remedy))
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _checked[path] = _identity(os.stat(path))
     return path
+
+
+_checked: dict[Path, tuple[int, ...]] = {}  # data directories found trusted -> their identity
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    return info.st_dev, info.st_ino, info.st_mode, info.st_uid
+
+
+@functools.lru_cache(maxsize=4)
+def _user_data_dir(xdg_data_home: str | None, home: str | None) -> Path:
+    """platformdirs' answer, which depends only on these variables (the arguments: the key)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("remote_magic", appauthor=False))
 
 
 def sweep_prepares(root: Path, stale: float = STALE_PREPARE) -> list[str]:

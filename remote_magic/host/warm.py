@@ -7,21 +7,22 @@ imported before (learned.py) and never runs user code. The warm process keeps a 
 forked: a supervisor (`rm-ready`) and, under it, a runner (`rm-ready-run`) waiting for a task.
 
 Starting a task is then one write: the agent puts the task's id on the task pipe, the ready
-supervisor reads it, tells the warm process that it did (the next pair is forked once that
-task ends, or sooner when needed: zygote.py), hands the task to its runner and supervises it
-exactly as a cold supervisor does. Each task still has a process of
-its own, forked from one that never ran a cell. This module is the agent's side (`WarmPool`);
+runner reads it and runs the task; its supervisor hears which task that is, tells the warm
+process (the next pair is forked once that task ends, or sooner when needed: zygote.py) and
+supervises it exactly as a cold supervisor does. Each task still has a process of its own,
+forked from one that never ran a cell. This module is the agent's side (`WarmPool`);
 the warm process and its ready pairs are in zygote.py.
 
 The pipes, and why each exists:
-- task pipe (agent -> ready supervisors): fixed-size records, each written in one atomic
+- task pipe (agent -> ready runners): fixed-size records, each written in one atomic
   write, so several readers never split one; unread records are a queue, and the agent drains
   them and starts those tasks cold when no ready pair took them within WAIT seconds (a warm
   process still importing, or stuck).
-- events pipe (supervisors and runners -> agent): "took PID TASK" when a supervisor took a
-  task, "ended PID TASK" from the runner once the outcome is recorded (the agent tells the
-  kernel at once, while the runner exits), "done PID TASK" from the supervisor at the very end
-  (which tells the kernel only when the runner died before saying "ended").
+- events pipe (supervisors and runners -> agent): "took PID TASK" when a runner took a task
+  (PID is its supervisor's, in all three lines), "ended PID TASK" from the runner once the
+  outcome is recorded (the agent tells the kernel at once, while the runner exits), "done PID
+  TASK" from the supervisor at the very end (which tells the kernel only when the runner died
+  before saying "ended").
 - life pipe (agent -> warm process): never written; its end of file says the agent is gone,
   and the warm process and its ready pairs exit (running tasks go on, as cold ones do).
 - learn pipe (runners -> warm process): the modules a task imported, one line per task; and

@@ -2,9 +2,9 @@
 
 `Zygote` is the warm process: it imports what this host's tasks import (learned.py), never
 runs a cell, and keeps a *ready pair* forked: a supervisor (`rm-ready`) and its runner
-(`rm-ready-run`), both waiting. The supervisor takes the next task id off the task pipe, tells
-the warm process that it did, hands the task to its runner and supervises it as a cold
-supervisor does (runner.watch).
+(`rm-ready-run`), both waiting. The runner takes the next task id off the task pipe, writes
+`pids.json` and runs the task at once; its supervisor hears which task it took (a pipe between
+the two), tells the warm process, and supervises it as a cold supervisor does (runner.watch).
 
 The next pair is not forked at once: a fork of this process costs milliseconds of CPU, and on
 a small host it would compete with the task that just started. It is forked when a task ends
@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..wire.taskdir import TaskPaths, valid_task_id
+from ..wire.taskdir import TaskPaths, valid_task_id, write_json
 from . import prefault, runner
 from .learned import MAX_NAMES, Learned, installed_roots, learnable, report
 from .proctitle import die_with_parent, set_name
@@ -216,93 +216,96 @@ class Zygote:
 def ready_supervisor(tasks_dir: Path, task_r: int, zygote: socket.socket, events_w: int,
                      learn_w: int, pages: dict[str, prefault.Ranges], tell_pages: bool) -> int:
     """A supervisor forked ahead of its task, with its runner forked and waiting under it.
-    While they wait, each copies ahead the pages its task will write (`pages`); with
-    `tell_pages`, each tells the warm process afterwards which pages that were."""
+
+    The runner takes the task off the pipe itself and starts it at once; this process hears
+    which task that was and supervises it as a cold supervisor does, so no hand-over between
+    two processes lies on the task's path. While they wait, each copies ahead the pages its
+    task will write (`pages`); with `tell_pages`, each tells the warm process afterwards which
+    pages that were."""
     set_name("rm-ready")
     os.setsid()  # as a cold supervisor: the task outlives the agent
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    go_r, go_w = os.pipe()
+    took_r, took_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _ready_runner(go_r, go_w, task_r, zygote, events_w, learn_w, pages.get("run"), tell_pages)
-    os.close(go_r)
+        _ready_runner(tasks_dir, took_r, took_w, task_r, zygote, events_w, learn_w,
+                      pages.get("run"), tell_pages)
+    os.close(took_w)
+    os.close(task_r)
     if not tell_pages:
         os.close(learn_w)
-    task_id = _wait_for_task(task_r, zygote, pages.get("sup"))
-    if task_id is None:  # retired, or the agent is gone: the idle runner ends with us
-        os.close(go_w)
+    runner.stop_on_term(pid)  # a kill can find this process once the runner wrote pids.json
+    sup = pages.get("sup")
+    if sup:
+        prefault.populate(sup, lambda: bool(select.select([took_r], [], [], 0)[0]))
+    task_id = _read_all(took_r).decode()
+    if not task_id:  # the runner ended idle: retired, or the agent is gone
         os.waitpid(pid, 0)
         return 0
-    os.close(task_r)
     paths = TaskPaths(tasks_dir / valid_task_id(task_id))
     set_name(f"rm-watch-{task_id[:6]}")
     log = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    _tell(events_w, f"took {os.getpid()} {task_id}\n")
-
-    def release() -> None:
-        # A kill that came before the pids were written only left the cancel file.
-        if not paths.cancel.exists():
-            os.write(go_w, str(paths.root).encode())
-        os.close(go_w)
-        try:  # now that the task runs: the warm process forks the next pair meanwhile
-            zygote.send(b"t")
-        except OSError:
-            pass
-        zygote.close()
-
-    code = runner.watch(paths, pid, release)
+    try:  # the task runs: the warm process forks the next pair when it is due
+        zygote.send(b"t")
+    except OSError:
+        pass
+    zygote.close()
+    code = runner.watch(paths, pid, warm=True)
     _tell(events_w, f"done {os.getpid()} {task_id}\n")
     if tell_pages:
         _tell(learn_w, prefault.report("sup").decode())
     return code
 
 
-def _ready_runner(go_r: int, go_w: int, task_r: int, zygote: socket.socket, events_w: int,
-                  learn_w: int, pages: prefault.Ranges | None, tell_pages: bool) -> None:
-    """The runner of a ready pair: waits for its task's folder, then runs it."""
+def _ready_runner(tasks_dir: Path, took_r: int, took_w: int, task_r: int,
+                  zygote: socket.socket, events_w: int, learn_w: int,
+                  pages: prefault.Ranges | None, tell_pages: bool) -> None:
+    """The runner of a ready pair: takes the next task off the pipe and runs it."""
     code = 0
     try:
         set_name("rm-ready-run")
         os.setpgid(0, 0)
-        zygote.close()
-        for fd in (go_w, task_r):
-            os.close(fd)
+        os.close(took_r)
         if pages:
-            prefault.populate(pages, lambda: bool(select.select([go_r], [], [], 0)[0]))
-        chunks = []
-        while chunk := os.read(go_r, 4096):
-            chunks.append(chunk)
-        os.close(go_r)
-        if chunks:
-            _reseed()
-            paths = TaskPaths(b"".join(chunks).decode())
+            prefault.populate(pages, lambda: bool(select.select([task_r, zygote], [], [], 0)[0]))
+        task_id = _take_task(task_r, zygote)
+        os.close(task_r)
+        zygote.close()
+        if task_id is None:  # retired, or the agent is gone: the supervisor ends with us
+            return
+        os.write(took_w, task_id.encode())  # first: the supervisor must know, whatever happens
+        os.close(took_w)
+        supervisor = os.getppid()
+        _tell(events_w, f"took {supervisor} {task_id}\n")
+        paths = TaskPaths(tasks_dir / valid_task_id(task_id))
+        write_json(paths.pids, {"supervisor": supervisor, "runner": os.getpid()})
+        if paths.cancel.exists():  # a kill that came before the pids only left this file
+            return
+        _reseed()
 
-            def on_end(imported: list[str]) -> None:
-                _tell(events_w, f"ended {os.getppid()} {paths.root.name}\n")
-                os.close(events_w)  # user code may have started processes: not theirs
-                if tell_pages:  # before the line that has the next pair forked
-                    _tell(learn_w, prefault.report("run").decode())
-                # always a line, names or not: the warm process forks the next pair on it
-                _tell(learn_w, report(learnable(imported, installed_roots())).decode())
+        def on_end(imported: list[str]) -> None:
+            _tell(events_w, f"ended {supervisor} {task_id}\n")
+            os.close(events_w)  # user code may have started processes: not theirs
+            if tell_pages:  # before the line that has the next pair forked
+                _tell(learn_w, prefault.report("run").decode())
+            # always a line, names or not: the warm process forks the next pair on it
+            _tell(learn_w, report(learnable(imported, installed_roots())).decode())
 
-            runner.become_runner(paths, on_end)
+        runner.become_runner(paths, on_end)
     finally:
         os._exit(code)
 
 
-def _wait_for_task(task_r: int, zygote: socket.socket,
-                   pages: prefault.Ranges | None = None) -> str | None:
-    """The next task id off the pipe; None when this pair is retired or the agent is gone.
-    A task already on the pipe comes first: the agent said it started. Meanwhile, `pages`
-    are copied ahead."""
+def _take_task(task_r: int, zygote: socket.socket) -> str | None:
+    """The next task id off the pipe; None when this pair is retired or the agent is gone
+    (end of file on the socket to the warm process). A task already on the pipe comes first:
+    the agent said it started."""
     with selectors.DefaultSelector() as selector:
         selector.register(task_r, selectors.EVENT_READ)
         selector.register(zygote, selectors.EVENT_READ)
-        if pages:
-            prefault.populate(pages, lambda: bool(selector.select(0)))
         while True:
             ready = {key.fileobj for key, _ in selector.select()}
             if task_r in ready:
@@ -314,6 +317,14 @@ def _wait_for_task(task_r: int, zygote: socket.socket,
                     return record.decode().strip() or None
             if zygote in ready:
                 return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
 
 
 def _reseed() -> None:
