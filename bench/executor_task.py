@@ -82,6 +82,31 @@ def theirs(n: int, many: int) -> tuple[list[float], float]:
     return one, burst
 
 
+FORK_FLOOR = """
+import gc, os, sys, time
+import remote_magic.host.runner, remote_magic.host.zygote  # what a warm process holds at least
+gc.freeze()
+start = time.perf_counter()
+for _ in range(200):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print((time.perf_counter() - start) / 200)
+"""
+
+
+def fork_floor() -> float:
+    """Seconds for one fork, exit and reaping of a process the size of a bare warm process.
+    Each task of ours is two such processes (its supervisor and its runner): on a virtual
+    machine, where a fork costs milliseconds, that bounds the throughput."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FORK_FLOOR], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=50, help="calls timed one at a time")
@@ -89,6 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     peer_one, peer_burst = theirs(args.n, args.many)
     our_one, our_burst = ours(args.n, args.many)
+    fork = fork_floor()
     peer_ms, our_ms = (statistics.median(t) * 1000 for t in (peer_one, our_one))
     peer_rate, our_rate = args.many / peer_burst, args.many / our_burst
     cores = os.cpu_count()
@@ -100,6 +126,8 @@ def main() -> None:
           f"  = {our_ms / peer_ms:.1f}x ipyparallel")
     print(f"  throughput: ipyparallel {peer_rate:6.0f} tasks/s, ours {our_rate:6.0f} tasks/s"
           f"  = {our_rate / peer_rate:.2f}x")
+    print(f"  floor: one fork+exit of a warm-sized process {fork * 1000:.2f} ms; two per task "
+          f"on {cores} cores cap ours at {cores / (2 * fork):.0f} tasks/s before any work")
 
 
 if __name__ == "__main__":
