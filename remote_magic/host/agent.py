@@ -331,20 +331,26 @@ class Agent:
                 outcome[task_id] = self.batch.cancel(paths, record)
                 continue
             paths.cancel.touch()
-            pids = read_json(paths.pids)
-            supervisor = pids["supervisor"] if pids else self._child_of(task_id)
-            if supervisor is not None and pid_alive(supervisor):
-                os.kill(supervisor, signal.SIGTERM)
+            target = self._stop_target(task_id, read_json(paths.pids))
+            if target is not None and pid_alive(abs(target)):
+                os.kill(target, signal.SIGTERM)
                 outcome[task_id] = "cancelling"
             else:
                 runner.settle(paths, read_exitcode(paths))
                 outcome[task_id] = read_state(paths)["state"]
         return outcome
 
-    def _child_of(self, task_id: str) -> int | None:
+    def _stop_target(self, task_id: str, pids: dict[str, Any] | None) -> int | None:
+        """Whom a cancel's SIGTERM goes to: a cold task's supervisor (which stops its
+        runner's process group, then kills it after a grace period), or the process group
+        (negative) of a warm runner, whose keeper supervises many (keeper.py)."""
+        if pids:
+            return -pids["runner"] if pids.get("keeper") else pids["supervisor"]
         cold = next((pid for pid, task in self.children.items() if task == task_id), None)
-        return cold if cold is not None or self.warm is None else \
-            self.warm.supervisor_of(task_id)
+        if cold is not None or self.warm is None:
+            return cold
+        warm = self.warm.runner_of(task_id)  # took its task, has not written pids.json yet
+        return None if warm is None else -warm
 
     def op_purge(self, tasks: list[str], force: bool = False) -> dict[str, str]:
         outcome = {}

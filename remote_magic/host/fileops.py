@@ -360,7 +360,10 @@ def _let_supervisor_finish(paths: TaskPaths) -> None:
             record.get("host") != socket.gethostname():
         return
     deadline = time.monotonic() + SUPERVISOR_WAIT
-    while pid_alive(pids["supervisor"]) and time.monotonic() < deadline:
+    # a keeper supervises many tasks and stays: it is done with this one once the exit code
+    # is written (its last write), a task's own supervisor once it has exited
+    while pid_alive(pids["supervisor"]) and time.monotonic() < deadline and not (
+            pids.get("keeper") and paths.exitcode.exists()):
         time.sleep(0.005)
 
 

@@ -1,15 +1,15 @@
-"""Copy ahead, in a ready pair, the memory pages its task will write (Linux).
+"""Copy ahead, in a ready runner, the memory pages its task will write (Linux).
 
 A process forked from the warm process shares its memory until it writes to it; then every
 page it writes is copied, one fault at a time. A trivial task's runner takes about 650 such
-faults and its supervisor about 280, and on a virtual machine each costs microseconds: a few
-milliseconds on the task's path. The pages are nearly the same from task to task (the
-runner's own code, the interpreter's objects), and sibling processes forked from one warm
-process lay out their memory alike. So a runner (or supervisor) that has just finished lists
-the pages it holds alone (`/proc/self/pagemap`: present and mapped by it only) and reports
-them to the warm process; the next ready pair, while it waits for a task, copies those pages
-ahead (`madvise(MADV_POPULATE_WRITE)`, or on a kernel older than 5.14 a write of each
-page's first byte to itself), a few at a time, and stops as soon as its task arrives.
+faults, and on a virtual machine each costs microseconds: a few milliseconds on the task's
+path. The pages are nearly the same from task to task (the runner's own code, the
+interpreter's objects), and sibling processes forked from one process lay out their memory
+alike. So a runner that has just finished lists the pages it holds alone
+(`/proc/self/pagemap`: present and mapped by it only) and reports them to its keeper; the
+next ready runner, while it waits for a task, copies those pages ahead
+(`madvise(MADV_POPULATE_WRITE)`, or on a kernel older than 5.14 a write of each page's first
+byte to itself), a few at a time, and stops as soon as its task arrives.
 
 Everything here is best effort: an address that is not writable memory of this process is
 skipped, any error means no prefault, and elsewhere than Linux nothing happens.
@@ -96,7 +96,7 @@ def decode(words: list[str]) -> Ranges:
 
 
 def report(kind: str) -> bytes:
-    """The line a finished runner or supervisor sends the warm process: `pages KIND ...`."""
+    """The line a finished runner sends its keeper: `pages KIND ...`."""
     if not sys.platform.startswith("linux"):
         return b""
     try:

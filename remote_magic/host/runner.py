@@ -86,14 +86,18 @@ def become_runner(paths: TaskPaths, on_end: Callable[[list[str]], None] | None =
         os._exit(code)
 
 
-def watch(paths: TaskPaths, pid: int, warm: bool = False) -> int:
+def watch(paths: TaskPaths, pid: int) -> int:
     """In the supervisor: wait for the runner `pid`, beating the heartbeat, and record its
-    outcome whatever it was. A SIGTERM (cancel) stops the runner's whole process group.
-    A `warm` runner took its task itself: it wrote pids.json, and its supervisor was made
-    ready for a SIGTERM (stop_on_term) before that."""
-    if not warm:
-        stop_on_term(pid)
-        write_json(paths.pids, {"supervisor": os.getpid(), "runner": pid})
+    outcome whatever it was. A SIGTERM (cancel) stops the runner's whole process group."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        signal_group(pid, signal.SIGTERM)
+        timer = threading.Timer(KILL_GRACE, signal_group, (pid, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    write_json(paths.pids, {"supervisor": os.getpid(), "runner": pid})
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(paths, stop), daemon=True)
     beat.start()
@@ -103,19 +107,6 @@ def watch(paths: TaskPaths, pid: int, warm: bool = False) -> int:
     write_atomic(paths.exitcode, f"{code}\n")
     settle(paths, code)
     return 0 if code >= 0 else 128 - code
-
-
-def stop_on_term(pid: int) -> None:
-    """Have a SIGTERM to this supervisor (a cancel) stop the process group of runner `pid`,
-    and kill it KILL_GRACE seconds later if it is still there."""
-
-    def on_term(signum: int, frame: Any) -> None:
-        _signal_group(pid, signal.SIGTERM)
-        timer = threading.Timer(KILL_GRACE, _signal_group, (pid, signal.SIGKILL))
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, on_term)
 
 
 def settle(paths: TaskPaths, code: int | None) -> dict[str, Any]:
@@ -141,7 +132,8 @@ def _signal_name(signum: int) -> str:
         return str(signum)
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal process group `pgid`, if it is still there."""
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):

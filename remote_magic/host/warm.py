@@ -3,31 +3,29 @@
 Starting a task cold costs two forks (agent -> supervisor -> runner) and every import the cell
 makes; with scikit-learn loaded, one fork alone costs several milliseconds. So the agent keeps
 a *warm process* (`rm-warm`), forked from itself, that imports the modules this host's tasks
-imported before (learned.py) and never runs user code. The warm process keeps a *ready pair*
-forked: a supervisor (`rm-ready`) and, under it, a runner (`rm-ready-run`) waiting for a task.
+imported before (learned.py) and never runs user code. The warm process forks a *keeper*
+(`rm-keeper`, keeper.py): one supervisor for all the runners forked from it, which keeps a
+runner (`rm-ready-run`) forked and waiting for a task.
 
 Starting a task is then one write: the agent puts the task's id on the task pipe, the ready
-runner reads it and runs the task; its supervisor hears which task that is, tells the warm
-process (the next pair is forked once that task ends, or sooner when needed: zygote.py) and
-supervises it exactly as a cold supervisor does. Each task still has a process of its own,
-forked from one that never ran a cell. This module is the agent's side (`WarmPool`);
-the warm process and its ready pairs are in zygote.py.
+runner reads it, tells its keeper and runs the task; the keeper forks the next runner once
+that task ends (or sooner when needed) and supervises the task exactly as a cold supervisor
+does. Each task still has a process of its own, forked from one that never ran a cell. This
+module is the agent's side (`WarmPool`); the warm process is in zygote.py.
 
 The pipes, and why each exists:
 - task pipe (agent -> ready runners): fixed-size records, each written in one atomic
   write, so several readers never split one; unread records are a queue, and the agent drains
-  them and starts those tasks cold when no ready pair took them within WAIT seconds (a warm
-  process still importing, or stuck).
-- events pipe (supervisors and runners -> agent): "took PID TASK" when a runner took a task
-  (PID is its supervisor's, in all three lines), "ended PID TASK" from the runner once the
-  outcome is recorded (the agent tells the kernel at once, while the runner exits), "done PID
-  TASK" from the supervisor at the very end (which tells the kernel only when the runner died
-  before saying "ended").
+  them and starts those tasks cold when no runner took them within WAIT seconds (a keeper
+  stuck, or gone).
+- events pipe (runners and keepers -> agent): "took PID TASK" when a runner took a task (PID
+  is the runner's, in all three lines), "ended PID TASK" from the runner once the outcome is
+  recorded (the agent tells the kernel at once, while the runner exits), "done PID TASK" from
+  the keeper at the very end (which tells the kernel only when the runner died before saying
+  "ended").
 - life pipe (agent -> warm process): never written; its end of file says the agent is gone,
-  and the warm process and its ready pairs exit (running tasks go on, as cold ones do).
-- learn pipe (runners -> warm process): the modules a task imported, one line per task; and
-  now and then the memory pages a runner or supervisor wrote, which the next pairs copy
-  ahead while they wait (prefault.py).
+  and the warm process exits; its keeper then sees its running tasks to the end and exits.
+- learn pipe (runners -> warm process): the modules a task imported, one line per task.
 """
 
 from __future__ import annotations
@@ -56,8 +54,8 @@ class WarmPool:
         self.pid: int | None = None
         self._life_w: int | None = None
         self._ended: list[float] = []
-        self.offered: dict[str, float] = {}  # task -> when, until a supervisor takes it
-        self.took: dict[int, str] = {}  # supervisor pid -> task, until it is done
+        self.offered: dict[str, float] = {}  # task -> when, until a runner takes it
+        self.took: dict[int, str] = {}  # runner pid -> task, until its keeper is done with it
         self._told: set[str] = set()  # tasks whose end the kernel heard before "done"
         self._partial = b""
 
@@ -105,7 +103,7 @@ class WarmPool:
         return True
 
     def events(self) -> list[str]:
-        """Read what the supervisors said; returns the tasks that ended."""
+        """Read what the runners and keepers said; returns the tasks that ended."""
         try:
             data = os.read(self.events_r, 1 << 16)
         except BlockingIOError:
@@ -144,7 +142,7 @@ class WarmPool:
             except BlockingIOError:
                 break
             back.append(record.decode().strip())
-        # what was not on the pipe any more was taken, and its supervisor will say so
+        # what was not on the pipe any more was taken, and its runner will say so
         self.offered = {t: w for t, w in self.offered.items() if now - w <= WAIT}
         for task in back:
             self.offered.pop(task, None)
@@ -154,5 +152,5 @@ class WarmPool:
         """How long the agent may wait for a request before checking on offered tasks."""
         return WAIT / 2 if self.offered else None
 
-    def supervisor_of(self, task_id: str) -> int | None:
+    def runner_of(self, task_id: str) -> int | None:
         return next((pid for pid, task in self.took.items() if task == task_id), None)

@@ -129,10 +129,35 @@ def test_a_run_that_replaces_an_ended_one_waits_for_its_supervisor(agent: Any) -
     # a stand-in for the supervisor, still finishing (not our child: nothing here reaps it)
     lingering = int(subprocess.run(["sh", "-c", "sleep 1 & echo $!"], capture_output=True,
                                    text=True, check=True).stdout)
-    write_json(paths.pids, {**read_json(paths.pids), "supervisor": lingering})
+    pids = {k: v for k, v in read_json(paths.pids).items() if k != "keeper"}  # a cold one's
+    write_json(paths.pids, {**pids, "supervisor": lingering})
     paths.result.unlink()  # its results gone: staging the task again replaces the directory
     agent.call("stage", {"task": TASK, "files": [], "commit": True})
     assert not pid_alive(lingering)
+
+
+@pytest.mark.parametrize("exitcode", [True, False])
+def test_a_run_that_replaces_an_ended_one_waits_for_its_keeper(agent: Any,
+                                                              exitcode: bool) -> None:
+    """A warm task's keeper supervises many and stays: it is done with a task once the exit
+    code is written (its last write), and only until then does a new run wait for it."""
+    import subprocess
+
+    from remote_magic.host.fileops import pid_alive
+    from remote_magic.wire.taskdir import read_json
+
+    paths = stage(agent, "out = 1")
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"completed"})
+    assert wait_for(lambda: paths.exitcode.exists(), 5)
+    if not exitcode:
+        paths.exitcode.unlink()
+    lingering = int(subprocess.run(["sh", "-c", "sleep 1 & echo $!"], capture_output=True,
+                                   text=True, check=True).stdout)
+    write_json(paths.pids, {**read_json(paths.pids), "supervisor": lingering, "keeper": True})
+    paths.result.unlink()
+    agent.call("stage", {"task": TASK, "files": [], "commit": True})
+    assert pid_alive(lingering) == exitcode
 
 
 def test_a_whole_task_is_staged_and_started_in_one_request(agent: Any,

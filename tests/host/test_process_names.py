@@ -25,7 +25,7 @@ def parent(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
-def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
+def test_keeper_and_runner_have_names_of_their_own(home: Path) -> None:
     client = Client()
     try:
         options = TaskOptions(nowait=True)
@@ -34,9 +34,10 @@ def test_supervisor_and_runner_have_names_of_their_own(home: Path) -> None:
         paths = TaskPaths(record.remote_dir)
         assert wait_for(lambda: read_json(paths.pids) is not None, 10)
         pids = read_json(paths.pids)
-        assert wait_for(lambda: comm(pids["supervisor"]) == f"rm-watch-{record.id[:6]}", 10)
+        assert pids["keeper"] and comm(pids["supervisor"]) == "rm-keeper"
         assert wait_for(lambda: comm(pids["runner"]) == f"rm-task-{record.id[:7]}", 10)
-        warm = parent(pids["supervisor"])  # forked ready by the warm process (warm.py)
+        assert parent(pids["runner"]) == pids["supervisor"]
+        warm = parent(pids["supervisor"])  # the keeper: forked by the warm process (warm.py)
         assert comm(warm) == "rm-warm"
         assert comm(parent(warm)) == "rm-agent"
         client.kill([record])
