@@ -98,8 +98,8 @@ print((time.perf_counter() - start) / 200)
 
 def fork_floor() -> float:
     """Seconds for one fork, exit and reaping of a process the size of a bare warm process.
-    Each task of ours is two such processes (its supervisor and its runner): on a virtual
-    machine, where a fork costs milliseconds, that bounds the throughput."""
+    Each task of ours is one such process (its runner, forked by the keeper): on a virtual
+    machine, where a fork costs a millisecond or more, that bounds the throughput."""
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", FORK_FLOOR], capture_output=True, text=True,
@@ -126,8 +126,8 @@ def main() -> None:
           f"  = {our_ms / peer_ms:.1f}x ipyparallel")
     print(f"  throughput: ipyparallel {peer_rate:6.0f} tasks/s, ours {our_rate:6.0f} tasks/s"
           f"  = {our_rate / peer_rate:.2f}x")
-    print(f"  floor: one fork+exit of a warm-sized process {fork * 1000:.2f} ms; two per task "
-          f"on {cores} cores cap ours at {cores / (2 * fork):.0f} tasks/s before any work")
+    print(f"  floor: one fork+exit of a warm-sized process {fork * 1000:.2f} ms; one per task "
+          f"on {cores} cores caps ours at {cores / fork:.0f} tasks/s before any work")
 
 
 if __name__ == "__main__":
