@@ -142,7 +142,7 @@ class Keeper:
         """A runner spoke: it took a task, reported pages, or ended (end of file)."""
         try:
             data = sock.recv(1 << 16)
-        except OSError:
+        except OSError:  # a reset, or nothing left to read from an ended runner
             data = b""
         if not data:
             self.drop(sock)
@@ -184,6 +184,10 @@ class Keeper:
                 return
             if pid == 0:
                 return
+            if pid not in self.running:  # a quick task: its "took" may still be unread
+                sock = next((s for s, p in self.idle.items() if p == pid), None)
+                if sock is not None:
+                    self.catch_up(sock)
             task = self.running.pop(pid, None)
             if task is not None:
                 self.finish(pid, task, os.waitstatus_to_exitcode(status))
@@ -198,12 +202,14 @@ class Keeper:
         except OSError:  # its folder is gone (purged): nothing to record
             pass
         if task.sock in self.buffers:  # a page report still unread comes first
-            try:
-                task.sock.setblocking(False)
-                self.hear(task.sock)
-            except OSError:
-                pass
+            self.catch_up(task.sock)
         tell(self.events_w, f"done {pid} {task.task_id}\n")
+
+    def catch_up(self, sock: socket.socket) -> None:
+        """Read what an ended runner said and we have not read yet (its socket is then
+        dropped: nothing more will come)."""
+        sock.setblocking(False)
+        self.hear(sock)
 
     def beat(self, now: float) -> None:
         """Heartbeats of the tasks running for a while, and SIGKILL for a cancelled one that

@@ -397,3 +397,50 @@ def test_the_agent_hears_each_end_once_and_skips_lines_it_cannot_read(tmp_path: 
     finally:
         for fd in (pool.task_r, pool.task_w, pool.events_r, pool.events_w):
             os.close(fd)
+
+
+def test_a_runner_that_ended_before_its_keeper_read_took_is_still_recorded(
+        tmp_path: Path) -> None:
+    """A quick task can end, and its runner be reaped, before the keeper has read the line in
+    which that runner said it took the task: the keeper reads it then, and records the end."""
+    import pickle
+    import selectors
+    import socket
+
+    from remote_magic.host.keeper import Keeper
+    from remote_magic.wire.states import State
+    from remote_magic.wire.taskdir import set_state
+
+    task = "ab" * 8
+    paths = TaskPaths(tmp_path / task)
+    paths.root.mkdir()
+    set_state(paths, State.COMPLETED)  # what the runner wrote before it exited
+    events_r, events_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a process of its own: the keeper reaps any child of the process it runs in
+        try:
+            ours, theirs = socket.socketpair()
+            runner = os.fork()
+            if runner == 0:
+                theirs.sendall(f"took {task}\n".encode())
+                os._exit(0)
+            while not os.waitid(os.P_PID, runner, os.WEXITED | os.WNOWAIT):
+                pass  # ended, not reaped yet
+            keeper = Keeper(tmp_path, os.open(os.devnull, os.O_RDONLY), events_w, events_w,
+                            theirs)
+            keeper.retired = True  # it forks no runner here
+            keeper.wake_r, _ = os.pipe()
+            os.set_blocking(keeper.wake_r, False)
+            keeper.selector = selectors.DefaultSelector()
+            keeper.selector.register(ours, selectors.EVENT_READ)
+            keeper.idle[ours], keeper.buffers[ours] = runner, b""
+            keeper.reap()
+            os.write(out_w, pickle.dumps((runner, keeper.running, keeper.idle)))
+        finally:
+            os._exit(0)
+    os.close(out_w)
+    runner, running, idle = pickle.loads(os.read(out_r, 1 << 16))
+    os.waitpid(pid, 0)
+    assert read_exitcode(paths) == 0 and not running and not idle
+    assert os.read(events_r, 1 << 16).decode() == f"done {runner} {task}\n"
