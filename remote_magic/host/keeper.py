@@ -193,12 +193,13 @@ class Keeper:
                 self.finish(pid, task, os.waitstatus_to_exitcode(status))
                 self.fork_due()  # the CPU the task used is free
 
-    def finish(self, pid: int, task: Running, code: int) -> None:
+    def finish(self, pid: int, task: Running, code: int | None) -> None:
         """What a cold supervisor does when its runner ends: the final state, then the exit
         code (last: once it is there, nothing here writes to the task's folder again)."""
         try:
             runner.settle(task.paths, code)
-            write_atomic(task.paths.exitcode, f"{code}\n")
+            if code is not None:
+                write_atomic(task.paths.exitcode, f"{code}\n")
         except OSError:  # its folder is gone (purged): nothing to record
             pass
         if task.sock in self.buffers:  # a page report still unread comes first
@@ -213,8 +214,18 @@ class Keeper:
 
     def beat(self, now: float) -> None:
         """Heartbeats of the tasks running for a while, and SIGKILL for a cancelled one that
-        is still there KILL_GRACE seconds on."""
-        for pid, task in self.running.items():
+        is still there KILL_GRACE seconds on; a task whose runner is gone unnoticed is
+        finished here rather than waited for (the keeper would never end)."""
+        for pid, task in list(self.running.items()):
+            try:  # ended and not yet reaped, or (a safety net) reaped unnoticed
+                ended, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                ended, status = pid, None
+            if ended:
+                del self.running[pid]
+                self.finish(pid, task, None if status is None else
+                            os.waitstatus_to_exitcode(status))
+                continue
             if now - task.started >= HEARTBEAT_INTERVAL:
                 try:
                     task.paths.heartbeat.touch()

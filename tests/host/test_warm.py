@@ -138,7 +138,7 @@ def test_a_task_runs_in_the_runner_forked_ahead_and_a_new_pair_replaces_it(home:
         # every ended runner is reaped by the keeper: nothing under either is a zombie
         assert wait_for(lambda: all(state_of(p) != "Z"
                                     for p in children(warm) + children(keeper)), 10)
-        assert children(warm) == [keeper] and len(children(keeper)) == 1
+        assert wait_for(lambda: children(warm) == [keeper] and len(children(keeper)) == 1, 10)
 
 
 def faults(pid: int) -> int:
@@ -444,3 +444,28 @@ def test_a_runner_that_ended_before_its_keeper_read_took_is_still_recorded(
     os.waitpid(pid, 0)
     assert read_exitcode(paths) == 0 and not running and not idle
     assert os.read(events_r, 1 << 16).decode() == f"done {runner} {task}\n"
+
+
+def test_a_keeper_never_waits_for_a_runner_that_is_not_its_child(tmp_path: Path) -> None:
+    """A safety net: a running task whose runner the keeper cannot wait for (reaped unnoticed)
+    is finished on the next heartbeat tick, so the keeper still ends when it should."""
+    import socket
+    import time
+
+    from remote_magic.host.keeper import Keeper, Running
+    from remote_magic.wire.states import State
+    from remote_magic.wire.taskdir import set_state
+
+    task = "cd" * 8
+    paths = TaskPaths(tmp_path / task)
+    paths.root.mkdir()
+    set_state(paths, State.RUNNING)
+    events_r, events_w = os.pipe()
+    ours, theirs = socket.socketpair()
+    keeper = Keeper(tmp_path, os.open(os.devnull, os.O_RDONLY), events_w, events_w, theirs)
+    stranger = os.getppid()  # alive, and not a child of this process
+    keeper.running[stranger] = Running(task, paths, ours)
+    keeper.beat(time.monotonic())
+    assert not keeper.running
+    assert os.read(events_r, 1 << 16).decode() == f"done {stranger} {task}\n"
+    assert read_state(paths)["state"] == "failed"
