@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from .zygote import RECORD, Zygote
+from .keeper import RECORD
+from .zygote import Zygote
 
 WAIT = 0.5  # seconds a task may wait on the task pipe before the agent starts it cold
 RESTARTS = 5  # warm processes that may end within RESTART_WINDOW before the agent gives up

@@ -19,11 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
-from .keeper import RECORD, Keeper
+from .keeper import Keeper
 from .learned import MAX_NAMES, Learned, installed_roots
 from .proctitle import die_with_parent, set_name
 
-__all__ = ["RECORD", "Zygote", "max_fd"]
 MPLBACKEND = "module://remote_magic.host.mpl_backend"  # what the runner sets, set before imports
 
 
