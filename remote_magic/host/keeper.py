@@ -140,6 +140,8 @@ class Keeper:
 
     def hear(self, sock: socket.socket) -> None:
         """A runner spoke: it took a task, reported pages, or ended (end of file)."""
+        if sock not in self.buffers:  # dropped since select() named it (a catch-up read it)
+            return
         try:
             data = sock.recv(1 << 16)
         except OSError:  # a reset, or nothing left to read from an ended runner

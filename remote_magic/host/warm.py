@@ -59,6 +59,7 @@ class WarmPool:
         self.took: dict[int, str] = {}  # runner pid -> task, until its keeper is done with it
         self._told: set[str] = set()  # tasks whose end the kernel heard before "done"
         self._partial = b""
+        self._last_took = 0.0  # when a runner last took a task: a queue that moves is not stuck
 
     def start(self) -> bool:
         """Fork the warm process, unless too many ended lately (then tasks start cold)."""
@@ -121,6 +122,7 @@ class WarmPool:
             if kind == "took":
                 self.offered.pop(task, None)
                 self.took[pid] = task
+                self._last_took = time.monotonic()
             elif kind == "ended":
                 self._told.add(task)
                 ended.append(task)
@@ -132,9 +134,12 @@ class WarmPool:
         return ended
 
     def overdue(self) -> list[str]:
-        """Tasks that waited too long for a ready pair, taken back off the task pipe."""
+        """Tasks taken back off the task pipe because the runners stopped taking them: one
+        waited over WAIT seconds and no runner took any task meanwhile. A burst only queues
+        them (starting them cold then would cost two more forks each on a busy host)."""
         now = time.monotonic()
-        if not any(now - when > WAIT for when in self.offered.values()):
+        if now - self._last_took <= WAIT or \
+                not any(now - when > WAIT for when in self.offered.values()):
             return []
         back = []
         while True:
