@@ -36,8 +36,35 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
     return times
 
 
-def ours(n: int, many: int) -> tuple[list[float], float]:
-    """One call's latency (n times), and the seconds `many` calls take submitted at once."""
+def busy_seconds() -> float:
+    """CPU seconds this machine spent busy since boot, all cores (Linux /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds of our host-side processes so far, by role: a keeper's figure includes the
+    runners it forked and reaped, the agent's the warm processes and cold tasks it reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roles = {"agent": 0.0, "keeper": 0.0, "runners": 0.0}
+    for entry in Path("/proc").iterdir():
+        try:
+            comm = (entry / "comm").read_text().strip()
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own, reaped = (int(stat[11]) + int(stat[12])) / tick, (int(stat[13]) + int(stat[14])) / tick
+        if comm == "rm-agent":
+            roles["agent"] += own + reaped
+        elif comm == "rm-keeper":
+            roles["keeper"] += own
+            roles["runners"] += reaped
+    return roles
+
+
+def ours(n: int, many: int) -> tuple[list[float], float, float, dict[str, float]]:
+    """One call's latency (n times), and the seconds `many` calls take submitted at once, with
+    the machine's CPU seconds they took and our processes' share by role."""
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:  # where a notebook's work is
         root = Path(tmp)
         (root / "hosts.yaml").write_text(f"hosts:\n  localhost:\n    workdir: {root / 'w'}\n")
@@ -51,16 +78,22 @@ def ours(n: int, many: int) -> tuple[list[float], float]:
             for _ in range(3):  # warm: the agent starts once per process
                 pool.submit(noop).result(timeout=60)
             one = timed(lambda: pool.submit(noop).result(timeout=60), n)
+            time.sleep(1)  # the last calls' processes have ended
+            roles, caller, busy = cpu_by_role(), sum(os.times()[:2]), busy_seconds()
             start = time.perf_counter()
             futures = [pool.submit(noop) for _ in range(many)]
             for future in futures:
                 future.result(timeout=600)
             burst = time.perf_counter() - start
+            time.sleep(0.2)  # the last runner is reaped
+            busy = busy_seconds() - busy
+            roles = {k: v - roles[k] for k, v in cpu_by_role().items()}
+            roles["caller"] = sum(os.times()[:2]) - caller
         get_client().close()
-    return one, burst
+    return one, burst, busy, roles
 
 
-def theirs(n: int, many: int) -> tuple[list[float], float]:
+def theirs(n: int, many: int) -> tuple[list[float], float, float]:
     import ipyparallel as ipp
 
     cluster = ipp.Cluster(n=2, log_level=40)  # as many engines as this machine has cores
@@ -71,15 +104,17 @@ def theirs(n: int, many: int) -> tuple[list[float], float]:
         for _ in range(10):
             view.apply_sync(noop)
         one = timed(lambda: view.apply_sync(noop), n)
+        busy = busy_seconds()
         start = time.perf_counter()
         results = [view.apply_async(noop) for _ in range(many)]
         for result in results:
             result.get(timeout=600)
         burst = time.perf_counter() - start
+        busy = busy_seconds() - busy
     finally:
         client.close()
         cluster.stop_cluster_sync()
-    return one, burst
+    return one, burst, busy
 
 
 FORK_FLOOR = """
@@ -112,8 +147,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50, help="calls timed one at a time")
     parser.add_argument("--many", type=int, default=300, help="calls submitted at once")
     args = parser.parse_args()
-    peer_one, peer_burst = theirs(args.n, args.many)
-    our_one, our_burst = ours(args.n, args.many)
+    peer_one, peer_burst, peer_busy = theirs(args.n, args.many)
+    our_one, our_burst, our_busy, roles = ours(args.n, args.many)
     fork = fork_floor()
     peer_ms, our_ms = (statistics.median(t) * 1000 for t in (peer_one, our_one))
     peer_rate, our_rate = args.many / peer_burst, args.many / our_burst
@@ -126,6 +161,12 @@ def main() -> None:
           f"  = {our_ms / peer_ms:.1f}x ipyparallel")
     print(f"  throughput: ipyparallel {peer_rate:6.0f} tasks/s, ours {our_rate:6.0f} tasks/s"
           f"  = {our_rate / peer_rate:.2f}x")
+    per_task = {k: v / args.many * 1000 for k, v in roles.items()}
+    peer_cpu = peer_busy / args.many * 1000
+    print(f"  machine CPU per task in the burst: ipyparallel {peer_cpu:.1f} ms, "
+          f"ours {our_busy / args.many * 1000:.1f} ms (runners {per_task['runners']:.1f}, "
+          f"caller {per_task['caller']:.1f}, agent {per_task['agent']:.1f}, "
+          f"keeper {per_task['keeper']:.1f})")
     print(f"  floor: one fork+exit of a warm-sized process {fork * 1000:.2f} ms; one per task "
           f"on {cores} cores caps ours at {cores / fork:.0f} tasks/s before any work")
 
