@@ -17,10 +17,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config.hosts import Config, HostConfig, load_config
+from ..config.hosts import Config, HostConfig, job_resources, load_config
 from ..errors import RemoteMagicError, TaskNotFoundError
 from ..wire.states import State
 from ..wire.taskdir import TaskPaths
+from . import allocations
 from .files import limit_bytes, plan_return
 from .prepare import PreparedTask, commit
 from .results import TaskResult, load_result
@@ -59,7 +60,19 @@ class Client:
         return load_config(self._config_path)
 
     def host(self, name: str | None = None) -> HostConfig:
-        return self.config().host(name)
+        """A host of the hosts file, or the one an allocation's name stands for."""
+        config = self.config()
+        if name is not None and name not in config.hosts:
+            found = allocations.host_config(config, name)
+            if found is not None:
+                return found
+        return config.host(name)
+
+    def _known(self) -> set[str]:
+        """Names a task's host may have that can still be reached: hosts and allocations."""
+        config = self.config()
+        return {*config.hosts, *(n for n, e in allocations.known().items()
+                                 if e.get("host") in config.hosts)}
 
     def session(self, host: str | HostConfig) -> HostSession:
         """The host's session, kept for the kernel's life; renewed if its config changed.
@@ -344,6 +357,61 @@ class Client:
         except TaskNotFoundError:
             return None
 
+    # ------------------------------------------------------------ allocations
+
+    def allocate(self, name: str, host: str | None, resources: Mapping[str, Any],
+                 slots: int | None = None) -> dict[str, Any]:
+        """Submit one batch job on `host` that runs a worker; `name` then works as a host.
+        Returns the allocation as `allocations()` lists it (it is queued, usually)."""
+        parent = self.host(host)
+        config = self.config()
+        if parent.allocation is not None:
+            raise RemoteMagicError(f"'{parent.name}' is an allocation: start one on the host "
+                                   f"it runs on (-q {allocations.known()[parent.name]['host']})")
+        if parent.scheduler == "process":
+            raise RemoteMagicError(
+                f"host '{parent.name}' has no batch scheduler (scheduler: process): an "
+                f"allocation is a batch job. Send cells to -q {parent.name} directly; they "
+                "already start in warm runners there")
+        if name in config.hosts:
+            raise RemoteMagicError(f"'{name}' is a host in the hosts file: give the "
+                                   "allocation another name")
+        wanted = job_resources(parent, dict(resources))
+        answer = self.session(parent).request(
+            "alloc_start", name=name, scheduler=parent.scheduler, resources=wanted,
+            slots=slots, setup=parent.setup, python=parent.python, template=_template(parent))
+        allocations.remember(name, {"host": parent.name, "job_id": answer.get("job_id"),
+                                    "created": time.time()})
+        stale = self._sessions.pop(name, None)  # an ended allocation of that name had one
+        if stale is not None:
+            stale.close()
+        return {**answer, "host": parent.name}
+
+    def allocations(self, host: str | None = None) -> list[dict[str, Any]]:
+        """The allocations this user started (of `host`, or all), as their hosts see them
+        now: one request per host."""
+        config = self.config()
+        by_host: dict[str, list[str]] = defaultdict(list)
+        for name, entry in allocations.known().items():
+            if entry.get("host") in config.hosts and host in (None, entry["host"]):
+                by_host[entry["host"]].append(name)
+        found = []
+        for host_name, names in sorted(by_host.items()):
+            listed = {a["name"]: a for a in self.session(host_name).request("alloc_list")}
+            for name in sorted(names):
+                found.append({"name": name, "state": "ended", "reason": "gone from the host",
+                              **listed.get(name, {}), "host": host_name})
+        return found
+
+    def stop_allocation(self, name: str) -> dict[str, Any]:
+        """End an allocation: tasks running on it are cancelled, its job ends."""
+        entry = allocations.known().get(name)
+        if entry is None:
+            raise RemoteMagicError(f"there is no allocation called '{name}'; "
+                                   "%remote_alloc lists them")
+        answer = self.session(entry["host"]).request("alloc_stop", name=name)
+        return {**answer, "host": entry["host"]}
+
     # ------------------------------------------------------------ managing tasks
 
     def find(self, prefix: str) -> TaskRecord:
@@ -360,7 +428,7 @@ class Client:
         for record in records:
             if not record.final and record.state != State.PREPARED:
                 active[record.host].append(record)
-        known = self.config().hosts
+        known = self._known()
         for host_name, group in active.items():
             if host_name not in known:  # its last known state stands, and says why
                 for record in group:
@@ -389,7 +457,7 @@ class Client:
                 outcome[record.id] = f"already {record.state}"
             else:
                 by_host[record.host].append(record)
-        known = self.config().hosts
+        known = self._known()
         for host_name, group in by_host.items():
             if host_name not in known:
                 outcome.update({r.id: f"not cancelled: {_gone(host_name)}; add it back to "
@@ -407,7 +475,7 @@ class Client:
         by_host: dict[str, list[TaskRecord]] = defaultdict(list)
         for record in records:
             by_host[record.host].append(record)
-        known = self.config().hosts
+        known = self._known()
         for host_name, group in by_host.items():
             if host_name not in known:  # nothing to ask there: forget the tasks here
                 done = {r.id: "absent" for r in group}

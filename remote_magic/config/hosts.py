@@ -77,6 +77,9 @@ class HostConfig:
     # starts every task in a fresh fork of the agent, for a library that breaks in a forked
     # child after import and that remote_magic does not know of.
     warm: bool = True
+    # Not a key of the hosts file: set on the host that an allocation's name stands for (a
+    # copy of the host it runs on), whose agent then starts tasks on the allocation's node.
+    allocation: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -84,7 +87,7 @@ class HostConfig:
         return self.address is None
 
 
-HOST_KEYS = tuple(f.name for f in fields(HostConfig) if f.name != "name")
+HOST_KEYS = tuple(f.name for f in fields(HostConfig) if f.name not in ("name", "allocation"))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from ..wire.taskdir import (
     workdir_refusal,
 )
 from . import runner
+from .allocops import AllocOps, Served
 from .batchops import BatchOps, silence
 from .exchange import Exchange
 from .fileops import FileOps, pid_alive
@@ -67,7 +68,8 @@ WITH_BYTES = frozenset({"stage", "put_chunk", "get", "read"})
 
 
 class Agent:
-    def __init__(self, workdir: str, resident: bool = True) -> None:
+    def __init__(self, workdir: str, resident: bool = True,
+                 allocation: str | None = None) -> None:
         self.workdir = Path(os.path.expanduser(workdir)).absolute()
         self.tasks_dir = self.workdir / TASKS
         self.children: dict[int, str] = {}  # supervisor pid -> task id
@@ -78,6 +80,9 @@ class Agent:
         self.hostname = socket.gethostname()
         self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
         self.batch = BatchOps(self.paths)
+        self.allocs = AllocOps(self.workdir, self.batch)
+        self.allocated: dict[str, Served] = {}  # allocations whose tasks this agent serves
+        self.allocation = allocation  # where its tasks start, when it serves an allocation
         self.warm: WarmPool | None = None  # a resident agent's warm runners (warm.py)
         files = self.files
         # Every operation a request may name, in one place: the agent's whole vocabulary.
@@ -88,7 +93,8 @@ class Agent:
             "stage": self.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
             "put_open": files.op_put_open, "put_chunk": files.op_put_chunk,
             "put_close": files.op_put_close, "get": files.op_get, "read": files.op_read,
-            "glob": files.op_glob,
+            "glob": files.op_glob, "alloc_start": self.allocs.op_alloc_start,
+            "alloc_list": self.allocs.op_alloc_list, "alloc_stop": self.allocs.op_alloc_stop,
         }
         # A work directory another user could have written is never used: every request is
         # answered with why, and how to fix it (nothing in it is read, nothing is written).
@@ -157,17 +163,34 @@ class Agent:
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
+        if self.allocation is not None:  # refused before it is claimed, if the allocation ended
+            served = self.served_allocation(self.allocation)
+            served.check_open()
         found = self.files.claim(paths, task)
         if found is not None:
             return {"pid": None, "attached": found}
         try:
-            set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
-            if self.warm is not None and self.warm.offer(task):
+            if self.allocation is not None:
+                served.start(paths, task)
                 return {"pid": None}
-            return {"pid": self._fork_supervisor(paths, task)}
+            set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
+            return {"pid": self.launch(paths, task)}
         except BaseException:
             paths.claim.unlink(missing_ok=True)  # not started: a retry may claim it again
             raise
+
+    def launch(self, paths: TaskPaths, task: str) -> int | None:
+        """Start a task on this machine: in the ready warm runner, or cold (its supervisor's
+        pid). An allocation's worker starts its tasks here too."""
+        if self.warm is not None and self.warm.offer(task):
+            return None
+        return self._fork_supervisor(paths, task)
+
+    def served_allocation(self, name: str) -> Served:
+        served = self.allocated.get(name)
+        if served is None:
+            served = self.allocated[name] = Served(self.allocs, name)
+        return served
 
     def _fork_supervisor(self, paths: TaskPaths, task: str) -> int:
         """Start a task cold: a supervisor forked from the agent, which forks the runner."""
@@ -236,8 +259,11 @@ class Agent:
             if record.get("launcher") in (None, "process") and \
                     record["state"] not in FINAL_STATES:
                 record = self._check_alive(paths, record)
+            elif record.get("launcher") == "allocation":
+                record = self.served_allocation(record["allocation"]).review(paths, record)
             records[task_id] = record
-        batch = {t: r for t, r in records.items() if r.get("launcher") not in (None, "process")}
+        batch = {t: r for t, r in records.items()
+                 if r.get("launcher") not in (None, "process", "allocation")}
         records.update(self.batch.states(batch))
         for task_id, record in records.items():
             answers[task_id] = answer = self._report(self.paths(task_id), record, tasks[task_id])
@@ -326,6 +352,10 @@ class Agent:
             record = read_state(paths)
             if record["state"] in FINAL_STATES:
                 outcome[task_id] = f"already {record['state']}"
+                continue
+            if record.get("launcher") == "allocation":
+                outcome[task_id] = self.served_allocation(record["allocation"]).kill(task_id,
+                                                                                     paths)
                 continue
             if record.get("launcher") not in (None, "process") and record.get("job_id"):
                 outcome[task_id] = self.batch.cancel(paths, record)
@@ -484,10 +514,10 @@ def serve_once(workdir: str) -> int:
     return 0
 
 
-def serve(workdir: str, warm: bool = True) -> int:
+def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int:
     """Answer framed requests on stdin until it closes; with `warm`, tasks start in runners
-    forked ahead (warm.py)."""
-    agent = Agent(workdir)
+    forked ahead (warm.py); with `allocation`, on that allocation's node (allocops.py)."""
+    agent = Agent(workdir, allocation=allocation)
     wake_r, wake_w = socket.socketpair()
     for sock in (wake_r, wake_w):
         sock.setblocking(False)
@@ -504,7 +534,7 @@ def serve(workdir: str, warm: bool = True) -> int:
     out.flush()
     if agent.refusal is None:
         agent.files.sweep()
-    if agent.refusal is None and warm:
+    if agent.refusal is None and warm and allocation is None:
         agent.warm = WarmPool(agent.workdir, agent.tasks_dir)
         agent.warm.start()
         selector.register(agent.warm.events_r, selectors.EVENT_READ)
@@ -515,9 +545,34 @@ def serve(workdir: str, warm: bool = True) -> int:
             out.write(payload)
         out.flush()
 
+    links: dict[Served, socket.socket | None] = {}
+
+    def watch_links() -> float | None:
+        """Listen to the links to allocation workers as they open and close; how soon to try
+        again to reach a worker that tasks were sent to but that could not be reached."""
+        retry = None
+        for served in agent.allocated.values():
+            sock = served.link.sock if served.link is not None else None
+            if links.get(served) is not sock:
+                if links.get(served) is not None:
+                    selector.unregister(links[served])
+                if sock is not None:
+                    selector.register(sock, selectors.EVENT_READ, served)
+                links[served] = sock
+            if sock is None and served.mine:
+                retry = 0.2  # a look for the worker's address file; a connection is rarer
+        return retry
+
     while True:
-        for key, _ in selector.select(agent.warm.timeout() if agent.warm else None):
-            if key.fileobj == 0:
+        waits = [t for t in (agent.warm.timeout() if agent.warm else None, watch_links())
+                 if t is not None]
+        for key, _ in selector.select(min(waits) if waits else None):
+            if isinstance(key.data, Served):
+                for task_id in key.data.heard():
+                    if task_id in agent.served or task_id in key.data.mine:
+                        key.data.mine.discard(task_id)
+                        send(*agent.ended(task_id))
+            elif key.fileobj == 0:
                 try:
                     data = os.read(0, 1 << 20)
                 except BlockingIOError:
@@ -537,6 +592,9 @@ def serve(workdir: str, warm: bool = True) -> int:
                 for task_id in agent.reap():
                     send(*agent.ended(task_id))
         agent.start_overdue()
+        for served in agent.allocated.values():
+            if served.link is None and served.mine:
+                served.reach()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,8 +606,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="answer the requests on stdin, then exit (no resident process)")
     parser.add_argument("--cold", action="store_true",
                         help="start every task in a fresh fork: no warm runners")
+    parser.add_argument("--allocation", help="start tasks on this allocation's node")
     args = parser.parse_args(argv)
-    return serve_once(args.workdir) if args.once else serve(args.workdir, not args.cold)
+    if args.once:
+        return serve_once(args.workdir)
+    return serve(args.workdir, not args.cold, args.allocation)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ class BatchOps:
                               setup, command)
         job_script = paths.job_script
         write_atomic(job_script, script, mode=0o700)
-        done = _run(batch.submit_command(str(job_script)), cwd=paths.work)
+        done = run_command(batch.submit_command(str(job_script)), cwd=paths.work)
         if done.returncode != 0:
             raise RuntimeError(f"{batch.submit_command(str(job_script))[0]} refused the job: "
                                f"{(done.stderr or done.stdout).strip()[-800:]}")
@@ -100,7 +100,7 @@ class BatchOps:
                 by_scheduler.setdefault(record["launcher"], {})[record["job_id"]] = task_id
         for name, jobs in by_scheduler.items():
             batch = scheduler_for(name)
-            answers = self._ask(batch, sorted(jobs))
+            answers = self.ask(batch, sorted(jobs))
             asked_at = self.queue_cache[batch.name][3]
             silent = {job_id: age for job_id, task_id in jobs.items()
                       if (age := silence(self.paths(task_id), tasks[task_id])) is not None}
@@ -141,7 +141,7 @@ class BatchOps:
             found[job_id] = vouch
         return found
 
-    def _ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
+    def ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
         """What the scheduler says about these jobs: ONE status command (plus one accounting
         command for the jobs that left the queue), reused for QUERY_INTERVAL.
 
@@ -158,7 +158,7 @@ class BatchOps:
             return {**{j: later for j in job_ids if j not in asked_for}, **answers}
         command = batch.status_command(job_ids)
         wall = time.time()
-        queued = _run(command)
+        queued = run_command(command)
         listed = batch.read_status(job_ids, queued.returncode, queued.stdout, queued.stderr)
         if listed is None:
             why = unknown(f"{command[0]} failed ({queued.returncode}): "
@@ -169,7 +169,7 @@ class BatchOps:
             gone = [j for j in job_ids if j not in answers or answers[j].state in FINAL_STATES]
             outcome = batch.outcome_command(gone) if gone else None
             if outcome is not None:
-                done = _run(outcome)
+                done = run_command(outcome)
                 for job_id, job in batch.read_outcome(gone, done.returncode, done.stdout,
                                                       done.stderr).items():
                     # accounting adds detail to a final answer, never takes one back (it
@@ -208,7 +208,7 @@ class BatchOps:
     def cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
         batch = scheduler_for(record["launcher"])
         paths.cancel.touch()
-        done = _run(batch.cancel_command([record["job_id"]]))
+        done = run_command(batch.cancel_command([record["job_id"]]))
         if done.returncode != 0:
             raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
                                f"{(done.stderr or done.stdout).strip()[-500:]}")
@@ -326,7 +326,7 @@ def _lose(batch: BatchScheduler, job_id: str, paths: TaskPaths, why: str) -> dic
 
 def _cancel(batch: BatchScheduler, job_id: str) -> str:
     """Cancel a job that must not run (again); what to add to the task's reason."""
-    done = _run(batch.cancel_command([job_id]), timeout=PROBE_TIMEOUT)
+    done = run_command(batch.cancel_command([job_id]), timeout=PROBE_TIMEOUT)
     if done.returncode == 0:
         return f"; job {job_id} was cancelled, so that it cannot run the cell later"
     return (f"; cancelling job {job_id} failed ({last_line(done.stderr or done.stdout)}), "
@@ -339,7 +339,7 @@ def _requeued(record: dict[str, Any], job: JobState) -> str:
             f"({job.reason or 'queued'}) after it had started: it was requeued")
 
 
-def _run(argv: list[str], cwd: Path | None = None,
+def run_command(argv: list[str], cwd: Path | None = None,
          timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True,

@@ -64,7 +64,8 @@ class LocalTransport:
 
     def _command(self) -> list[str]:
         argv = [self.python, "-m", "remote_magic.host.agent", "--workdir", str(self.workdir),
-                *([] if self.host.warm else ["--cold"])]
+                *([] if self.host.warm else ["--cold"]),
+                *(["--allocation", self.host.allocation] if self.host.allocation else [])]
         if not self.host.setup.strip():
             return argv
         script = f"{self.host.setup}\nexec {shlex.join(argv)}"

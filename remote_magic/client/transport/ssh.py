@@ -220,6 +220,8 @@ class SSHTransport:
             'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
             f'exec {shlex.quote(self.python)} -m remote_magic.host.agent --workdir "$W" '
             + ("--once " if once else "") + ("" if self.host.warm else "--cold ")
+            + (f"--allocation {shlex.quote(self.host.allocation)} " if self.host.allocation
+               else "")
             + '2>>"$W/agent.log"',
         ])
         return self.login_shell(script)
