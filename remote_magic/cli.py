@@ -8,8 +8,8 @@ import sys
 from .client.core import Client, parse_age
 from .client.hostcheck import check_host, hosts_table
 from .errors import RemoteMagicError
-from .notebook.arguments import id_prefix
-from .notebook.views import status_table
+from .notebook.arguments import RESOURCES, id_prefix, resources
+from .notebook.views import allocation_line, allocations_table, status_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_argument("ids", nargs="*")
     purge.add_argument("--older", metavar="AGE", help="finished tasks older than AGE (7d, 12h)")
     purge.add_argument("-q", "--queue", metavar="HOST")
+    alloc = commands.add_parser("alloc", help="hold a batch allocation with a warm worker; "
+                                              "with no name, list them")
+    alloc.add_argument("name", nargs="?", help="its name, then usable as a host")
+    alloc.add_argument("-q", "--queue", metavar="HOST", help="the batch host to hold it on")
+    for option in RESOURCES:
+        alloc.add_argument(f"--{option}", type=int if option in ("cores", "nodes", "gpus")
+                           else str)
+    alloc.add_argument("--slots", type=int, help="tasks at once (default: --cores, else 1)")
+    alloc.add_argument("--stop", metavar="NAME", help="end this allocation")
     args = parser.parse_args(argv)
 
     client = Client()
@@ -59,6 +68,17 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         records = client.status([id_prefix(i) for i in args.ids] or None, host=args.queue,
                                 include_done=args.all or bool(args.ids))
         print(status_table(records)["text/plain"])
+        return 0
+    if args.command == "alloc":
+        if args.stop:
+            print(allocation_line(client.stop_allocation(args.stop)))
+        elif args.name is None:
+            print(allocations_table(client.allocations(args.queue))["text/plain"])
+        elif args.queue is None:
+            raise RemoteMagicError(f"alloc {args.name}: name the batch host with -q HOST")
+        else:
+            print(allocation_line(client.allocate(args.name, args.queue, resources(args),
+                                                  args.slots)))
         return 0
     if args.command == "kill":
         outcome = client.kill([client.find(id_prefix(i)) for i in args.ids])

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config.hosts import Config, HostConfig, job_resources, load_config
-from ..errors import RemoteMagicError, TaskNotFoundError
+from ..config.hosts import HOST_NAME_RE, Config, HostConfig, job_resources, load_config
+from ..errors import OptionError, RemoteMagicError, TaskNotFoundError, clipped
 from ..wire.states import State
 from ..wire.taskdir import TaskPaths
 from . import allocations
@@ -363,6 +363,12 @@ class Client:
                  slots: int | None = None) -> dict[str, Any]:
         """Submit one batch job on `host` that runs a worker; `name` then works as a host.
         Returns the allocation as `allocations()` lists it (it is queued, usually)."""
+        if not HOST_NAME_RE.fullmatch(name) or len(name) > 63:
+            raise OptionError(f"{clipped(name, 40)!r} cannot name an allocation: it becomes a "
+                              "host name, so use letters, digits, '.', '_' and '-' (at most "
+                              "63), starting with a letter or digit")
+        if slots is not None and slots < 1:
+            raise OptionError(f"--slots {slots}: an allocation runs at least one task at once")
         parent = self.host(host)
         config = self.config()
         if parent.allocation is not None:

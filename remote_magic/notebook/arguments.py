@@ -84,13 +84,17 @@ def parse(magic: Callable[..., Any], line: str, *, cell: bool = False) -> argpar
 def task_options(args: argparse.Namespace) -> TaskOptions:
     """What a parsed `%%remote` line asks for, checked before anything is prepared: a value
     refused here costs nothing, the same value refused by the host costs a staged task."""
-    resources = check_resources(
-        {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None})
     return TaskOptions(inputs=_names("-i", args.inputs or ""),
                        outputs=_names("-o", args.outputs) if args.outputs is not None else None,
-                       resources=resources, name=_label(args.name), rerun=args.rerun,
+                       resources=resources(args), name=_label(args.name), rerun=args.rerun,
                        nowait=args.nowait, files=_file_names(args.files),
                        collect=collect_patterns(args.collect))
+
+
+def resources(args: argparse.Namespace) -> dict[str, Any]:
+    """The resource options given (--walltime, --cores, ...), checked."""
+    return check_resources({k: getattr(args, k) for k in RESOURCES
+                            if getattr(args, k, None) is not None})
 
 
 def _names(option: str, value: str) -> list[str]:

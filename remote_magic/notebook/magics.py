@@ -26,10 +26,10 @@ from ..errors import (
     clipped,
 )
 from ..wire.taskdir import TaskPaths
-from .arguments import id_prefix, parse, task_options
+from .arguments import id_prefix, parse, resources, task_options
 from .output import OutputStream
 from .render import cell_stream, displays_only
-from .views import status_table
+from .views import allocation_line, allocations_table, status_table
 from .widgets import TaskView, task_view, watch_status
 
 
@@ -44,6 +44,20 @@ class _Value:
 
     def __repr__(self) -> str:
         return str((self._shown.bundle or {}).get("text/plain", ""))
+
+
+def resource_arguments(magic: Any) -> Any:
+    """The resource options a batch job takes, for `%%remote` and `%remote_alloc` alike."""
+    for decorate in reversed([
+            argument("--walltime", help="time limit, e.g. 2:00:00 (schedulers)"),
+            argument("--cores", type=int, help="CPU cores (schedulers)"),
+            argument("--mem", help="memory, e.g. 16G (schedulers)"),
+            argument("--nodes", type=int, help="nodes (schedulers)"),
+            argument("--gpus", type=int, help="GPUs (schedulers)"),
+            argument("--partition", help="partition or queue (schedulers)"),
+            argument("--account", help="account to charge (schedulers)")]):
+        magic = decorate(magic)
+    return magic
 
 
 @magics_class
@@ -64,13 +78,7 @@ class RemoteMagics(Magics):
               help="extra names to send, beyond those the cell reads")
     @argument("-o", "--outputs", metavar="a,b",
               help="names to bring back (default: every name the cell assigns)")
-    @argument("--walltime", help="time limit, e.g. 2:00:00 (schedulers)")
-    @argument("--cores", type=int, help="CPU cores (schedulers)")
-    @argument("--mem", help="memory, e.g. 16G (schedulers)")
-    @argument("--nodes", type=int, help="nodes (schedulers)")
-    @argument("--gpus", type=int, help="GPUs (schedulers)")
-    @argument("--partition", help="partition or queue (schedulers)")
-    @argument("--account", help="account to charge (schedulers)")
+    @resource_arguments
     @argument("--files", nargs="+", metavar="PATH", default=[],
               help="local files or folders staged into the task's working directory "
                    "(absolute paths go where the host's 'paths' mapping says)")
@@ -308,6 +316,29 @@ class RemoteMagics(Magics):
             print(f"{task_id}: {said}")
         if not outcome:
             print("Nothing to purge.")
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="the allocation's name: then a host name (-q NAME)")
+    @argument("-q", "--queue", metavar="HOST", help="the batch host to hold it on")
+    @resource_arguments
+    @argument("--slots", type=int, help="tasks at once on it (default: --cores, else 1)")
+    @argument("--stop", metavar="NAME", help="end this allocation; its running tasks are "
+                                             "cancelled")
+    @line_magic
+    def remote_alloc(self, line: str) -> None:
+        """Hold one batch job with a warm worker; cells sent to its name run there at once.
+        With no name, the allocations and their state; --stop NAME ends one."""
+        args = parse(self.remote_alloc, line)
+        if args.stop:
+            print(allocation_line(self.client.stop_allocation(args.stop)))
+        elif args.name is None:
+            display(allocations_table(self.client.allocations(args.queue)), raw=True)
+        else:
+            if args.queue is None:
+                raise RemoteMagicError(f"%remote_alloc {args.name}: name the batch host to "
+                                       "hold it on with -q HOST")
+            print(allocation_line(self.client.allocate(args.name, args.queue, resources(args),
+                                                       args.slots)))
 
     @magic_arguments()
     @argument("--test", action="store_true", help="check that each host works")

@@ -69,3 +69,41 @@ def status_table(records: Iterable[TaskRecord]) -> dict[str, str]:
         for row in rows)
     return {"text/plain": "\n".join(lines),
             "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}
+
+
+ALLOC_COLUMNS = ("allocation", "host", "job id", "state", "node", "slots", "time left", "note")
+ALLOC_COLOURS = {"queued": "#b8860b", "starting": "#b8860b", "running": "#1f6feb",
+                 "ended": "#777"}
+
+
+def allocations_table(entries: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The table of `%remote_alloc` and `remote-magic alloc`."""
+    rows = [[e["name"], e.get("host") or "", e.get("job_id") or "", e["state"],
+             e.get("node") or "", str(e.get("slots") or ""), format_duration(e.get("time_left")),
+             e.get("reason") or ""] for e in entries]
+    if not rows:
+        message = ("No allocations. %remote_alloc NAME -q HOST --walltime 1:00:00 starts one; "
+                   "cells then run on it with %%remote -q NAME.")
+        return {"text/plain": message, "text/html": f"<p>{html.escape(message)}</p>"}
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(ALLOC_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(ALLOC_COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ALLOC_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td style='color:{ALLOC_COLOURS.get(v, 'inherit')}'>{html.escape(v)}</td>"
+            if i == 3 else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row)) + "</tr>"
+        for row in rows)
+    return {"text/plain": "\n".join(lines),
+            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}
+
+
+def allocation_line(entry: dict[str, Any]) -> str:
+    """One allocation in a sentence: what `%remote_alloc NAME` and `--stop` print."""
+    where = f" on {entry['node']}" if entry.get("node") else ""
+    why = f" ({entry['reason']})" if entry.get("reason") else ""
+    line = (f"allocation {entry['name']}: job {entry.get('job_id')} of {entry.get('host')}, "
+            f"{entry['state']}{where}{why}")
+    if entry["state"] != "ended":
+        line += f"; send cells to it with %%remote -q {entry['name']}"
+    return line
