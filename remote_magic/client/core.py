@@ -441,7 +441,7 @@ class Client:
                     self.store.update(record.id, reason=_gone(host_name))
                 continue
             self.session(host_name).poll(
-                {r.id: Watch(r.id, False, r.state, r.progress) for r in group})
+                {r.id: Watch(r.id, False, r.state, r.progress, reason=r.reason) for r in group})
         return [self.store.get(r.id) for r in records]
 
     def log(self, record: TaskRecord, stream: str = "stdout") -> str:

@@ -68,6 +68,7 @@ class Watch:
     updates: queue.Queue[Update] | None = None
     on_final: list[Callable[[Update], None]] = field(default_factory=list)
     listeners: list[Callable[[Update], None]] = field(default_factory=list)  # every poll
+    reason: str | None = None  # the last one stored: a waiting task's reason changes alone
 
     @property
     def wants_output(self) -> bool:
@@ -249,7 +250,8 @@ class HostSession:
             if f"{stream}_end" in status:
                 watch.offsets[stream] = status[f"{stream}_end"]
         update.changed = update.state != watch.state or update.progress != watch.progress
-        if update.changed:
+        if update.changed or update.reason != watch.reason:
+            watch.reason = update.reason
             watch.state, watch.progress = update.state, update.progress
             history = status.get("history", {})
             times = {"submitted": history.get(State.SUBMITTED),

@@ -70,7 +70,12 @@ class Worker:
         set_name("rm-worker")
         spec = self.paths.read_spec()
         self.slots = max(1, int(spec.get("slots") or 1))
-        self.key = self.paths.key()
+        try:
+            self.key = self.paths.key()
+        except OSError as exc:  # no secret, or one others can read: no port is opened
+            self.paths.end(State.FAILED, str(exc))
+            print(f"remote_magic worker: {exc}", file=sys.stderr)
+            return 1
         self.agent = agent = Agent(self.workdir)
         if agent.refusal is not None:
             self.paths.end(State.FAILED, str(agent.refusal))
