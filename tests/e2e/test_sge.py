@@ -146,3 +146,26 @@ def test_resources_reach_grid_engine(grid: str) -> None:
         client.kill([record])
         with pytest.raises(RemoteTaskError):
             future.result(timeout=120)
+
+
+def job_of_task() -> str | None:
+    import os
+
+    return os.environ.get("JOB_ID")
+
+
+def test_an_allocation_holds_one_grid_engine_job_for_many_calls(grid: str) -> None:
+    client = Client()
+    try:
+        started = client.allocate("gridalloc", grid, {"walltime": "0:10:00"}, slots=2)
+        assert started["state"] in ("queued", "starting", "running") and started["job_id"]
+        with RemoteExecutor("gridalloc", rerun=True, client=client) as pool:
+            jobs = {pool.submit(job_of_task).result(timeout=120) for _ in range(5)}
+        assert jobs == {started["job_id"]}  # five calls, one job
+        assert client.allocations()[0]["state"] == "running"
+        stopped = client.stop_allocation("gridalloc")
+        assert stopped["state"] == "ended" and "stopped by the user" in stopped["reason"]
+        assert wait_for(lambda: started["job_id"] not in subprocess.run(
+            ["qstat"], capture_output=True, text=True).stdout, 60)
+    finally:
+        client.close()

@@ -219,3 +219,34 @@ def test_a_secret_others_can_read_is_refused(home: Path) -> None:
     assert not paths.worker.exists()
     assert WorkerLink.reach(paths) is None
     assert json.loads(paths.ended.read_text())["state"] == "failed"
+
+
+@pytest.mark.parametrize("scheduler, submit, recorded, job_id, directive", [
+    ("pbs", "qsub", "pbs/qsub_polaris.txt", None, "#PBS"),
+    ("lsf", "bsub", "lsf/bsub_summit.txt", "1214764", "#BSUB"),
+])
+def test_pbs_and_lsf_get_the_worker_job_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            scheduler: str, submit: str, recorded: str,
+                                            job_id: str | None, directive: str) -> None:
+    """No PBS or LSF here: a stand-in submit command on PATH keeps the job script it was
+    given and answers with the real output recorded on a cluster (tests/data/SOURCES.md)."""
+    from helpers import TESTS
+
+    from remote_magic.host.agent import Agent
+    from remote_magic.host.schedulers import scheduler_for
+
+    output = TESTS / "data" / recorded
+    fake = tmp_path / "bin" / submit
+    fake.parent.mkdir()
+    keep = tmp_path / "script"
+    fake.write_text(f'#!/bin/sh\nif [ $# -gt 0 ]; then cat "$1"; else cat; fi > {keep}\n'
+                    f'cat {output}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    agent = Agent(str(tmp_path / "work"))
+    started = agent.allocs.op_alloc_start("big", scheduler, {"walltime": "1:00:00", "cores": 4})
+    expected = job_id or scheduler_for(scheduler).job_id(output.read_text())
+    assert started["job_id"] == expected and started["slots"] == 4
+    script = keep.read_text()
+    assert f"{directive} " in script and "-m remote_magic.host.worker" in script
+    assert str(tmp_path / "work" / "allocs" / "big") in script
