@@ -86,7 +86,7 @@ class AllocOps:
         paths.make()
         try:
             runtime = str(Path(runner.__file__).resolve().parent.parent)
-            command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} exec "
+            command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
                        f"{shlex.quote(python or sys.executable)} -m remote_magic.host.worker "
                        f"{shlex.quote(str(paths.root))} --workdir {shlex.quote(str(self.workdir))}")
             script = batch.render(template, resources, f"rm-alloc-{name}", str(paths.root),
@@ -282,6 +282,7 @@ class Served:
         """A task's state with what only the allocation can add."""
         state = record["state"]
         if state in FINAL_STATES:
+            self.mine.discard(paths.root.name)  # its end is known, pushed or not
             if record.get("checked") or not (record.get("reason") or "").startswith("killed"):
                 return record
             found = self.describe()  # killed by a signal: the end of the allocation, maybe

@@ -1,5 +1,9 @@
 """Allocations, live: one SLURM job holds a worker, and cells sent to its name run there.
-Through a real kernel and the sshd fixture in front of the one-node SLURM of this machine."""
+Through a real kernel and the sshd fixture in front of the one-node SLURM of this machine.
+
+The node has two cores and each allocation here takes one, so the tests run in this order:
+`short` (started first, ends at its walltime near the end), `gpu`, stopped before `node`,
+which is lost before the last test starts one more."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,6 +135,20 @@ def test_a_new_kernel_finds_the_allocation_and_its_tasks(hpc: Kernel) -> None:
     assert hpc.value("again") == 1
 
 
+def test_stop_cancels_its_running_tasks_and_a_later_cell_is_refused(hpc: Kernel) -> None:
+    hpc.run(f"%%remote -q gpu --nowait --name interrupted\n{LONG}")
+    interrupted = hpc.newest("id")[0]
+    wait_task(hpc, interrupted, {"running"}, 60)
+    job = allocation(hpc, "gpu")["job_id"]
+    said = hpc.run("%remote_alloc --stop gpu", timeout=60).stdout
+    assert "ended" in said and "stopped by the user" in said
+    assert wait_task(hpc, interrupted, {"cancelled"}, 30)
+    assert wait_job_state(job, ("CANCELLED", "COMPLETED"), timeout=60)
+    out = hpc.run("%%remote -q gpu\nx = 1", allow_error=True)
+    assert "allocation gpu has ended" in out.error["evalue"]
+    assert "%remote_alloc gpu -q HOST" in out.error["evalue"]
+
+
 def test_a_lost_worker_makes_its_running_task_lost_and_never_runs_it_again(
         hpc: Kernel) -> None:
     hpc.run("%remote_alloc node -q hpc --cores 1 --walltime 0:10:00")
@@ -144,20 +163,6 @@ def test_a_lost_worker_makes_its_running_task_lost_and_never_runs_it_again(
     work = hpc.root / "remote" / "tasks" / stranded / "work"  # type: ignore[attr-defined]
     assert (work / "runs").read_text() == "once "
     assert allocation(hpc, "node")["state"] == "ended"
-
-
-def test_stop_cancels_its_running_tasks_and_a_later_cell_is_refused(hpc: Kernel) -> None:
-    hpc.run(f"%%remote -q gpu --nowait --name interrupted\n{LONG}")
-    interrupted = hpc.newest("id")[0]
-    wait_task(hpc, interrupted, {"running"}, 60)
-    job = allocation(hpc, "gpu")["job_id"]
-    said = hpc.run("%remote_alloc --stop gpu", timeout=60).stdout
-    assert "ended" in said and "stopped by the user" in said
-    assert wait_task(hpc, interrupted, {"cancelled"}, 30)
-    assert wait_job_state(job, ("CANCELLED", "COMPLETED"), timeout=60)
-    out = hpc.run("%%remote -q gpu\nx = 1", allow_error=True)
-    assert "allocation gpu has ended" in out.error["evalue"]
-    assert "%remote_alloc gpu -q HOST" in out.error["evalue"]
 
 
 def test_an_allocation_the_scheduler_refuses_says_why_and_leaves_nothing(hpc: Kernel) -> None:
@@ -180,3 +185,18 @@ def test_the_end_of_its_walltime_times_out_the_task_still_running(hpc: Kernel) -
     reason = wait_task(hpc, task, {"timed_out"}, 200)
     assert reason is not None and reason.startswith("allocation short reached its walltime")
     assert allocation(hpc, "short")["state"] == "ended"
+
+
+def test_an_allocation_rides_its_hosts_ssh_connection(tmp_path: Path, sshd: Any) -> None:
+    """No second login (a second 2FA prompt) for an allocation: its session shares the
+    connection of the host it is on."""
+    kernel = start_kernel(tmp_path, ssh_host(sshd, "hpc2", tmp_path / "remote",
+                                             scheduler="slurm"))
+    try:
+        before = sshd.accepted_logins()
+        kernel.run("%remote_alloc solo -q hpc2 --cores 1 --walltime 0:05:00")
+        kernel.run("%%remote -q solo\nx = 1", timeout=120)
+        kernel.run("%remote_alloc --stop solo", timeout=60)
+        assert sshd.accepted_logins() - before == 1
+    finally:
+        kernel.shutdown()

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +33,7 @@ from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, w
 from ...wire.tempnames import part_tag, temp_prefix
 from ..agent_client import AgentClient
 from . import Collected, Staged, collect_found, inline_payload, stage_plan
-from .connection import Connection, connect, target_for
+from .connection import Connection, Target, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
 
@@ -92,6 +93,47 @@ class Reconnect:
         self.failures, self.error, self._next = 0, "", 0.0
 
 
+class _Shared:
+    """Open connections, one per login target, shared by the sessions that use it: a host
+    and the allocations on it (each a session of its own) log in once, so a 2FA code is
+    typed once. A connection closes when the last session using it lets go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Target, tuple[Connection, set[int]]] = {}
+
+    def get(self, target: Target, user: object) -> Connection | None:
+        with self._lock:
+            found = self._open.get(_login(target))
+            if found is None or not found[0].alive:
+                return None
+            found[1].add(id(user))
+            return found[0]
+
+    def add(self, target: Target, user: object, conn: Connection) -> None:
+        with self._lock:
+            self._open[_login(target)] = (conn, {id(user)})
+
+    def release(self, target: Target, user: object, conn: Connection) -> None:
+        """`user` is done with `conn`: closed when nobody else uses it."""
+        with self._lock:
+            found = self._open.get(_login(target))
+            if found is not None and found[0] is conn:
+                found[1].discard(id(user))
+                if found[1]:
+                    return
+                del self._open[_login(target)]
+        conn.close()
+
+
+def _login(target: Target) -> Target:
+    """What makes two targets one login: all but the host's name in the hosts file."""
+    return replace(target, name="")
+
+
+_shared = _Shared()
+
+
 class SSHTransport:
     def __init__(self, host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> None:
         self.host = host
@@ -118,8 +160,11 @@ class SSHTransport:
             if self._conn is not None and self._conn.alive:
                 return self._conn
             if self._conn is not None:
-                self._conn.close()
+                _shared.release(self.target, self, self._conn)
                 self._conn = None
+            self._conn = _shared.get(self.target, self)
+            if self._conn is not None:
+                return self._conn
             self.reconnect.check(self.host.name)
             try:
                 self._conn = connect(self.target)
@@ -127,6 +172,7 @@ class SSHTransport:
                 self.reconnect.failed(exc)
                 raise
             self.reconnect.succeeded()
+            _shared.add(self.target, self, self._conn)
             return self._conn
 
     def retry_delay(self) -> float:
@@ -536,7 +582,7 @@ class SSHTransport:
                     agent.close()
             self._agent = self._data = None
             if self._conn is not None:
-                self._conn.close()
+                _shared.release(self.target, self, self._conn)
                 self._conn = None
 
 
