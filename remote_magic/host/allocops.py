@@ -184,8 +184,8 @@ class AllocOps:
                      "cancelled", State.COMPLETED: "its worker ended"}.get(job.state, job.state)
             return self._ended(paths, job.state, f"{words} ({batch.title} job "
                                                   f"{spec['job_id']}: {job.reason or job.state})")
-        if job.state == State.QUEUED:
-            return "queued", job.reason
+        if job.state == State.QUEUED or (job.state == "" and worker is None):
+            return "queued", job.reason  # (or the scheduler could not say: as before)
         if worker is None:
             return "starting", job.reason
         limit = STALE_HEARTBEAT + (SCHEDULER_SILENCE if job.state == "" else 0.0)

@@ -250,3 +250,22 @@ def test_pbs_and_lsf_get_the_worker_job_too(tmp_path: Path, monkeypatch: pytest.
     script = keep.read_text()
     assert f"{directive} " in script and "-m remote_magic.host.worker" in script
     assert str(tmp_path / "work" / "allocs" / "big") in script
+
+
+def test_a_hosts_own_template_makes_the_worker_job(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote_magic.host.agent import Agent
+
+    fake = tmp_path / "bin" / "qsub"
+    fake.parent.mkdir()
+    keep = tmp_path / "script"
+    fake.write_text(f'#!/bin/sh\ncat "$1" > {keep}\necho 4242.pbs01\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    template = "#!/bin/bash\n{directives}\n#PBS -A site-project\nmodule load x\n{runner}\n"
+    started = Agent(str(tmp_path / "work")).allocs.op_alloc_start(
+        "own", "pbs", {"walltime": "0:30:00"}, template=template)
+    assert started["job_id"] == "4242.pbs01" and started["state"] == "queued"
+    script = keep.read_text()
+    assert "#PBS -A site-project\nmodule load x\n" in script
+    assert "-m remote_magic.host.worker" in script.split("module load x\n", 1)[1]
