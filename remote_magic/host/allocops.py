@@ -28,8 +28,10 @@ from ..wire.taskdir import (
     HEARTBEAT_INTERVAL,
     Refusal,
     TaskPaths,
+    path_problem,
     read_json,
     set_state,
+    workdir_message,
     write_atomic,
     write_json,
 )
@@ -68,7 +70,14 @@ class AllocOps:
         self.workdir, self.batch = workdir, batch
 
     def paths(self, name: str) -> AllocPaths:
-        return allocation_paths(self.workdir, name)
+        """An allocation's files, once nobody else can have written its folder: its worker's
+        address and secret are read from there."""
+        paths = allocation_paths(self.workdir, name)
+        for path, kind in ((paths.root.parent, "dir"), (paths.root, "private")):
+            problem = path_problem(str(path), kind)
+            if problem is not None:
+                raise Refusal(workdir_message({**problem, "workdir": str(self.workdir)}))
+        return paths
 
     def op_alloc_start(self, name: str, scheduler: str, resources: dict[str, Any],
                        slots: int | None = None, setup: str = "", python: str | None = None,

@@ -269,3 +269,18 @@ def test_a_hosts_own_template_makes_the_worker_job(tmp_path: Path,
     script = keep.read_text()
     assert "#PBS -A site-project\nmodule load x\n" in script
     assert "-m remote_magic.host.worker" in script.split("module load x\n", 1)[1]
+
+
+def test_an_allocation_folder_others_could_write_is_not_used(tmp_path: Path) -> None:
+    from remote_magic.host.agent import Agent
+    from remote_magic.wire.taskdir import Refusal
+
+    agent = Agent(str(tmp_path / "work"))
+    paths = hand_made(tmp_path / "work")
+    os.chmod(paths.root, 0o755)
+    with pytest.raises(Refusal, match="open to other users"):
+        agent.allocs.op_alloc_stop("gpu")
+    os.chmod(paths.root, 0o700)
+    os.chmod(paths.root.parent, 0o777)
+    with pytest.raises(Refusal, match="can be changed by other users"):
+        agent.allocs.op_alloc_list()
