@@ -101,8 +101,7 @@ class AllocOps:
             script = batch.render(template, resources, f"rm-alloc-{name}", str(paths.root),
                                   setup, command)
             spec = {"name": name, "scheduler": scheduler, "resources": resources,
-                    "slots": slots or resources.get("cores") or 1, "submitted": time.time(),
-                    "job_id_variable": batch.job_id_variable}
+                    "slots": slots or resources.get("cores") or 1, "submitted": time.time()}
             write_json(paths.spec, spec)
             write_atomic(paths.job_script, script, mode=0o700)
             done = run_command(batch.submit_command(str(paths.job_script)), cwd=paths.work)

@@ -100,8 +100,7 @@ class Worker:
         self.paths.heartbeat.touch()
         write_json(self.paths.worker, {
             "host": socket.gethostname(), "address": address, "port": port, "pid": os.getpid(),
-            "started": time.time(), "slots": self.slots,
-            "job_id": os.environ.get(spec.get("job_id_variable") or "", None)})
+            "started": time.time(), "slots": self.slots})
         beat = 0.0
         while not (self.stopping and (not self.running or time.monotonic() > self.stop_by)):
             for key, _ in self.selector.select(QUEUE_SCAN):
