@@ -14,10 +14,8 @@ the scheduler asked (through BatchOps: one command for all jobs, at most once a 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from ..wire.taskdir import (
     read_json,
     set_state,
     workdir_message,
-    write_atomic,
     write_json,
 )
 from . import runner
@@ -53,6 +50,8 @@ from .batchops import (
     VERDICT_WAIT,
     BatchOps,
     run_command,
+    runtime_command,
+    submit_job,
 )
 from .schedulers import scheduler_for
 from .schedulers.units import walltime_seconds
@@ -94,21 +93,15 @@ class AllocOps:
         batch = scheduler_for(scheduler)
         paths.make()
         try:
-            runtime = str(Path(runner.__file__).resolve().parent.parent)
-            command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
-                       f"{shlex.quote(python or sys.executable)} -m remote_magic.host.worker "
-                       f"{shlex.quote(str(paths.root))} --workdir {shlex.quote(str(self.workdir))}")
+            command = runtime_command(python, "remote_magic.host.worker", str(paths.root),
+                                      "--workdir", str(self.workdir))
             script = batch.render(template, resources, f"rm-alloc-{name}", str(paths.root),
                                   setup, command)
             spec = {"name": name, "scheduler": scheduler, "resources": resources,
                     "slots": slots or resources.get("cores") or 1, "submitted": time.time()}
             write_json(paths.spec, spec)
-            write_atomic(paths.job_script, script, mode=0o700)
-            done = run_command(batch.submit_command(str(paths.job_script)), cwd=paths.work)
-            if done.returncode != 0:
-                raise RuntimeError(f"{batch.submit_command('')[0]} refused the allocation's job: "
-                                   f"{(done.stderr or done.stdout).strip()[-800:]}")
-            spec["job_id"] = batch.job_id(done.stdout)
+            spec["job_id"] = submit_job(batch, script, paths.job_script, paths.work,
+                                        "the allocation's job")
             write_json(paths.spec, spec)
         except BaseException:
             shutil.rmtree(paths.root, ignore_errors=True)  # nothing half-made is left

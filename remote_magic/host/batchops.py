@@ -75,20 +75,12 @@ class BatchOps:
         if read_state(paths)["state"] != State.PREPARED:
             raise RuntimeError(f"task {task} was already started")
         batch = scheduler_for(scheduler)
-        runtime = str(Path(runner.__file__).resolve().parent.parent)
         # The job's entry point runs the task at most once, however often the job starts.
-        command = (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
-                   f"{shlex.quote(python or sys.executable)} -m remote_magic.host.schedulers.job "
-                   f"{batch.name} {shlex.quote(str(paths.root))}")
+        command = runtime_command(python, "remote_magic.host.schedulers.job", batch.name,
+                                  str(paths.root))
         script = batch.render(template, resources, f"rm-{task[:12]}", str(paths.root),
                               setup, command)
-        job_script = paths.job_script
-        write_atomic(job_script, script, mode=0o700)
-        done = run_command(batch.submit_command(str(job_script)), cwd=paths.work)
-        if done.returncode != 0:
-            raise RuntimeError(f"{batch.submit_command(str(job_script))[0]} refused the job: "
-                               f"{(done.stderr or done.stdout).strip()[-800:]}")
-        job_id = batch.job_id(done.stdout)
+        job_id = submit_job(batch, script, paths.job_script, paths.work, "the job")
         set_state(paths, State.SUBMITTED, launcher=scheduler, job_id=job_id)
         return {"job_id": job_id}
 
@@ -337,6 +329,25 @@ def _requeued(record: dict[str, Any], job: JobState) -> str:
     title = scheduler_for(record["launcher"]).title
     return (f"{title} has put job {record['job_id']} back in the queue "
             f"({job.reason or 'queued'}) after it had started: it was requeued")
+
+
+def runtime_command(python: str | None, module: str, *args: str) -> str:
+    """The shell command that runs one of our modules in a job, from this runtime."""
+    runtime = str(Path(runner.__file__).resolve().parent.parent)
+    return (f"PYTHONPATH={shlex.quote(runtime)}${{PYTHONPATH:+:$PYTHONPATH}} "
+            f"{shlex.quote(python or sys.executable)} -m {module} "
+            + " ".join(shlex.quote(a) for a in args))
+
+
+def submit_job(batch: BatchScheduler, script: str, script_path: Path, cwd: Path,
+               what: str) -> str:
+    """Write the job script and submit it; the job id, or why the scheduler refused `what`."""
+    write_atomic(script_path, script, mode=0o700)
+    done = run_command(batch.submit_command(str(script_path)), cwd=cwd)
+    if done.returncode != 0:
+        raise RuntimeError(f"{batch.submit_command(str(script_path))[0]} refused {what}: "
+                           f"{(done.stderr or done.stdout).strip()[-800:]}")
+    return batch.job_id(done.stdout)
 
 
 def run_command(argv: list[str], cwd: Path | None = None,

@@ -54,19 +54,25 @@ def status_rows(records: Iterable[TaskRecord]) -> list[list[str]]:
 
 def status_table(records: Iterable[TaskRecord]) -> dict[str, str]:
     """The table of `%remote_status` and `remote-magic status`."""
-    rows = status_rows(records)
+    return table(COLUMNS, status_rows(records), 4, STATE_COLOURS,
+                 "No tasks. %%remote runs a cell as a task; --all shows finished ones too.")
+
+
+def table(columns: tuple[str, ...], rows: list[list[str]], coloured: int,
+          colours: dict[str, str], empty: str) -> dict[str, str]:
+    """Rows as aligned text and as HTML, the `coloured` column in its value's colour; the
+    message `empty` when there is no row."""
     if not rows:
-        message = "No tasks. %%remote runs a cell as a task; --all shows finished ones too."
-        return {"text/plain": message, "text/html": f"<p>{html.escape(message)}</p>"}
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]
+        return {"text/plain": empty, "text/html": f"<p>{html.escape(empty)}</p>"}
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(
-            f"<td style='color:{STATE_COLOURS.get(v, 'inherit')}'>{html.escape(v)}</td>"
-            if i == 4 else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row)) + "</tr>"
-        for row in rows)
+            f"<td style='color:{colours.get(v, 'inherit')}'>{html.escape(v)}</td>"
+            if i == coloured else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row))
+        + "</tr>" for row in rows)
     return {"text/plain": "\n".join(lines),
             "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}
 
@@ -81,21 +87,9 @@ def allocations_table(entries: Iterable[dict[str, Any]]) -> dict[str, str]:
     rows = [[e["name"], e.get("host") or "", e.get("job_id") or "", e["state"],
              e.get("node") or "", str(e.get("slots") or ""), format_duration(e.get("time_left")),
              e.get("reason") or ""] for e in entries]
-    if not rows:
-        message = ("No allocations. %remote_alloc NAME -q HOST --walltime 1:00:00 starts one; "
-                   "cells then run on it with %%remote -q NAME.")
-        return {"text/plain": message, "text/html": f"<p>{html.escape(message)}</p>"}
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(ALLOC_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(ALLOC_COLUMNS, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ALLOC_COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(
-            f"<td style='color:{ALLOC_COLOURS.get(v, 'inherit')}'>{html.escape(v)}</td>"
-            if i == 3 else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row)) + "</tr>"
-        for row in rows)
-    return {"text/plain": "\n".join(lines),
-            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"}
+    return table(ALLOC_COLUMNS, rows, 3, ALLOC_COLOURS,
+                 "No allocations. %remote_alloc NAME -q HOST --walltime 1:00:00 starts one; "
+                 "cells then run on it with %%remote -q NAME.")
 
 
 def allocation_line(entry: dict[str, Any]) -> str:
