@@ -27,6 +27,7 @@ from .prepare import PreparedTask, commit
 from .results import TaskResult, load_result
 from .session import HostSession, Update, Watch
 from .store import TaskRecord, TaskStore
+from .transport import SharedConnections
 
 FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
 SLOT_REFRESH = 5.0  # seconds: how often unwatched tasks holding a host's slots are asked about
@@ -47,6 +48,7 @@ class Client:
         self._launching = threading.RLock()  # submit and dispatch must not race for slots
         self._refresh_at: dict[str, float] = {}  # per host: when its slots may be re-checked
         self._starting: set[str] = set()  # accepted, not yet started: identical ones attach
+        self._connections = SharedConnections()  # a host and its allocations: one login
 
     # ------------------------------------------------------------ configuration
 
@@ -85,7 +87,8 @@ class Client:
             current.close()
             current = None
         if current is None:
-            current = self._sessions[config.name] = HostSession(config, self.store)
+            current = self._sessions[config.name] = HostSession(config, self.store,
+                                                                self._connections)
             if config.max_running:
                 current.dispatcher = self._dispatch
         return current

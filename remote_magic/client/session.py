@@ -21,7 +21,7 @@ from ..errors import RemoteMagicError, TransportError
 from ..wire.states import FINAL_STATES, WAITING_STATES, State
 from .agent_client import AgentClient
 from .store import TaskStore
-from .transport import open_transport
+from .transport import SharedConnections, open_transport
 
 FAST_POLL = 0.1  # seconds between polls while a cell waits and streams output
 VIEW_POLL = 0.5  # while a live view shows a task in the background
@@ -76,10 +76,11 @@ class Watch:
 
 
 class HostSession:
-    def __init__(self, host: HostConfig, store: TaskStore) -> None:
+    def __init__(self, host: HostConfig, store: TaskStore,
+                 shared: SharedConnections | None = None) -> None:
         self.host = host
         self.store = store
-        self.transport = open_transport(host, self._on_event)
+        self.transport = open_transport(host, self._on_event, shared)
         self._watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()

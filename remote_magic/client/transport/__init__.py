@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from ...config.hosts import HostConfig
 from ...wire.taskdir import TaskPaths
 from ..agent_client import AgentClient
 from ..files import safe_target
+
+if TYPE_CHECKING:  # paramiko is imported only when a host is reached over SSH
+    from .connection import Connection, Target
+
+
+class SharedConnections:
+    """Open SSH connections of one client, one per login target, shared by its sessions: a
+    host and the allocations on it (each a session of its own) log in once, so a 2FA code
+    is typed once. A connection closes when the last session using it lets go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Target, tuple[Connection, set[int]]] = {}
+
+    def get(self, target: Target, user: object) -> Connection | None:
+        with self._lock:
+            found = self._open.get(_login(target))
+            if found is None or not found[0].alive:
+                return None
+            found[1].add(id(user))
+            return found[0]
+
+    def add(self, target: Target, user: object, conn: Connection) -> None:
+        with self._lock:
+            self._open[_login(target)] = (conn, {id(user)})
+
+    def release(self, target: Target, user: object, conn: Connection) -> None:
+        """`user` is done with `conn`: closed when nobody else uses it."""
+        with self._lock:
+            found = self._open.get(_login(target))
+            if found is not None and found[0] is conn:
+                found[1].discard(id(user))
+                if found[1]:
+                    return
+                del self._open[_login(target)]
+        conn.close()
+
+
+def _login(target: Target) -> Target:
+    """What makes two targets one login: all but the host's name in the hosts file."""
+    return replace(target, name="")
 
 
 class Transport(Protocol):
@@ -121,13 +164,15 @@ def stage_plan(source: Path, names: list[str], extra: Iterable[tuple[Path, str]]
     return inside, outside, sum(local.stat().st_size for local, _ in inside)
 
 
-def open_transport(host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> Transport:
+def open_transport(host: HostConfig, on_event: Callable[[dict[str, Any]], None],
+                   shared: SharedConnections | None = None) -> Transport:
     """The transport for `host`; nothing is started until the first request. `on_event`
-    hears the agent's pushed events (a task ended, the connection closed)."""
+    hears the agent's pushed events (a task ended, the connection closed); an SSH host logs
+    in through `shared`, where another session may already have."""
     if host.is_local:
         from .local import LocalTransport
 
         return LocalTransport(host, on_event)
     from .ssh import SSHTransport
 
-    return SSHTransport(host, on_event)
+    return SSHTransport(host, on_event, shared)

@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,8 +31,8 @@ from ...wire.protocol import MARKER
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import part_tag, temp_prefix
 from ..agent_client import AgentClient
-from . import Collected, Staged, collect_found, inline_payload, stage_plan
-from .connection import Connection, Target, connect, target_for
+from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
+from .connection import Connection, connect, target_for
 from .oneshot import OneShotAgent, sftp_download, sftp_upload
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
 
@@ -93,50 +92,11 @@ class Reconnect:
         self.failures, self.error, self._next = 0, "", 0.0
 
 
-class _Shared:
-    """Open connections, one per login target, shared by the sessions that use it: a host
-    and the allocations on it (each a session of its own) log in once, so a 2FA code is
-    typed once. A connection closes when the last session using it lets go."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[Target, tuple[Connection, set[int]]] = {}
-
-    def get(self, target: Target, user: object) -> Connection | None:
-        with self._lock:
-            found = self._open.get(_login(target))
-            if found is None or not found[0].alive:
-                return None
-            found[1].add(id(user))
-            return found[0]
-
-    def add(self, target: Target, user: object, conn: Connection) -> None:
-        with self._lock:
-            self._open[_login(target)] = (conn, {id(user)})
-
-    def release(self, target: Target, user: object, conn: Connection) -> None:
-        """`user` is done with `conn`: closed when nobody else uses it."""
-        with self._lock:
-            found = self._open.get(_login(target))
-            if found is not None and found[0] is conn:
-                found[1].discard(id(user))
-                if found[1]:
-                    return
-                del self._open[_login(target)]
-        conn.close()
-
-
-def _login(target: Target) -> Target:
-    """What makes two targets one login: all but the host's name in the hosts file."""
-    return replace(target, name="")
-
-
-_shared = _Shared()
-
-
 class SSHTransport:
-    def __init__(self, host: HostConfig, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, host: HostConfig, on_event: Callable[[dict[str, Any]], None],
+                 shared: SharedConnections | None = None) -> None:
         self.host = host
+        self._shared = shared if shared is not None else SharedConnections()
         self._on_event = on_event
         self.target = target_for(host)
         self.python = host.python or "python3"
@@ -160,9 +120,9 @@ class SSHTransport:
             if self._conn is not None and self._conn.alive:
                 return self._conn
             if self._conn is not None:
-                _shared.release(self.target, self, self._conn)
+                self._shared.release(self.target, self, self._conn)
                 self._conn = None
-            self._conn = _shared.get(self.target, self)
+            self._conn = self._shared.get(self.target, self)
             if self._conn is not None:
                 return self._conn
             self.reconnect.check(self.host.name)
@@ -172,7 +132,7 @@ class SSHTransport:
                 self.reconnect.failed(exc)
                 raise
             self.reconnect.succeeded()
-            _shared.add(self.target, self, self._conn)
+            self._shared.add(self.target, self, self._conn)
             return self._conn
 
     def retry_delay(self) -> float:
@@ -582,7 +542,7 @@ class SSHTransport:
                     agent.close()
             self._agent = self._data = None
             if self._conn is not None:
-                _shared.release(self.target, self, self._conn)
+                self._shared.release(self.target, self, self._conn)
                 self._conn = None
 
 
