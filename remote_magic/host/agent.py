@@ -556,6 +556,7 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
             if links.get(served) is not sock:
                 if links.get(served) is not None:
                     selector.unregister(links[served])
+                served.let_go()
                 if sock is not None:
                     selector.register(sock, selectors.EVENT_READ, served)
                 links[served] = sock

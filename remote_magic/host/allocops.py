@@ -209,6 +209,9 @@ class Served:
         self.ops, self.name = ops, name
         self.paths = ops.paths(name)
         self.link: WorkerLink | None = None
+        # links that broke, closed once the agent's selector has let go of them (a closed
+        # socket's number may be taken by the next one at once)
+        self.broken: list[WorkerLink] = []
         self.tried, self.backoff = 0.0, 0.0  # the first try as soon as the worker listens
         self.mine: set[str] = set()  # tasks this agent put on the queue, until they end
         self._now: tuple[float, dict[str, Any]] | None = None
@@ -256,8 +259,14 @@ class Served:
 
     def drop(self) -> None:
         if self.link is not None:
-            self.link.close()
+            self.broken.append(self.link)
             self.link = None
+
+    def let_go(self) -> None:
+        """Close the broken links (the agent no longer listens to them)."""
+        for link in self.broken:
+            link.close()
+        self.broken.clear()
 
     def heard(self) -> list[str]:
         """What the worker said: the tasks that ended."""
