@@ -151,6 +151,7 @@ class AllocOps:
         spec = paths.read_spec()
         state, reason = self.state(paths, spec)
         worker = read_json(paths.worker) or {}
+        ended = read_json(paths.ended) or {}
         left = None
         walltime = (spec.get("resources") or {}).get("walltime")
         if worker.get("started") and walltime and state == "running":
@@ -158,14 +159,15 @@ class AllocOps:
         return {"name": paths.name, "job_id": spec.get("job_id"), "state": state,
                 "reason": reason, "node": worker.get("host"), "slots": spec.get("slots"),
                 "submitted": spec.get("submitted"), "started": worker.get("started"),
-                "time_left": left, "scheduler": spec.get("scheduler")}
+                "time_left": left, "scheduler": spec.get("scheduler"),
+                "outcome": ended.get("state")}  # how it ended: timed_out, cancelled, ...
 
     def state(self, paths: AllocPaths, spec: dict[str, Any]) -> tuple[str, str | None]:
         """(queued | starting | running | ended, why): the worker's heartbeat while it
         beats; the scheduler when it does not (and then its word on an end is recorded)."""
         ended = read_json(paths.ended)
         if ended is not None:
-            return "ended", f"{ended['state']}: {ended['reason']}"
+            return _said(ended)
         if not spec.get("job_id"):
             return "ended", "never submitted"
         worker = read_json(paths.worker)
@@ -198,8 +200,7 @@ class AllocOps:
         return "running", None
 
     def _ended(self, paths: AllocPaths, state: str, reason: str) -> tuple[str, str]:
-        ended = paths.end(state, reason)
-        return "ended", f"{ended['state']}: {ended['reason']}"
+        return _said(paths.end(state, reason))
 
 
 class Served:
@@ -276,9 +277,8 @@ class Served:
         if messages is None:
             self.drop()
             return []
-        ended = [m["task"] for m in messages if m.get("event") == "ended"
-                 and isinstance(m.get("task"), str)]
-        return ended
+        return [m["task"] for m in messages if m.get("event") == "ended"
+                and isinstance(m.get("task"), str)]
 
     def kill(self, task_id: str, paths: TaskPaths) -> str:
         paths.cancel.touch()
@@ -296,7 +296,7 @@ class Served:
             if record.get("checked") or not (record.get("reason") or "").startswith("killed"):
                 return record
             found = self.describe()  # killed by a signal: the end of the allocation, maybe
-            if found["state"] == "ended" and (found["reason"] or "").startswith(State.TIMED_OUT):
+            if found.get("outcome") == State.TIMED_OUT:
                 return set_state(paths, State.TIMED_OUT, self._walltime(found), checked=True)
             if found["state"] != "running" and \
                     time.time() - record.get("history", {}).get(state, 0) < VERDICT_WAIT:
@@ -309,7 +309,7 @@ class Served:
                     "history", {}):
                 return set_state(paths, State.CANCELLED, f"allocation {self.name} ended before "
                                  f"the task started ({found['reason']})")
-            if (found["reason"] or "").startswith(State.TIMED_OUT):
+            if found.get("outcome") == State.TIMED_OUT:
                 return set_state(paths, State.TIMED_OUT, self._walltime(found), checked=True)
             if paths.cancel.exists():
                 return set_state(paths, State.CANCELLED, "cancelled by the user")
@@ -427,6 +427,11 @@ def _line(sock: socket.socket) -> str:
             raise ConnectionError("the worker closed the link, or said too much")
         data += chunk
     return data.decode(errors="replace")
+
+
+def _said(ended: dict[str, Any]) -> tuple[str, str]:
+    """An ended allocation's state and reason, from its `ended.json` record."""
+    return "ended", f"{ended['state']}: {ended['reason']}"
 
 
 def _age(path: Path) -> float:
