@@ -223,3 +223,12 @@ def echo(value: object, limit: int = ECHO_LIMIT) -> str:
     except Exception:  # noqa: BLE001 - a repr that fails must not hide the real message
         shown = f"<{type(value).__name__}>"
     return clipped(shown, limit * 2)
+
+
+class SweepFailedError(RemoteMagicError):
+    """Elements of a sweep did not complete. The completed elements' results were loaded;
+    `errors` holds each failed element's exception by index (the first is the cause)."""
+
+    def __init__(self, message: str, errors: dict[int, BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors

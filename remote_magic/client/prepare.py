@@ -78,6 +78,27 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
 
     `figures`: how the notebook shows matplotlib figures ({"formats": [...], "kwargs": {}}).
     """
+    cell = analyse(code, namespace, options, hidden)
+    return _write_task(code, cell.values, cell.outputs, cell.deletes, cell.last_expression,
+                       host, options, namespace=namespace, aliases=cell.others,
+                       figures=figures)
+
+
+@dataclass
+class CellReads:
+    """What a cell takes from the notebook and gives back."""
+
+    values: dict[str, Any]  # the variables it reads, by name (and the ambient settings)
+    outputs: list[str]  # the names that come back
+    deletes: list[str]
+    last_expression: bool
+    others: dict[str, Any]  # the notebook's other names, offered as aliases of what is sent
+    binds: list[str]  # every name the cell assigns
+
+
+def analyse(code: str, namespace: Mapping[str, Any], options: TaskOptions,
+            hidden: Iterable[str] = ()) -> CellReads:
+    """The names the cell reads from `namespace` (leaving out `hidden` ones) and binds."""
     names = analyse_cell(code)
     if "get_ipython" in names.reads:
         raise CaptureError(
@@ -102,8 +123,8 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
               if n not in values and n not in hidden and not n.startswith("_")
               and not isinstance(v, types.ModuleType)}
     values[AMBIENT] = ambient.capture()
-    return _write_task(code, values, outputs, sorted(names.deletes), names.last_expression,
-                       host, options, namespace=namespace, aliases=others, figures=figures)
+    return CellReads(values, list(outputs), sorted(names.deletes), names.last_expression,
+                     others, sorted(names.binds))
 
 
 def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -229,9 +250,11 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
                 last_expression: bool, host: HostConfig, options: TaskOptions,
                 namespace: Mapping[str, Any] | None = None,
                 aliases: Mapping[str, Any] | None = None,
-                figures: dict[str, Any] | None = None) -> PreparedTask:
+                figures: dict[str, Any] | None = None,
+                track_changes: bool = True) -> PreparedTask:
     """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
-    would: its functions see the task's globals, and the inputs it changes come back."""
+    would: its functions see the task's globals, and (with `track_changes`) the inputs it
+    changes come back."""
     options = replace(options, resources=check_resources(options.resources),
                       collect=collect_patterns(options.collect))
     job_resources(host, options.resources)  # what the host's scheduler would refuse
@@ -283,7 +306,8 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
             "inputs": sorted(values), "imports": imports, "outputs": outputs,
             "deletes": deletes, "resources": options.resources, "name": options.name,
             "python": python, "created": time.time(), "collect": collect,
-            "files": [d for _, d in extra], "track_changes": namespace is not None,
+            "files": [d for _, d in extra],
+            "track_changes": namespace is not None and track_changes,
             "figures": _json_or_none(figures), **place,
         }
         write_json(TaskPaths(staging).spec, spec)

@@ -40,14 +40,29 @@ CREATE TABLE IF NOT EXISTS tasks (
     nowait INTEGER NOT NULL DEFAULT 0,
     resources TEXT,
     collect TEXT,
-    placement TEXT
+    placement TEXT,
+    sweep TEXT,
+    sweep_index INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_hash ON tasks (content_hash, host);
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    name TEXT,
+    created REAL NOT NULL,
+    elements TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    names TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    options TEXT
+);
 """
 _JSON_FIELDS = ("progress", "outputs", "resources", "collect", "placement")
 # Columns added after the first release of the schema: a store made before gets them on open.
-_ADDED = {"resources": "TEXT", "collect": "TEXT", "placement": "TEXT"}
+_ADDED = {"resources": "TEXT", "collect": "TEXT", "placement": "TEXT", "sweep": "TEXT",
+          "sweep_index": "INTEGER"}
+_SWEEP_JSON = ("elements", "labels", "names", "outputs", "options")
 
 
 @dataclass
@@ -71,6 +86,8 @@ class TaskRecord:
     resources: dict[str, Any] | None = None  # what the task asked the scheduler for
     collect: list[str] | None = None  # --collect patterns, fetched after the task ends
     placement: dict[str, Any] | None = None  # where it ran, how its files come back (prepare)
+    sweep: str | None = None  # the sweep it is an element of, and which one
+    sweep_index: int | None = None
 
     @property
     def final(self) -> bool:
@@ -84,7 +101,24 @@ class TaskRecord:
         return (self.finished or time.time()) - self.started
 
 
+@dataclass
+class SweepRecord:
+    """A sweep: one cell over many values, each value an element task (`elements`, in the
+    order of the values)."""
+
+    id: str
+    host: str
+    elements: list[str]
+    labels: list[str]  # how each element's value is shown ("seed=3")
+    names: list[str]  # the names the values are bound to
+    outputs: list[str]  # the names that come back, as lists
+    name: str | None = None
+    created: float = field(default_factory=time.time)
+    options: dict[str, Any] | None = None  # what a retry needs (resources, limit)
+
+
 _COLUMNS = [f.name for f in fields(TaskRecord)]
+_SWEEP_COLUMNS = [f.name for f in fields(SweepRecord)]
 SETUP_TIMEOUT = 30.0  # seconds to keep trying when another kernel is setting up the store
 
 
@@ -125,6 +159,8 @@ class TaskStore:
                     for column, kind in _ADDED.items():
                         if column not in have:
                             self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+                    self._db.execute("CREATE INDEX IF NOT EXISTS tasks_by_sweep ON tasks "
+                                     "(sweep, sweep_index)")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -136,11 +172,55 @@ class TaskStore:
             self._db.close()
 
     def add(self, record: TaskRecord) -> None:
-        row = _to_row(asdict(record))
+        self.add_many([record])
+
+    def add_many(self, records: list[TaskRecord], sweep: SweepRecord | None = None) -> None:
+        """Add tasks (and the sweep they make up) in ONE transaction: a thousand elements
+        cost one commit, and no other kernel sees half a sweep."""
+        rows = [_to_row(asdict(r)) for r in records]
         marks = ", ".join("?" for _ in _COLUMNS)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(f"INSERT OR REPLACE INTO tasks ({', '.join(_COLUMNS)}) "
+                                 f"VALUES ({marks})", [[r[c] for c in _COLUMNS] for r in rows])
+            if sweep is not None:
+                row = asdict(sweep)
+                for name in _SWEEP_JSON:
+                    row[name] = json.dumps(row[name])
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO sweeps ({', '.join(_SWEEP_COLUMNS)}) VALUES "
+                    f"({', '.join('?' for _ in _SWEEP_COLUMNS)})",
+                    [row[c] for c in _SWEEP_COLUMNS])
+
+    def sweep(self, sweep_id: str) -> SweepRecord | None:
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO tasks ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({marks})", [row[c] for c in _COLUMNS])
+            rows = self._db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchall()
+        if not rows:
+            return None
+        row = dict(rows[0])
+        for name in _SWEEP_JSON:
+            row[name] = json.loads(row[name]) if row[name] is not None else None
+        return SweepRecord(**{k: row[k] for k in _SWEEP_COLUMNS})
+
+    def sweep_ids(self, prefix: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM sweeps WHERE id >= ? AND id < ? "
+                                    "ORDER BY created", (prefix, prefix + "g")).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_sweeps(self, sweep_ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM sweeps WHERE id = ?", [(s,) for s in sweep_ids])
+
+    def many(self, task_ids: list[str]) -> list[TaskRecord]:
+        """These tasks, in this order (one query per 500), leaving out any no longer stored."""
+        found: dict[str, TaskRecord] = {}
+        for start in range(0, len(task_ids), 500):
+            part = task_ids[start:start + 500]
+            marks = ", ".join("?" for _ in part)
+            found.update((r.id, r) for r in self._query(
+                f"SELECT * FROM tasks WHERE id IN ({marks})", part))
+        return [found[t] for t in task_ids if t in found]
 
     def update(self, task_id: str, **values: Any) -> None:
         unknown = set(values) - set(_COLUMNS)

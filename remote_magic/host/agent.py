@@ -49,6 +49,7 @@ from .batchops import BatchOps, silence
 from .exchange import Exchange
 from .fileops import FileOps, pid_alive
 from .proctitle import set_name
+from .sweepops import SweepOps
 from .warm import WarmPool
 from .zygote import max_fd
 
@@ -64,7 +65,7 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
 
 
 # Operations that move file contents: they get the request's Exchange (see exchange.py).
-WITH_BYTES = frozenset({"stage", "put_chunk", "get", "read"})
+WITH_BYTES = frozenset({"stage", "stage_many", "put_chunk", "get", "read"})
 
 
 class Agent:
@@ -82,6 +83,7 @@ class Agent:
         self.batch = BatchOps(self.paths)
         self.allocs = AllocOps(self.workdir, self.batch)
         self.allocated: dict[str, Served] = {}  # allocations whose tasks this agent serves
+        self.sweeps = SweepOps(self.workdir, self.files, self.batch, self.paths, self.op_start)
         self.allocation = allocation  # where its tasks start, when it serves an allocation
         self.warm: WarmPool | None = None  # a resident agent's warm runners (warm.py)
         files = self.files
@@ -95,6 +97,8 @@ class Agent:
             "put_close": files.op_put_close, "get": files.op_get, "read": files.op_read,
             "glob": files.op_glob, "alloc_start": self.allocs.op_alloc_start,
             "alloc_list": self.allocs.op_alloc_list, "alloc_stop": self.allocs.op_alloc_stop,
+            "shared_has": self.sweeps.op_shared_has, "stage_many": self.sweeps.op_stage_many,
+            "submit_array": self.sweeps.op_submit_array,
         }
         # A work directory another user could have written is never used: every request is
         # answered with why, and how to fix it (nothing in it is read, nothing is written).
@@ -142,6 +146,8 @@ class Agent:
     def op_hello(self) -> dict[str, Any]:
         return {"python": "{}.{}.{}".format(*sys.version_info[:3]), "executable": sys.executable,
                 "pid": os.getpid(), "hostname": self.hostname, "workdir": str(self.workdir),
+                "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count(),
                 "home": os.path.expanduser("~")}
 
     def op_mkdir(self, task: str) -> str:
@@ -347,6 +353,7 @@ class Agent:
 
     def op_kill(self, tasks: list[str]) -> dict[str, str]:
         outcome = {}
+        jobs = []  # batch jobs: one cancel command for all of a scheduler's (a whole sweep)
         for task_id in tasks:
             paths = self.paths(task_id)
             record = read_state(paths)
@@ -358,7 +365,7 @@ class Agent:
                                                                                      paths)
                 continue
             if record.get("launcher") not in (None, "process") and record.get("job_id"):
-                outcome[task_id] = self.batch.cancel(paths, record)
+                jobs.append((task_id, paths, record))
                 continue
             paths.cancel.touch()
             target = self._stop_target(task_id, read_json(paths.pids))
@@ -368,6 +375,8 @@ class Agent:
             else:
                 runner.settle(paths, read_exitcode(paths))
                 outcome[task_id] = read_state(paths)["state"]
+        if jobs:
+            outcome.update(self.batch.cancel(jobs))
         return outcome
 
     def _stop_target(self, task_id: str, pids: dict[str, Any] | None) -> int | None:
@@ -534,6 +543,7 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
     out.flush()
     if agent.refusal is None:
         agent.files.sweep()
+        agent.sweeps.sweep_leftovers(time.time())
     if agent.refusal is None and warm and allocation is None:
         agent.warm = WarmPool(agent.workdir, agent.tasks_dir)
         agent.warm.start()

@@ -197,15 +197,24 @@ class BatchOps:
         return set_state(paths, State.LOST, "the job left the queue and its task directory does "
                                         "not say how it ended", checked=True)
 
-    def cancel(self, paths: TaskPaths, record: dict[str, Any]) -> str:
-        batch = scheduler_for(record["launcher"])
-        paths.cancel.touch()
-        done = run_command(batch.cancel_command([record["job_id"]]))
-        if done.returncode != 0:
-            raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
-                               f"{(done.stderr or done.stdout).strip()[-500:]}")
-        self.queue_cache.pop(batch.name, None)
-        return "cancelling"
+    def cancel(self, jobs: list[tuple[str, TaskPaths, dict[str, Any]]]) -> dict[str, str]:
+        """Cancel the jobs of these tasks (task id, paths, state record): one cancel command
+        per scheduler, however many jobs (the elements of a sweep's array)."""
+        by_scheduler: dict[str, list[tuple[str, TaskPaths, dict[str, Any]]]] = {}
+        for job in jobs:
+            by_scheduler.setdefault(job[2]["launcher"], []).append(job)
+        outcome = {}
+        for name, group in by_scheduler.items():
+            batch = scheduler_for(name)
+            for _, paths, _ in group:
+                paths.cancel.touch()
+            done = run_command(batch.cancel_command([r["job_id"] for _, _, r in group]))
+            if done.returncode != 0:
+                raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
+                                   f"{(done.stderr or done.stdout).strip()[-500:]}")
+            self.queue_cache.pop(batch.name, None)
+            outcome.update((task_id, "cancelling") for task_id, _, _ in group)
+        return outcome
 
 
 def _confirm(paths: TaskPaths, record: dict[str, Any], job: JobState | None,

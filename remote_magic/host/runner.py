@@ -214,7 +214,9 @@ def run_task(root: str, on_end: Callable[[list[str]], None] | None = None) -> in
         for name, module in spec.get("imports", {}).items():
             ns[name] = importlib.import_module(module)
         own = dict(ns)
-        loaded = load_namespace(paths.inputs, namespace=ns) if spec.get("inputs") else {}
+        loaded = load_namespace(paths.shared, namespace=ns) if spec.get("shared") else {}
+        if spec.get("inputs"):  # a sweep element's own values come last: they win
+            loaded.update(load_namespace(paths.inputs, namespace=ns))
         if spec.get("track_changes"):
             settings = ambient.Tracker(loaded.pop(AMBIENT, {}), when_imported)
         ns.update(loaded)

@@ -11,6 +11,7 @@ IPython expands `{...}` in a magic's line before the magic sees it.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import unicodedata
 from typing import Any, Callable
@@ -142,3 +143,64 @@ def id_prefix(text: str) -> str:
             f"{echo(text, 40)} is not a task id: ids are hexadecimal (any unique prefix of "
             "one will do), and %remote_status --all lists them.")
     return prefix
+
+
+_MAP = re.compile(r"(?:^|(?<=\s))--map(?:=|\s+)")
+_NAME = re.compile(r"\s*([A-Za-z_]\w*)\s*=")
+_OPTION_AHEAD = re.compile(r"\s+(?=--?[A-Za-z])|\s*$")
+
+
+def take_maps(line: str) -> tuple[str, list[tuple[str, str]]]:
+    """The `--map NAME=EXPR` options of a `%%remote` line, and the line without them.
+
+    EXPR is Python, not shell words: `--map x=[0.1, 0.01]` must not be split at its spaces
+    or lose its quotes. So each one is taken out before the line is split: up to the first
+    point from which the rest of the line is another option (or nothing) and the part before
+    it is a whole expression. A quoted `--map 'NAME=EXPR'` works as well."""
+    maps: list[tuple[str, str]] = []
+    rest = []
+    at = 0
+    while (found := _MAP.search(line, at)) is not None:
+        rest.append(line[at:found.start()])
+        at = found.end()
+        if at < len(line) and line[at] in "'\"":  # quoted whole: one shell word
+            lexer = shlex.shlex(line[at:], posix=True)
+            lexer.whitespace_split = True
+            lexer.commenters = ""
+            try:
+                word = lexer.get_token() or ""
+            except ValueError:
+                raise OptionError(f"%%remote: {_unsplittable(line[at:])}") from None
+            consumed = len(line[at:]) - len(lexer.instream.read())
+            at += consumed
+            name, sep, expr = word.partition("=")
+            if not sep or not name.strip().isidentifier():
+                raise OptionError(f"--map {echo(word, 60)}: write NAME=EXPR, e.g. "
+                                  "--map seed=range(10)")
+            maps.append((name.strip(), expr.strip()))
+            continue
+        named = _NAME.match(line, at)
+        if named is None:
+            raise OptionError(f"--map {echo(line[at:], 60)}: write NAME=EXPR, e.g. "
+                              "--map seed=range(10)")
+        start = named.end()
+        for end in (m.start() for m in _OPTION_AHEAD.finditer(line, start)):
+            expr = line[start:end].strip()
+            if expr and _compiles(expr):
+                maps.append((named.group(1), expr))
+                at = end
+                break
+        else:
+            raise OptionError(f"--map {named.group(1)}={echo(line[start:].strip(), 60)}: not "
+                              "a Python expression (a sequence of values such as range(10) "
+                              "or [0.1, 0.01] was expected)")
+    rest.append(line[at:])
+    return "".join(rest), maps
+
+
+def _compiles(expr: str) -> bool:
+    try:
+        compile(expr, "<--map>", "eval")
+    except (SyntaxError, ValueError):
+        return False
+    return True

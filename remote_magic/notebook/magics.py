@@ -17,8 +17,11 @@ from IPython.display import display
 from ..client.core import Client, get_client, parse_age
 from ..client.prepare import prepare_cell
 from ..client.results import Shown, TaskResult, decoder
-from ..client.store import TaskRecord
+from ..client.session import Update
+from ..client.store import SweepRecord, TaskRecord
+from ..client.sweeps import SweepFollow, SweepResult, check_keys, expand, prepare_sweep
 from ..errors import (
+    OptionError,
     RemoteMagicError,
     RemoteTaskError,
     TaskFailedError,
@@ -26,9 +29,10 @@ from ..errors import (
     clipped,
 )
 from ..wire.taskdir import TaskPaths
-from .arguments import id_prefix, parse, resources, task_options
+from .arguments import id_prefix, parse, resources, take_maps, task_options
 from .output import OutputStream
 from .render import cell_stream, displays_only
+from .sweep_view import SweepView, sweep_view
 from .views import allocation_line, allocations_table, status_table
 from .widgets import TaskView, task_view, watch_status
 
@@ -68,6 +72,8 @@ class RemoteMagics(Magics):
         # --nowait tasks whose results are due here, with the objects they were sent
         self.pending: dict[str, tuple[TaskRecord, dict[str, Any]]] = {}
         self.views: dict[str, TaskView] = {}  # live views of tasks followed in the background
+        # sweeps detached or sent with --nowait: loaded when all their elements have ended
+        self.sweeps: dict[str, tuple[SweepFollow, SweepView]] = {}
 
     # ------------------------------------------------------------ %%remote
 
@@ -90,6 +96,17 @@ class RemoteMagics(Magics):
                    "the task ends")
     @argument("--rerun", action="store_true",
               help="run again even if an identical task already completed")
+    @argument("--map", action="append", metavar="NAME=EXPR",
+              help="a sweep: run the cell once per value of EXPR (evaluated here) with NAME "
+                   "bound to it, as one job array on batch hosts; the names the cell assigns "
+                   "come back as lists. Several --map: every combination")
+    @argument("--zip", action="store_true",
+              help="with several --map: take their values side by side, not every combination")
+    @argument("--partial", action="store_true",
+              help="with --map: do not raise when elements fail; their places hold the "
+                   "exceptions")
+    @argument("--keyed", action="store_true",
+              help="with --map: names come back as dicts keyed by the values, not lists")
     @cell_magic
     def remote(self, line: str, cell: str) -> Any:
         """Run this cell as a task on a host and load its results back here.
@@ -97,10 +114,15 @@ class RemoteMagics(Magics):
         The cell's code and the notebook variables it reads are sent; the names it assigns,
         its printed output, displays and last value come back as if it had run here.
         """
+        line, maps = take_maps(line)
         args = parse(self.remote, line, cell=True)
         options = task_options(args)
         host = self.client.host(args.queue)
         code = self.shell.transform_cell(cell)
+        if maps:
+            return self._sweep(code, maps, args, options, host)
+        if args.zip or args.partial or args.keyed:
+            raise OptionError("--zip, --partial and --keyed go with --map NAME=EXPR (a sweep)")
         prepared = prepare_cell(code, self.shell.user_ns, host, options,
                                 hidden=self.shell.user_ns_hidden, figures=_figure_settings())
         submission = self.client.submit(prepared)
@@ -122,6 +144,82 @@ class RemoteMagics(Magics):
                   "at the start of the first cell run after it ends.")
             return None
         return self._follow(record, originals)
+
+    def _sweep(self, code: str, maps: list[tuple[str, str]], args: Any, options: Any,
+               host: Any) -> None:
+        """`%%remote --map`: the cell once per value, followed in one view, its names loaded
+        as lists (or dicts) when every element has ended."""
+        values = {}
+        for name, expr in maps:
+            if name in values:
+                raise OptionError(f"--map {name} is given twice: each name takes one EXPR")
+            try:
+                values[name] = eval(expr, self.shell.user_ns)  # noqa: S307 - the user's own
+            except Exception as exc:  # noqa: BLE001 - said as the option's fault, not ours
+                raise OptionError(f"--map {name}={clipped(expr, 60)}: evaluating it raised "
+                                  f"{type(exc).__name__}: {clipped(str(exc), 200)}") from None
+        bindings = expand(values, args.zip)
+        if args.keyed:
+            check_keys(bindings)
+        prepared = prepare_sweep(code, self.shell.user_ns, host, options, bindings,
+                                 hidden=self.shell.user_ns_hidden, figures=_figure_settings())
+        submission = self.client.submit_sweep(prepared)
+        sweep = submission.sweep
+        follow = SweepFollow(sweep, prepared.base.values, bindings, args.keyed, args.partial)
+        view = sweep_view(sweep.id, sweep.host, sweep.labels,
+                          lambda: self.client.kill(self.client.elements(sweep)))
+        view.show()
+        for record in submission.records:  # reused or already ended: shown as they are
+            if record.final:
+                for index in [i for i, t in enumerate(sweep.elements) if t == record.id]:
+                    view.update(index, Update(record.id, record.state, record.reason))
+        if submission.reused:
+            print(f"Sweep {sweep.id}: {submission.reused} of {len(sweep.elements)} elements "
+                  "reuse the results of identical tasks that completed (--rerun runs them "
+                  "again).")
+        if options.nowait:
+            self.sweeps[sweep.id] = (follow, view)
+            self._watch_sweep(sweep, view)
+            print(f"Sweep {sweep.id} ({len(sweep.elements)} elements) runs on {sweep.host} in "
+                  "the background; its results load at the start of the first cell run after "
+                  "it ends.")
+            return None
+        try:
+            for index, update in self.client.follow_sweep(sweep):
+                if index >= 0:
+                    view.update(index, update)
+        except KeyboardInterrupt:
+            self.sweeps[sweep.id] = (follow, view)
+            self._watch_sweep(sweep, view)
+            print(f"\nDetached from sweep {sweep.id}: it keeps running on {sweep.host}. Load "
+                  f"its results later with %remote_fetch {sweep.id}, or cancel it with "
+                  f"%remote_kill {sweep.id} (or the Cancel button).")
+            return None
+        self._load_sweep(follow, view, raise_error=True)
+        return None
+
+    def _watch_sweep(self, sweep: SweepRecord, view: SweepView) -> None:
+        """Keep a detached or --nowait sweep's view live, from the sessions' threads."""
+        where = {task_id: i for i, task_id in enumerate(sweep.elements)}
+        for record in self.client.elements(sweep):
+            if not record.final:
+                self.client.watch(record, listener=lambda u: view.update(where[u.task_id], u))
+
+    def _load_sweep(self, follow: SweepFollow, view: SweepView,
+                    raise_error: bool) -> SweepResult:
+        """Load a sweep's results into the namespace; raise (unless --partial) when elements
+        did not complete."""
+        result = self.client.sweep_result(follow.sweep, namespace=self.shell.user_ns,
+                                          originals=follow.originals,
+                                          bindings=follow.bindings, keyed=follow.keyed)
+        names = result.apply(self.shell.user_ns)
+        summary = result.summary()
+        loaded = f"loaded {', '.join(names)}" if names else "no names to load"
+        view.finished([summary, loaded])
+        error = result.error()
+        if error is not None and not follow.partial and raise_error:
+            raise error from next(iter(error.errors.values()))
+        return result
 
     def _canceller(self, record: TaskRecord) -> Any:
         return lambda: self.client.kill([self.client.store.get(record.id)])
@@ -191,6 +289,8 @@ class RemoteMagics(Magics):
         why: this hook runs before every cell, and a failure left in place would repeat there
         (as an "Error in callback" traceback) for the rest of the session.
         """
+        for sweep_id in list(self.sweeps):
+            self._load_pending_sweep(sweep_id)
         for task_id in list(self.pending):
             try:
                 self._load_pending(task_id)
@@ -202,6 +302,26 @@ class RemoteMagics(Magics):
                 self._drop_pending(task_id, "not loaded", f"could not be loaded "
                                    f"({type(exc).__name__}: {clipped(_first_line(exc), 200)}); "
                                    f"%remote_fetch {task_id} tries again")
+
+    def _load_pending_sweep(self, sweep_id: str) -> None:
+        """Load a --nowait or detached sweep once all its elements have ended, saying in one
+        line how it went (a failure is said, not raised: this cell is about something else)."""
+        follow, view = self.sweeps[sweep_id]
+        if not all(r.final for r in self.client.elements(follow.sweep)):
+            return
+        del self.sweeps[sweep_id]
+        try:
+            result = self._load_sweep(follow, view, raise_error=False)
+        except Exception as exc:  # noqa: BLE001 - one line now, not a traceback every cell
+            print(f"remote_magic: sweep {sweep_id} could not be loaded ({type(exc).__name__}: "
+                  f"{clipped(_first_line(exc), 200)}); %remote_fetch {sweep_id} tries again.",
+                  file=sys.stderr)
+            return
+        names = ", ".join(sorted(result.values)) or "no variables"
+        failed = f" ({len(result.errors)} did not complete: %remote_retry {sweep_id} runs " \
+                 "them again)" if result.errors else ""
+        print(f"remote_magic: {result.summary()}; loaded {names}{failed}.",
+              file=sys.stderr if result.errors else sys.stdout)
 
     def _load_pending(self, task_id: str) -> None:
         """Load one --nowait task if it has ended, with a one-line notice of how it went."""
@@ -239,66 +359,107 @@ class RemoteMagics(Magics):
     # ------------------------------------------------------------ line magics
 
     @magic_arguments()
-    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("ids", nargs="*", help="task or sweep ids (or unique prefixes)")
     @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
-    @argument("--all", action="store_true", help="include finished tasks")
+    @argument("--all", action="store_true",
+              help="include finished tasks; with a sweep's id, a row per element")
     @argument("--watch", action="store_true", help="keep the table live until the tasks end")
     @line_magic
     def remote_status(self, line: str) -> None:
-        """Table of tasks: id, name, host, job id, state, submitted, duration, progress."""
+        """Table of tasks: id, name, host, job id, state, submitted, duration, progress. A
+        sweep is one row (its elements' counts), unless named with --all."""
         args = parse(self.remote_status, line)
-        ids = [id_prefix(i) for i in args.ids] or None
+        prefixes = [id_prefix(i) for i in args.ids]
+        given = [self.client.find_any(p) for p in prefixes]
+        ids = [r.id for r in self.client.records_for(prefixes)] or None
+        expanded = {g.id for g in given if isinstance(g, SweepRecord)} if args.all else set()
         records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
         if args.watch and records:
             listed = [r.id for r in records]
             watch_status(records, lambda: self.client.status(listed))
             return
-        display(status_table(records), raw=True)
+        display(status_table(records, self.client.sweep_groups(records, expanded)), raw=True)
 
     @magic_arguments()
-    @argument("id", help="task id (or a unique prefix)")
+    @argument("id", help="task or sweep id (or a unique prefix)")
     @line_magic
     def remote_fetch(self, line: str) -> Any:
-        """Load a task's results into the namespace (waiting for it if it still runs)."""
+        """Load a task's (or a sweep's) results into the namespace (waiting for it if it
+        still runs)."""
         args = parse(self.remote_fetch, line)
-        record = self.client.status([id_prefix(args.id)])[0]
+        found = self.client.find_any(id_prefix(args.id))
+        if isinstance(found, SweepRecord):
+            return self._fetch_sweep(found)
+        record = self.client.status([found.id])[0]
         _, originals = self.pending.pop(record.id, (None, None))
         if not record.final:
             return self._follow(record, originals)
         view = self.views.pop(record.id, None) or task_view(record, waiting=True)
         return self._finish(record, view, originals)
 
+    def _fetch_sweep(self, sweep: SweepRecord) -> None:
+        follow, view = self.sweeps.pop(sweep.id, (None, None))
+        if follow is None:
+            follow = SweepFollow(sweep, {})
+        if view is None:
+            view = sweep_view(sweep.id, sweep.host, sweep.labels)
+            view.show()
+            for index, task_id in enumerate(sweep.elements):
+                for record in self.client.store.many([task_id]):
+                    view.update(index, Update(record.id, record.state, record.reason))
+        try:
+            for index, update in self.client.follow_sweep(sweep):
+                if index >= 0:
+                    view.update(index, update)
+        except KeyboardInterrupt:
+            self.sweeps[sweep.id] = (follow, view)
+            print(f"\nStopped waiting for sweep {sweep.id}; it keeps running.")
+            return None
+        self._load_sweep(follow, view, raise_error=True)
+        return None
+
     @magic_arguments()
-    @argument("id", help="task id (or a unique prefix)")
+    @argument("id", help="task or sweep id (or a unique prefix)")
+    @argument("index", nargs="?", type=int, help="with a sweep's id: the element's index")
     @argument("--stderr", action="store_true", help="show the error stream instead")
     @line_magic
     def remote_log(self, line: str) -> None:
-        """The task's printed output so far."""
+        """The task's printed output so far (a sweep's element: SWEEP INDEX)."""
         args = parse(self.remote_log, line)
-        record = self.client.find(id_prefix(args.id))
-        text = self.client.log(record, "stderr" if args.stderr else "stdout")
-        print(text if text else f"(task {record.id} has written nothing to "
+        found = self.client.find_any(id_prefix(args.id))
+        if isinstance(found, SweepRecord):
+            if args.index is None or not 0 <= args.index < len(found.elements):
+                raise OptionError(f"%remote_log {found.id} INDEX: name the element, from 0 to "
+                                  f"{len(found.elements) - 1}")
+            found = self.client.find(found.elements[args.index])
+        elif args.index is not None:
+            raise OptionError(f"%remote_log {found.id}: a task has no elements; an INDEX goes "
+                              "with a sweep's id")
+        text = self.client.log(found, "stderr" if args.stderr else "stdout")
+        print(text if text else f"(task {found.id} has written nothing to "
                                 f"{'stderr' if args.stderr else 'stdout'} yet)", end="")
 
     @magic_arguments()
-    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("ids", nargs="*", help="task or sweep ids (or unique prefixes)")
     @argument("-q", "--queue", metavar="HOST", help="with --all: the host whose tasks to kill")
     @argument("--all", action="store_true", help="every unfinished task (of -q HOST)")
     @line_magic
     def remote_kill(self, line: str) -> None:
-        """Cancel tasks (scheduler cancel or process kill)."""
+        """Cancel tasks (scheduler cancel or process kill); a sweep's id cancels its
+        unfinished elements."""
         args = parse(self.remote_kill, line)
         if args.all:
             records = self.client.store.list(host=args.queue, active_only=True)
         elif args.ids:
-            records = [self.client.find(id_prefix(i)) for i in args.ids]
+            records = self.client.records_for([id_prefix(i) for i in args.ids])
         else:
             raise RemoteMagicError("Name the tasks to kill, or use --all [-q HOST].")
-        for task_id, outcome in self.client.kill(records).items():
-            print(f"{task_id}: {outcome}")
+        outcome = self.client.kill(records)
+        for line_ in _outcome_lines(outcome, records):
+            print(line_)
 
     @magic_arguments()
-    @argument("ids", nargs="*", help="task ids (or unique prefixes)")
+    @argument("ids", nargs="*", help="task or sweep ids (or unique prefixes)")
     @argument("--older", metavar="AGE", help="finished tasks older than AGE (7d, 12h, 30m)")
     @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
     @line_magic
@@ -306,16 +467,37 @@ class RemoteMagics(Magics):
         """Remove finished tasks' directories, on the host and here."""
         args = parse(self.remote_purge, line)
         if args.ids:
-            records = [self.client.find(id_prefix(i)) for i in args.ids]
+            records = self.client.records_for([id_prefix(i) for i in args.ids])
         elif args.older:
             records = self.client.older_than(parse_age(args.older), host=args.queue)
         else:
             raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
         outcome = self.client.purge(records)
-        for task_id, said in outcome.items():
-            print(f"{task_id}: {said}")
+        for line_ in _outcome_lines(outcome, records):
+            print(line_)
         if not outcome:
             print("Nothing to purge.")
+
+    @magic_arguments()
+    @argument("id", help="the sweep's id (or a unique prefix)")
+    @line_magic
+    def remote_retry(self, line: str) -> None:
+        """Run a sweep's failed, cancelled, timed-out and lost elements again (on a batch
+        host as one smaller job array); %remote_fetch SWEEP then loads the whole sweep."""
+        args = parse(self.remote_retry, line)
+        found = self.client.find_any(id_prefix(args.id))
+        if not isinstance(found, SweepRecord):
+            raise OptionError(f"%remote_retry {found.id}: that is a task, not a sweep; run "
+                              "its cell again (with --rerun) to run it anew")
+        started = self.client.retry_sweep(found)
+        if not started:
+            print(f"Sweep {found.id}: every element completed; nothing to retry.")
+            return
+        indices = [i for i, t in enumerate(found.elements) if t in {r.id for r in started}]
+        shown = ", ".join(map(str, indices[:20])) + (" ..." if len(indices) > 20 else "")
+        print(f"Sweep {found.id}: {len(started)} element{'s' if len(started) != 1 else ''} "
+              f"started again ({shown}); %remote_fetch {found.id} waits for them and loads "
+              "the whole sweep.")
 
     @magic_arguments()
     @argument("name", nargs="?", help="the allocation's name: then a host name (-q NAME)")
@@ -354,6 +536,22 @@ class RemoteMagics(Magics):
             for name in config.hosts:
                 for check in check_host(self.client, name):
                     print(check)
+
+
+def _outcome_lines(outcome: dict[str, str], records: list[TaskRecord]) -> list[str]:
+    """A line per task, but the elements of a sweep as one line per outcome."""
+    lines = []
+    sweeps: dict[tuple[str, str], int] = {}
+    of = {r.id: r.sweep for r in records}
+    for task_id, said in outcome.items():
+        if of.get(task_id):
+            key = (of[task_id], said)
+            sweeps[key] = sweeps.get(key, 0) + 1
+        else:
+            lines.append(f"{task_id}: {said}")
+    for (sweep_id, said), count in sweeps.items():
+        lines.append(f"sweep {sweep_id}: {count} element{'s' if count != 1 else ''} {said}")
+    return lines
 
 
 def _figure_settings() -> dict[str, Any] | None:

@@ -52,10 +52,53 @@ def status_rows(records: Iterable[TaskRecord]) -> list[list[str]]:
     return rows
 
 
-def status_table(records: Iterable[TaskRecord]) -> dict[str, str]:
-    """The table of `%remote_status` and `remote-magic status`."""
-    return table(COLUMNS, status_rows(records), 4, STATE_COLOURS,
+def status_table(records: Iterable[TaskRecord],
+                 sweeps: dict[str, list[TaskRecord]] | None = None) -> dict[str, str]:
+    """The table of `%remote_status` and `remote-magic status`: with `sweeps` (sweep id ->
+    its elements), the elements of each are one row, where the sweep's first one would be."""
+    rows: list[list[str]] = []
+    shown: set[str] = set()
+    for record in records:
+        if sweeps is not None and record.sweep in sweeps:
+            if record.sweep not in shown:
+                shown.add(record.sweep)
+                rows.append(sweep_row(record.sweep, sweeps[record.sweep]))
+        else:
+            rows.extend(status_rows([record]))
+    return table(COLUMNS, rows, 4, STATE_COLOURS,
                  "No tasks. %%remote runs a cell as a task; --all shows finished ones too.")
+
+
+# the state a sweep's row shows: the least advanced of its elements' (then the worst outcome)
+_SWEEP_ORDER = (State.PREPARED, State.SUBMITTED, State.QUEUED, State.RUNNING, State.LOST,
+                State.TIMED_OUT, State.FAILED, State.CANCELLED, State.COMPLETED)
+
+
+def sweep_row(sweep_id: str, elements: list[TaskRecord]) -> list[str]:
+    """A sweep as one status row: its elements' counts in the progress column."""
+    counts: dict[str, int] = {}
+    for record in elements:
+        counts[record.state] = counts.get(record.state, 0) + 1
+    running = [s for s in _SWEEP_ORDER[:4] if counts.get(s)]
+    state = running[-1] if State.RUNNING in running else (running[0] if running else next(
+        s for s in _SWEEP_ORDER[4:] if counts.get(s)))
+    done = sum(1 for r in elements if r.final)
+    others = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()
+                       if s != State.COMPLETED)
+    first = min(elements, key=lambda r: r.submitted or r.created)
+    submitted = time.strftime("%Y-%m-%d %H:%M:%S",
+                              time.localtime(first.submitted or first.created))
+    started = [r.started for r in elements if r.started]
+    ends = [r.finished for r in elements if r.finished]
+    duration = None
+    if started:
+        duration = (max(ends) if ends and done == len(elements) else time.time()) - min(started)
+    arrays = {r.job_id.split("_")[0].split("[")[0].split(".")[0] for r in elements if r.job_id}
+    job = next(iter(arrays)) if len(arrays) == 1 else (f"{len(arrays)} jobs" if arrays else "")
+    name = elements[0].name or ""
+    return [sweep_id, f"{name} (sweep of {len(elements)})".strip(), elements[0].host, job,
+            state, submitted, format_duration(duration),
+            f"{done}/{len(elements)} done" + (f" ({others})" if others else "")]
 
 
 def table(columns: tuple[str, ...], rows: list[list[str]], coloured: int,

@@ -60,6 +60,8 @@ class TaskPaths:
 
     spec = property(lambda self: self.root / "spec.json")
     inputs = property(lambda self: self.root / "inputs.rmns")
+    # a sweep's element: the inputs all its elements share (a link to one copy on the host)
+    shared = property(lambda self: self.root / "shared.rmns")
     state = property(lambda self: self.root / "state.json")
     pids = property(lambda self: self.root / "pids.json")
     heartbeat = property(lambda self: self.root / "heartbeat")

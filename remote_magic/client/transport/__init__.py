@@ -68,6 +68,9 @@ class Transport(Protocol):
         """Put the task's files (and `--files`: local path, destination) on the host; with
         `start`, a task that goes in one request is started by it too."""
 
+    def share(self, local: Path, name: str) -> None:
+        """Send inputs shared by a sweep's elements to the host's `shared` folder."""
+
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Where the finished task's result files can be read on this machine."""
 

@@ -129,6 +129,12 @@ class LocalTransport:
                     self.workdir)).for_host(self.host.name)) from None
             raise
 
+    def share(self, local: Path, name: str) -> None:
+        """Put inputs that the elements of a sweep share into the host's `shared` folder
+        (which the agent made, private, when asked whether it holds them)."""
+        self._trusted()
+        _copy_file(local, self.workdir / "shared" / name)
+
     def keep_results(self, task_id: str, listing: list[dict[str, Any]], payload: bytes) -> None:
         """Nothing to keep: results are read in place here (and never pushed)."""
 

@@ -452,6 +452,11 @@ class SSHTransport:
                 pass
             raise
 
+    def share(self, local: Path, name: str) -> None:
+        """Send inputs that the elements of a sweep share, once, into the host's `shared`
+        folder (verified on arrival, put in place whole)."""
+        self.upload(local, f"shared/{name}")
+
     def upload(self, local: Path, remote: str) -> int:
         """Stream a file to the host; it appears there whole and verified, or not at all."""
         if self.fallback is not None:

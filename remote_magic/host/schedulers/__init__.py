@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import BatchScheduler, JobState
+from .base import Array, BatchScheduler, JobState
 
-__all__ = ["BatchScheduler", "JobState", "scheduler_for"]
+__all__ = ["Array", "BatchScheduler", "JobState", "scheduler_for"]
 
 
 def scheduler_for(name: str) -> BatchScheduler:

@@ -49,6 +49,18 @@ class JobState:
     unreachable: bool = False
 
 
+@dataclass(frozen=True)
+class Array:
+    """A job array: how many elements, and how many may run at once (None: no limit)."""
+
+    count: int
+    limit: int | None = None
+
+    @property
+    def indices(self) -> range:
+        return range(self.count)
+
+
 @dataclass
 class Vouch:
     """A scheduler's word on a running job whose heartbeat stopped: does its node still run it?
@@ -106,20 +118,53 @@ class BatchScheduler:
         return TaskPaths(taskdir)
 
     def render(self, template: str | None, resources: dict[str, Any], name: str,
-               taskdir: str, setup: str, runner: str) -> str:
-        """The whole job script, from the host's template or the built-in one."""
+               taskdir: str, setup: str, runner: str, array: Array | None = None) -> str:
+        """The whole job script, from the host's template or the built-in one.
+
+        With `array`, one script for a job array: `taskdir` is the array's folder, whose
+        entry named by an element's index links to that element's task directory, so the
+        scheduler's output files and the script's own paths land in the task directories."""
         if not self.never_requeue:
             raise NotImplementedError(f"{type(self).__name__} does not say how to forbid requeues")
-        lines = [*self.resource_lines(resources, name, taskdir), self.never_requeue]
+        if array is None:
+            lines = [*self.resource_lines(resources, name, taskdir), self.never_requeue]
+            quoted = shlex.quote(taskdir)
+        else:
+            element = f"{taskdir}/{self.array_index_pattern}"
+            lines = [*self.resource_lines(resources, self.array_name(name, array), element),
+                     *self.array_lines(array), self.never_requeue]
+            quoted = f'{shlex.quote(taskdir)}/"${self.array_variable}"'
         directives = "\n".join(f"{self.directive} {line}" for line in lines)
-        paths = TaskPaths(taskdir)
-        fields = {"name": name, "taskdir": shlex.quote(taskdir),
-                  "workdir": shlex.quote(str(paths.work)), "directives": directives,
+        paths = TaskPaths("")
+        fields = {"name": name, "taskdir": quoted,
+                  "workdir": f"{quoted}/{paths.work.name}", "directives": directives,
                   "setup": setup, "runner": runner,
-                  "exitcode": shlex.quote(str(paths.exitcode))}
+                  "exitcode": f"{quoted}/{paths.exitcode.name}"}
         if template is not None:
             return template.format(**fields)
         return "#!/bin/bash\n" + directives + "\n" + DEFAULT_BODY.format(**fields)
+
+    # ------------------------------------------------------------ job arrays
+    # A sweep is submitted as ONE job array: element i (counted from `array_base`) runs the
+    # task whose directory the array folder's entry `i` links to.
+
+    array_variable: ClassVar[str] = ""  # the environment variable holding an element's index
+    array_index_pattern: ClassVar[str] = ""  # how an output path in a directive names it
+    array_base: ClassVar[int] = 0  # the index of the first element
+
+    def array_lines(self, array: Array) -> list[str]:
+        """The directives that make the job an array of `array.count` elements, at most
+        `array.limit` (None: no limit) running at once."""
+        raise NotImplementedError(f"{self.title or self.name} job arrays are not supported")
+
+    def array_name(self, name: str, array: Array) -> str:
+        """The job's name as an array (LSF spells the array into the name itself)."""
+        return name
+
+    def element_id(self, job_id: str, index: int) -> str:
+        """How the queue names element `index` of array job `job_id`: what status answers
+        are keyed by, and what the cancel command takes for that element alone."""
+        raise NotImplementedError(f"{self.title or self.name} job arrays are not supported")
 
     # ------------------------------------------------------------ commands and answers
 

@@ -105,8 +105,18 @@ def _clock(when: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[1] == "--array":  # an element of a job array: its index says
+        index = os.environ.get(scheduler_for(args[0]).array_variable, "")
+        if not index.isdigit():
+            print(f"remote_magic: not run as an element of a job array (no index in "
+                  f"${scheduler_for(args[0]).array_variable})", file=sys.stderr)
+            return 2
+        # the array folder's entry links to the element's task directory: its real path,
+        # so that the task finds its work directory's other folders
+        return run_once(os.path.realpath(os.path.join(args[2], index)), args[0])
     if len(args) != 2:
-        print("usage: python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR",
+        print("usage: python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR\n"
+              "       python -m remote_magic.host.schedulers.job SCHEDULER --array FOLDER",
               file=sys.stderr)
         return 2
     return run_once(os.path.abspath(args[1]), args[0])

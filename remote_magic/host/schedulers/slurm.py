@@ -12,7 +12,7 @@ import re
 from typing import Any, ClassVar
 
 from ...wire.states import State
-from .base import BatchScheduler, JobState, Vouch, last_line, unknown
+from .base import Array, BatchScheduler, JobState, Vouch, last_line, unknown
 from .units import directive_word, memory_bytes, positive_count
 
 # Our states for SLURM's job states (squeue %T and sacct State, whose "CANCELLED by 123"
@@ -63,6 +63,16 @@ class Slurm(BatchScheduler):
                 lines.append(f"--{key}={value}")
         return lines
 
+    array_variable: ClassVar[str] = "SLURM_ARRAY_TASK_ID"
+    array_index_pattern: ClassVar[str] = "%a"
+
+    def array_lines(self, array: Array) -> list[str]:
+        limit = f"%{array.limit}" if array.limit else ""
+        return [f"--array=0-{array.count - 1}{limit}"]
+
+    def element_id(self, job_id: str, index: int) -> str:
+        return f"{job_id}_{index}"
+
     def submit_command(self, script: str) -> list[str]:
         return ["sbatch", "--parsable", script]
 
@@ -77,7 +87,10 @@ class Slurm(BatchScheduler):
     def status_command(self, job_ids: list[str]) -> list[str]:
         # -t all: a finished job stays listed, with its final state (TIMEOUT, CANCELLED...),
         # for MinJobAge after it ends, with or without accounting.
-        return ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+        # -r: one line per array element (a pending array is otherwise one line, 12_[3-99]);
+        # an array is asked about once, by its own id, however many of its elements we follow
+        return ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(_arrays(job_ids)),
+                "-o", "%i|%T|%r"]
 
     def read_status(self, job_ids: list[str], returncode: int, stdout: str,
                     stderr: str) -> dict[str, JobState] | None:
@@ -99,8 +112,9 @@ class Slurm(BatchScheduler):
         return jobs
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
-        return ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids),
-                "-o", "JobIDRaw,State,ExitCode,Reason,End"]
+        # JobID, not JobIDRaw: an array element is 12_3 in both squeue and JobID
+        return ["sacct", "-n", "-P", "-X", "-j", ",".join(_arrays(job_ids)),
+                "-o", "JobID,State,ExitCode,Reason,End"]
 
     def parse_outcome(self, output: str) -> dict[str, JobState]:
         """A record whose End is still Unknown is not final: when a job ends before slurmdbd
@@ -170,3 +184,8 @@ def slurm_memory(value: Any) -> str:
         return f"{value}M"
     size = memory_bytes(value)
     return f"{-(-size // 2 ** 20)}M"  # round up: a job must not get less than it asked for
+
+
+def _arrays(job_ids: list[str]) -> list[str]:
+    """The ids to ask about: an array element (12_3) by its array's id, each once."""
+    return list(dict.fromkeys(j.partition("_")[0] for j in job_ids))
