@@ -611,7 +611,10 @@ class Client:
         if keyed:
             keys = [_key(b) for b in bindings] if bindings is not None else \
                 [_key(self._binding(records.get(t))) for t in sweep.elements]
-        return gather(sweep.id, sweep.labels, sweep.outputs, elements, keys)
+        result = gather(sweep.id, sweep.labels, sweep.outputs, elements, keys)
+        said = [note for _, task in loaded.values() for note in getattr(task, "file_notes", [])]
+        result.notes = list(dict.fromkeys(said))
+        return result
 
     def _binding(self, record: TaskRecord | None) -> dict[str, Any]:
         """An element's own values, read back from the inputs it was sent."""

@@ -192,6 +192,10 @@ class BatchOps:
                 return set_state(paths, State.CANCELLED, "cancelled by the user", checked=True)
             return set_state(paths, job.state, job.reason, checked=True)
         submitted = record.get("history", {}).get(State.SUBMITTED, 0)
+        if paths.cancel.exists() and State.RUNNING not in record.get("history", {}):
+            # cancelled before it started, and forgotten since (a job array's element
+            # cancelled while pending leaves no record of its own in SLURM's accounting)
+            return set_state(paths, State.CANCELLED, "cancelled by the user", checked=True)
         if time.time() - submitted < LOST_GRACE:
             return record
         return set_state(paths, State.LOST, "the job left the queue and its task directory does "

@@ -215,7 +215,9 @@ class RemoteMagics(Magics):
         names = result.apply(self.shell.user_ns)
         summary = result.summary()
         loaded = f"loaded {', '.join(names)}" if names else "no names to load"
-        view.finished([summary, loaded])
+        notes = result.notes[:5] + ([f"... and {len(result.notes) - 5} more notes"]
+                                    if len(result.notes) > 5 else [])
+        view.finished([summary, loaded, *notes])
         error = result.error()
         if error is not None and not follow.partial and raise_error:
             raise error from next(iter(error.errors.values()))

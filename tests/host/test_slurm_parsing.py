@@ -95,3 +95,23 @@ def test_a_failed_squeue_is_no_answer_unless_it_names_the_job_unknown() -> None:
     assert Slurm().read_status(["7"], 1, "", "slurm_load_jobs error: Invalid job id "
                                              "specified\n") == {}
     assert "-t" in Slurm().status_command(["7"])  # finished jobs stay listed (MinJobAge)
+
+
+def test_array_elements_by_their_own_ids_and_collapsed_ranges() -> None:
+    """squeue -r lists each element; accounting keeps one collapsed line for the elements
+    of an array cancelled before they started (recorded on this machine's SLURM 22.05),
+    which never overrides the lines of elements that ran."""
+    slurm = Slurm()
+    assert slurm.status_command(["12_0", "12_1", "13"])[6] == "12,13"
+    queued = slurm.parse_status("617_0|PENDING|None\n617_1|RUNNING|None\n")
+    assert queued["617_0"].state == "queued" and queued["617_1"].state == "running"
+    ended = slurm.parse_outcome("665_0|COMPLETED|0:0|None|2026-12-04T19:05:01\n"
+                                "665_1|CANCELLED by 0|0:15|None|2026-12-04T19:05:03\n"
+                                "665_[0-5%3]|CANCELLED by 0|0:0|None|2026-12-04T19:05:03\n")
+    assert ended["665_0"].state == "completed"
+    assert [ended[f"665_{i}"].state for i in range(1, 6)] == ["cancelled"] * 5
+    assert "665_[0-5%3]" not in ended
+    assert Slurm().parse_outcome("7_[1,3-4]|CANCELLED|0:0|None|x\n").keys() == \
+        {"7_1", "7_3", "7_4"}
+    assert slurm.element_id("12", 3) == "12_3" and slurm.cancel_command(["12_3"]) == \
+        ["scancel", "12_3"]

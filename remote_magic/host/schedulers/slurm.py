@@ -109,7 +109,7 @@ class Slurm(BatchScheduler):
             job_id, state = parts[0], parts[1]
             reason = parts[2] if len(parts) > 2 and parts[2] not in ("None", "") else None
             jobs[job_id] = JobState(STATES.get(state, ""), reason or state)
-        return jobs
+        return by_element(jobs)
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         # JobID, not JobIDRaw: an array element is 12_3 in both squeue and JobID
@@ -136,7 +136,7 @@ class Slurm(BatchScheduler):
                 reason = f"{raw_state} (signal {signal})"
             jobs[job_id] = JobState(STATES.get(word, ""), reason,
                                     int(code) if code.isdigit() else None)
-        return jobs
+        return by_element(jobs)
 
     def read_outcome(self, job_ids: list[str], returncode: int, stdout: str,
                      stderr: str) -> dict[str, JobState]:
@@ -189,3 +189,33 @@ def slurm_memory(value: Any) -> str:
 def _arrays(job_ids: list[str]) -> list[str]:
     """The ids to ask about: an array element (12_3) by its array's id, each once."""
     return list(dict.fromkeys(j.partition("_")[0] for j in job_ids))
+
+
+_RANGE = re.compile(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]")
+
+
+def by_element(jobs: dict[str, JobState]) -> dict[str, JobState]:
+    """Answers keyed by job or element id: a collapsed range (12_[3-5]) speaks for each of
+    its elements that has no line of its own. Accounting keeps one for the elements of an
+    array cancelled before they started, and it may span elements that ran, whose own
+    lines are the ones to believe."""
+    ranges = {j: job for j, job in jobs.items() if _RANGE.fullmatch(j)}
+    found = {j: job for j, job in jobs.items() if j not in ranges}
+    for job_id, job in ranges.items():
+        for one in elements(job_id):
+            found.setdefault(one, job)
+    return found
+
+
+def elements(job_id: str) -> list[str]:
+    """The element ids a line names: itself, or each element of a collapsed range such as
+    12_[3-5,8%2] (what accounting keeps for array elements cancelled before they started)."""
+    found = _RANGE.fullmatch(job_id)
+    if found is None:
+        return [job_id]
+    ids = []
+    for part in found.group(2).split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            ids += [f"{found.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
