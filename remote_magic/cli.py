@@ -9,7 +9,12 @@ from .client.core import Client, parse_age
 from .client.hostcheck import check_host, hosts_table
 from .errors import RemoteMagicError
 from .notebook.arguments import RESOURCES, id_prefix, resources
-from .notebook.views import allocation_line, allocations_table, status_table
+from .notebook.views import (
+    allocation_line,
+    allocations_table,
+    outcome_lines,
+    status_table,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +70,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             print(check)
         return 0 if all(c.ok is not False for c in checks) else 1
     if args.command == "status":
-        records = client.status([id_prefix(i) for i in args.ids] or None, host=args.queue,
-                                include_done=args.all or bool(args.ids))
-        print(status_table(records)["text/plain"])
+        records, sweeps = client.status_view([id_prefix(i) for i in args.ids], args.queue,
+                                             args.all)
+        print(status_table(records, sweeps)["text/plain"])
         return 0
     if args.command == "alloc":
         if args.stop:
@@ -81,17 +86,18 @@ def _run(client: Client, args: argparse.Namespace) -> int:
                                                   args.slots)))
         return 0
     if args.command == "kill":
-        outcome = client.kill([client.find(id_prefix(i)) for i in args.ids])
+        records = client.records_for([id_prefix(i) for i in args.ids])
+        outcome = client.kill(records)
     else:
         if args.ids:
-            records = [client.find(id_prefix(i)) for i in args.ids]
+            records = client.records_for([id_prefix(i) for i in args.ids])
         elif args.older:
             records = client.older_than(parse_age(args.older), host=args.queue)
         else:
             raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
         outcome = client.purge(records)
-    for task_id, said in outcome.items():
-        print(f"{task_id}: {said}")
+    for line in outcome_lines(outcome, records):
+        print(line)
     return 0
 
 

@@ -526,6 +526,17 @@ class Client:
                 found[given.id] = given
         return list(found.values())
 
+    def status_view(self, prefixes: list[str], host: str | None = None, everything: bool = False
+                    ) -> tuple[list[TaskRecord], dict[str, list[TaskRecord]]]:
+        """What a status table shows: the tasks (and sweeps) named, else the unfinished ones
+        (all with `everything`), refreshed; and the sweeps shown as one row each (a sweep
+        named with `everything` is shown element by element)."""
+        given = [self.find_any(p) for p in prefixes]
+        ids = [r.id for r in self.records_for(prefixes)] or None
+        expanded = {g.id for g in given if isinstance(g, SweepRecord)} if everything else set()
+        records = self.status(ids, host=host, include_done=everything or bool(ids))
+        return records, self.sweep_groups(records, expanded)
+
     def sweep_groups(self, records: list[TaskRecord],
                      expanded: Iterable[str] = ()) -> dict[str, list[TaskRecord]]:
         """The sweeps these tasks are elements of (but `expanded` ones), each with ALL its

@@ -212,9 +212,10 @@ class BatchOps:
             batch = scheduler_for(name)
             for _, paths, _ in group:
                 paths.cancel.touch()
-            done = run_command(batch.cancel_command([r["job_id"] for _, _, r in group]))
+            command = batch.cancel_command([r["job_id"] for _, _, r in group])
+            done = run_command(command)
             if done.returncode != 0:
-                raise RuntimeError(f"{batch.cancel_command([])[0]} failed: "
+                raise RuntimeError(f"{command[0]} failed: "
                                    f"{(done.stderr or done.stdout).strip()[-500:]}")
             self.queue_cache.pop(batch.name, None)
             outcome.update((task_id, "cancelling") for task_id, _, _ in group)

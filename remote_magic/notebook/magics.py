@@ -33,7 +33,7 @@ from .arguments import id_prefix, parse, resources, take_maps, task_options
 from .output import OutputStream
 from .render import cell_stream, displays_only
 from .sweep_view import SweepView, sweep_view
-from .views import allocation_line, allocations_table, status_table
+from .views import allocation_line, allocations_table, outcome_lines, status_table
 from .widgets import TaskView, task_view, watch_status
 
 
@@ -371,16 +371,13 @@ class RemoteMagics(Magics):
         """Table of tasks: id, name, host, job id, state, submitted, duration, progress. A
         sweep is one row (its elements' counts), unless named with --all."""
         args = parse(self.remote_status, line)
-        prefixes = [id_prefix(i) for i in args.ids]
-        given = [self.client.find_any(p) for p in prefixes]
-        ids = [r.id for r in self.client.records_for(prefixes)] or None
-        expanded = {g.id for g in given if isinstance(g, SweepRecord)} if args.all else set()
-        records = self.client.status(ids, host=args.queue, include_done=args.all or bool(ids))
+        records, sweeps = self.client.status_view([id_prefix(i) for i in args.ids],
+                                                  args.queue, args.all)
         if args.watch and records:
             listed = [r.id for r in records]
             watch_status(records, lambda: self.client.status(listed))
             return
-        display(status_table(records, self.client.sweep_groups(records, expanded)), raw=True)
+        display(status_table(records, sweeps), raw=True)
 
     @magic_arguments()
     @argument("id", help="task or sweep id (or a unique prefix)")
@@ -457,7 +454,7 @@ class RemoteMagics(Magics):
         else:
             raise RemoteMagicError("Name the tasks to kill, or use --all [-q HOST].")
         outcome = self.client.kill(records)
-        for line_ in _outcome_lines(outcome, records):
+        for line_ in outcome_lines(outcome, records):
             print(line_)
 
     @magic_arguments()
@@ -475,7 +472,7 @@ class RemoteMagics(Magics):
         else:
             raise RemoteMagicError("Name the tasks to purge, or use --older AGE [-q HOST].")
         outcome = self.client.purge(records)
-        for line_ in _outcome_lines(outcome, records):
+        for line_ in outcome_lines(outcome, records):
             print(line_)
         if not outcome:
             print("Nothing to purge.")
@@ -538,22 +535,6 @@ class RemoteMagics(Magics):
             for name in config.hosts:
                 for check in check_host(self.client, name):
                     print(check)
-
-
-def _outcome_lines(outcome: dict[str, str], records: list[TaskRecord]) -> list[str]:
-    """A line per task, but the elements of a sweep as one line per outcome."""
-    lines = []
-    sweeps: dict[tuple[str, str], int] = {}
-    of = {r.id: r.sweep for r in records}
-    for task_id, said in outcome.items():
-        if of.get(task_id):
-            key = (of[task_id], said)
-            sweeps[key] = sweeps.get(key, 0) + 1
-        else:
-            lines.append(f"{task_id}: {said}")
-    for (sweep_id, said), count in sweeps.items():
-        lines.append(f"sweep {sweep_id}: {count} element{'s' if count != 1 else ''} {said}")
-    return lines
 
 
 def _figure_settings() -> dict[str, Any] | None:

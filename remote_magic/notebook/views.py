@@ -144,3 +144,19 @@ def allocation_line(entry: dict[str, Any]) -> str:
     if entry["state"] != "ended":
         line += f"; send cells to it with %%remote -q {entry['name']}"
     return line
+
+
+def outcome_lines(outcome: dict[str, str], records: list[TaskRecord]) -> list[str]:
+    """A line per task, but the elements of a sweep as one line per outcome."""
+    lines = []
+    sweeps: dict[tuple[str, str], int] = {}
+    of = {r.id: r.sweep for r in records}
+    for task_id, said in outcome.items():
+        if of.get(task_id):
+            key = (of[task_id], said)
+            sweeps[key] = sweeps.get(key, 0) + 1
+        else:
+            lines.append(f"{task_id}: {said}")
+    for (sweep_id, said), count in sweeps.items():
+        lines.append(f"sweep {sweep_id}: {count} element{'s' if count != 1 else ''} {said}")
+    return lines

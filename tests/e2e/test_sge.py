@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from helpers.hosts import ssh_host
-from helpers.kernel import Kernel, start_kernel
+from helpers.kernel import CLIENT, Kernel, start_kernel
 from helpers.waiting import wait_for
 
 from remote_magic import RemoteExecutor
@@ -169,3 +169,30 @@ def test_an_allocation_holds_one_grid_engine_job_for_many_calls(grid: str) -> No
             ["qstat"], capture_output=True, text=True).stdout, 60)
     finally:
         client.close()
+
+
+def test_a_sweep_is_one_grid_engine_array(gridssh: Kernel) -> None:
+    """`%%remote --map` over SSH to Grid Engine: one `qsub -t`, elements by SGE_TASK_ID,
+    results in order, a failing element named; then its retry as a smaller array."""
+    gridssh.run("offset = 7")
+    out = gridssh.run(
+        "%%remote -q gridssh --map k=range(5)\nimport os\n"
+        "if k == 3 and not os.path.exists('/tmp/rm-sge-sweep-ok'):\n"
+        "    raise LookupError('three')\n"
+        "got = (k + offset, os.environ['JOB_ID'], os.environ['SGE_TASK_ID'])",
+        timeout=240, allow_error=True)
+    assert out.error["ename"] == "SweepFailedError"
+    assert "3 (k=3): LookupError: three" in "\n".join(out.error["traceback"])
+    got = gridssh.value("[g if isinstance(g, tuple) else None for g in got]")
+    assert [g[0] for g in got if g] == [7, 8, 9, 11]
+    assert len({g[1] for g in got if g}) == 1  # one array job
+    assert [g[2] for g in got if g] == ["1", "2", "3", "5"]  # Grid Engine counts from 1
+    sweep = gridssh.value(f"{CLIENT}.store.list()[0].sweep")
+    Path("/tmp/rm-sge-sweep-ok").write_text("")
+    try:
+        assert "1 element started again (3)" in gridssh.run(f"%remote_retry {sweep}").stdout
+        gridssh.run(f"%remote_fetch {sweep}", timeout=240)
+    finally:
+        Path("/tmp/rm-sge-sweep-ok").unlink()
+    assert gridssh.value("got[3][:1]") == (10,)
+    assert gridssh.value("got[3][2]") == "undefined"  # one element again: a plain job

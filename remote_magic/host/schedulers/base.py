@@ -132,7 +132,8 @@ class BatchScheduler:
         else:
             element = f"{taskdir}/{self.array_index_pattern}"
             lines = [*self.resource_lines(resources, self.array_name(name, array), element),
-                     *self.array_lines(array), self.never_requeue]
+                     *self.array_lines(array),
+                     *([self.never_requeue] if self.array_never_requeue else [])]
             quoted = f'{shlex.quote(taskdir)}/"${self.array_variable}"'
         directives = "\n".join(f"{self.directive} {line}" for line in lines)
         paths = TaskPaths("")
@@ -151,6 +152,9 @@ class BatchScheduler:
     array_variable: ClassVar[str] = ""  # the environment variable holding an element's index
     array_index_pattern: ClassVar[str] = ""  # how an output path in a directive names it
     array_base: ClassVar[int] = 0  # the index of the first element
+    # Whether an array takes the never-requeue directive (PBS refuses arrays with it: they
+    # are always rerunnable there; the job's own claim still runs each element once).
+    array_never_requeue: ClassVar[bool] = True
 
     def array_lines(self, array: Array) -> list[str]:
         """The directives that make the job an array of `array.count` elements, at most

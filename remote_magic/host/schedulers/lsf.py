@@ -35,6 +35,13 @@ LSF_UNIT_FOR_LIMITS (KB by default, often MB); units in resource strings need LS
 later. LSF reserves it per host by default (per task only where RESOURCE_RESERVE_PER_TASK=Y),
 which matches our per-node meaning. It is a reservation: whether a job is killed for going
 over it is the cluster's memory-limit policy. The run limit `-W` is whole minutes.
+
+Job arrays (IBM, "Job arrays" and bsub -J): the array is spelled into the job name,
+`-J "name[1-N]%K"` (indices from 1, at most K elements running at once). Element i finds its
+index in LSB_JOBINDEX and `%I` in its -o/-e paths becomes i; the queue calls it "123[4]",
+which bkill takes as it is. bjobs asked about the array's id lists every element, pending ones
+too; its JOBID is the array's alone (the index is in JOB_NAME, or in JOBINDEX when asked for,
+0 for a plain job), unless the site sets LSB_BJOBS_DISPLAY_ENH=Y, which prints "123[4]".
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ import re
 from typing import Any, ClassVar
 
 from ...wire.states import State
-from .base import BatchScheduler, JobState
+from ...wire.taskdir import TaskPaths
+from .base import Array, BatchScheduler, JobState
 from .units import (
     extract_json,
     memory_bytes,
@@ -64,6 +72,14 @@ _RUNNING = frozenset({"RUN", "USUSP", "SSUSP"})
 _UNSETTLED = frozenset({"UNKWN", "ZOMBI"})
 
 _STATUS_FIELDS = "jobid stat exit_code exit_reason pend_reason"
+_ARRAY_STATUS_FIELDS = "jobid jobindex stat exit_code exit_reason pend_reason"
+_ARRAY_SPEC_LENGTH = 255  # the most bsub -J takes for "name[indices]%limit"
+_ELEMENT = re.compile(r"(\d+)\[(\d+)\]")  # "123[4]": element 4 of array job 123
+
+
+class _ArrayName(str):
+    """A job name with the array spelled in ("name[1-100]%5"), already made safe: kept as it
+    is, where any other name loses its brackets (a user's name must not make an array)."""
 
 
 def _text(record: dict[str, Any], key: str) -> str:
@@ -126,7 +142,10 @@ class Lsf(BatchScheduler):
                                     "partition", "account"}
         if unknown:
             raise ValueError(f"unknown resource(s) for LSF: {', '.join(sorted(unknown))}")
-        job_name = self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
+        if isinstance(name, _ArrayName):
+            job_name = f'"{name}"'  # quoted, as bsub -J wants an array's name
+        else:
+            job_name = self._safe_name(name)
         paths = self.output_paths(taskdir)
         lines = [f"-J {job_name}", f"-o {paths.job_out}", f"-e {paths.job_err}"]
 
@@ -159,6 +178,33 @@ class Lsf(BatchScheduler):
 
         return lines + queue_lines(resources, "-q", "-P")
 
+    def _safe_name(self, name: str) -> str:
+        return self._NAME_CHARS.sub("_", name)[: self._NAME_LENGTH] or "remote"
+
+    def output_paths(self, taskdir: str) -> TaskPaths:
+        """As for any scheduler, except that an array's output paths end in `%I` (the element's
+        index, which LSF fills in): the only '%' let through."""
+        folder, _, last = taskdir.rpartition("/")
+        if last == self.array_index_pattern and folder:
+            super().output_paths(folder)
+            return TaskPaths(taskdir)
+        return super().output_paths(taskdir)
+
+    array_variable: ClassVar[str] = "LSB_JOBINDEX"
+    array_index_pattern: ClassVar[str] = "%I"
+    array_base: ClassVar[int] = 1  # LSF array indices start at 1
+
+    def array_name(self, name: str, array: Array) -> str:
+        """"name[1-N]%K"; bsub takes at most 255 characters for it, so the name gives way."""
+        spec = f"[1-{array.count}]" + (f"%{array.limit}" if array.limit else "")
+        return _ArrayName(self._safe_name(name)[: _ARRAY_SPEC_LENGTH - len(spec)] + spec)
+
+    def array_lines(self, array: Array) -> list[str]:
+        return []  # the name says it all (array_name)
+
+    def element_id(self, job_id: str, index: int) -> str:
+        return f"{job_id}[{index}]"
+
     def submit_command(self, script: str) -> list[str]:
         """`bsub < script` without handing the path to a shell parser (see module docstring)."""
         return ["/bin/sh", "-c", 'exec bsub < "$1"', "sh", script]
@@ -171,13 +217,19 @@ class Lsf(BatchScheduler):
         return match.group(1)
 
     def status_command(self, job_ids: list[str]) -> list[str]:
-        """One bjobs for all jobs; `-a` keeps recently finished ones in the answer."""
+        """One bjobs for all jobs; `-a` keeps recently finished ones in the answer. Array
+        elements are asked for by their array's id, once, which lists each element, and
+        `jobindex` says which element a record is."""
         if not job_ids:
             raise ValueError("no job ids: bjobs without ids would list all of the user's jobs")
-        return ["bjobs", "-json", "-o", _STATUS_FIELDS, "-a", *job_ids]
+        asked = list(dict.fromkeys(_array_of(job_id) for job_id in job_ids))
+        elements = any(_ELEMENT.fullmatch(job_id) for job_id in job_ids)
+        fields = _ARRAY_STATUS_FIELDS if elements else _STATUS_FIELDS
+        return ["bjobs", "-json", "-o", fields, "-a", *asked]
 
     def parse_status(self, output: str) -> dict[str, JobState]:
-        """Jobs by id; ERROR records (ids bjobs no longer knows) are left out."""
+        """Jobs by id, array elements as "123[4]"; ERROR records (ids bjobs no longer knows)
+        are left out."""
         document = extract_json(output)
         if not document:
             return {}
@@ -185,7 +237,7 @@ class Lsf(BatchScheduler):
         for record in document.get("RECORDS") or []:
             if not isinstance(record, dict) or "ERROR" in record or not record.get("JOBID"):
                 continue
-            states[str(record["JOBID"])] = job_state(record)
+            states[_record_id(record)] = job_state(record)
         return states
 
     def read_status(self, job_ids: list[str], returncode: int, stdout: str,
@@ -205,6 +257,21 @@ class Lsf(BatchScheduler):
         if not job_ids:
             raise ValueError("no job ids to cancel")
         return ["bkill", *job_ids]
+
+
+def _array_of(job_id: str) -> str:
+    """The id to ask bjobs about: an element ("123[4]") by its array's id."""
+    found = _ELEMENT.fullmatch(job_id)
+    return found.group(1) if found else job_id
+
+
+def _record_id(record: dict[str, Any]) -> str:
+    """A bjobs record's id as we name it: "123", or "123[4]" for an element of an array."""
+    job_id = str(record["JOBID"]).strip()
+    index = _text(record, "JOBINDEX")
+    if "[" in job_id or index in ("", "0"):  # already "123[4]", or a plain job (index 0)
+        return job_id
+    return f"{job_id}[{index}]"
 
 
 def _lsf_size(size: int) -> str:

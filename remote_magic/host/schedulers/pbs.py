@@ -33,17 +33,37 @@ Resource semantics, shared with the other schedulers: `cores`, `mem` and `gpus` 
 and `nodes` is the number of nodes; one PBS chunk is one node, and several nodes get
 `place=scatter` so the chunks really land on different hosts. Memory sizes are binary (1G =
 1024M), as PBS's own `kb`/`mb`/`gb` are.
+
+Job arrays (OpenPBS `qsub(1B)`, `qstat(1B)` and sources, which PBS Professional shares):
+
+* `-J 0-N` makes the job an array, `-J 0-N%K` lets at most K subjobs run at once (the
+  `max_run_subjobs` limit, in OpenPBS since 22.05: older versions refuse the "%", so a limit
+  is only written when the caller asks for one). qsub prints "1234[].server".
+  Subjob i is "1234[i].server", finds its index in PBS_ARRAY_INDEX, and `^array_index^` in its
+  -o/-e paths becomes i (the server's `subst_array_index`).
+* qsub refuses `-r n` on an array ("cannot submit non-rerunable Array Job": job arrays are
+  always rerunnable), so an array's script goes without it. A subjob PBS starts again finds its
+  task already claimed, and runs nothing (`schedulers/job.py`).
+* Status asks for the array once, `qstat -t` listing its subjobs. Subjobs still queued are not
+  sent by the server itself (since OpenPBS 22.05, only the array's `array_indices_remaining`);
+  qstat makes one entry per index, and so does the parser where an entry is missing.
+* A finished subjob the server no longer holds (or never made: deleted while queued) is shown
+  from its array's record with the comment "Subjob finished", whatever its exit status: it is
+  read as over without a reason, so the task's own files, or the user's cancel, say how.
+* `qdel 1234[4].server` deletes one subjob; the array's own id deletes all of them.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from ...wire.states import State
-from .base import BatchScheduler, JobState
+from .base import Array, BatchScheduler, JobState
 from .units import (
     extract_json,
+    index_list,
     memory_bytes,
     positive_count,
     queue_lines,
@@ -89,6 +109,15 @@ _SUBSTATE_TERMINATED = 91
 _QUEUED = frozenset("QHWT")  # held and waiting jobs still wait for their turn
 _RUNNING = frozenset("REBSU")  # E: exiting after having run; S/U: suspended, not over
 _FINISHED = frozenset("FX")  # X: finished subjob of an array
+# "1234[].server" (an array), "1234[7].server" (a subjob), "1234.server" (a plain job)
+_JOB_ID = re.compile(r"(\d+)(?:\[(\d*)\])?(.*)")
+# The comments the server gives a finished subjob it shows from its array's record, having no
+# record of the subjob itself (status_subjob in OpenPBS src/server/stat_job.c). Since OpenPBS
+# 22.05 every such subjob is "finished", however it ended (also one deleted while queued): over,
+# with no word on how, so no reason is given and the task's files, or the user's cancel, decide.
+_SHOWN_FROM_ARRAY = {"Subjob finished": JobState(State.FAILED, None),
+                     "Subjob failed": JobState(State.FAILED, "Subjob failed"),
+                     "Subjob terminated": JobState(State.CANCELLED, "Subjob terminated")}
 
 
 def _as_int(value: Any) -> int | None:
@@ -210,6 +239,22 @@ class Pbs(BatchScheduler):
 
         return lines + queue_lines(resources, "-q", "-A")
 
+    array_variable: ClassVar[str] = "PBS_ARRAY_INDEX"
+    array_never_requeue: ClassVar[bool] = False  # qsub: "cannot submit non-rerunable Array Job"
+    array_index_pattern: ClassVar[str] = "^array_index^"
+
+    def array_lines(self, array: Array) -> list[str]:
+        """`-J 0-N[%K]`; PBS refuses an array of one element (the caller never submits one)."""
+        limit = f"%{array.limit}" if array.limit else ""
+        return [f"-J 0-{array.count - 1}{limit}"]
+
+    def element_id(self, job_id: str, index: int) -> str:
+        """"1234[].server" -> "1234[7].server" (also without the server part)."""
+        found = _JOB_ID.fullmatch(job_id)
+        if found is None:
+            raise ValueError(f"not a PBS job id: {job_id!r}")
+        return f"{found.group(1)}[{index}]{found.group(3)}"
+
     def submit_command(self, script: str) -> list[str]:
         """qsub reads the `#PBS` lines of the script file itself: no shell needed."""
         return ["qsub", script]
@@ -227,18 +272,31 @@ class Pbs(BatchScheduler):
         raise ValueError(f"qsub printed no job id: {output.strip()!r}")
 
     def status_command(self, job_ids: list[str]) -> list[str]:
-        """One qstat for all jobs; `-x` keeps finished jobs in the answer."""
+        """One qstat for all jobs; `-x` keeps finished jobs in the answer. Subjobs are asked
+        for by their array's id, once per array, with `-t` to list each of them."""
         if not job_ids:
             raise ValueError("no job ids: qstat without ids would list every job on the server")
-        return ["qstat", "-f", "-F", "json", "-x", *job_ids]
+        asked = list(dict.fromkeys(_array_of(job_id) for job_id in job_ids))
+        subjobs = ["-t"] if any("[" in job_id for job_id in asked) else []
+        return ["qstat", "-f", "-F", "json", "-x", *subjobs, *asked]
 
     def parse_status(self, output: str) -> dict[str, JobState]:
-        """Jobs by their full id; a job qstat does not know is left out (the queue forgot it)."""
+        """Jobs and subjobs by their full id; a job qstat does not know is left out (the queue
+        forgot it). A finished subjob shown from its array's record is read by its comment
+        alone: the other fields are the array's."""
         document = extract_json(output)
         if not document:
             return {}
-        jobs = document.get("Jobs") or {}
-        return {job_id: job_state(job) for job_id, job in jobs.items() if isinstance(job, dict)}
+        jobs = {job_id: job for job_id, job in (document.get("Jobs") or {}).items()
+                if isinstance(job, dict)}
+        states = {}
+        for job_id, job in jobs.items():
+            shown = _SHOWN_FROM_ARRAY.get(str(job.get("comment") or "").strip())
+            subjob = "[" in job_id and "[]" not in job_id
+            states[job_id] = replace(shown) if subjob and shown else job_state(job)
+        for job_id, job in jobs.items():
+            states.update(_still_queued(job_id, job, states))
+        return states
 
     def read_status(self, job_ids: list[str], returncode: int, stdout: str,
                     stderr: str) -> dict[str, JobState] | None:
@@ -259,6 +317,31 @@ class Pbs(BatchScheduler):
         if not job_ids:
             raise ValueError("no job ids to cancel")
         return ["qdel", *job_ids]
+
+
+def _array_of(job_id: str) -> str:
+    """The id to ask qstat about: a subjob ("1234[7].server") by its array ("1234[].server")."""
+    found = _JOB_ID.fullmatch(job_id)
+    if found is None or not found.group(2):
+        return job_id
+    return f"{found.group(1)}[]{found.group(3)}"
+
+
+def _still_queued(job_id: str, job: dict[str, Any],
+                  listed: dict[str, JobState]) -> dict[str, JobState]:
+    """The queued subjobs of an array entry that qstat did not list one by one: the indices
+    in its `array_indices_remaining` ("-" when none are left)."""
+    found = _JOB_ID.fullmatch(job_id)
+    remaining = str(job.get("array_indices_remaining") or "-").strip()
+    if found is None or found.group(2) != "" or remaining == "-":
+        return {}
+    number, server = found.group(1), found.group(3)
+    # the array's comment says why it waits only while the whole array does
+    why = str(job.get("comment") or "").strip() if job.get("job_state") in _QUEUED else ""
+    waiting = JobState(State.QUEUED, why or None)
+    return {subjob: waiting for subjob in (f"{number}[{index}]{server}"
+                                           for index in index_list(remaining))
+            if subjob not in listed}
 
 
 def _pbs_size(size: int) -> str:

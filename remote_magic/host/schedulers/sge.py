@@ -8,6 +8,13 @@ A job is submitted with `-r no`, and never exits with 99 (Grid Engine would run 
 `qping` on the execution daemon of its host: qstat keeps listing the job as running on a dead
 host for as long as the qmaster has not given up on it (max_unheard, 5 minutes by default),
 and does not end it even then.
+
+Job arrays (`-t 1-N`, at most K at once with `-tc K`): element i writes its output through
+`$TASK_ID` in the -o/-e paths and finds its index in SGE_TASK_ID; the queue calls it "123.4"
+here. qstat lists a running element on its own and pending ones as a range ("5-100:1", or
+"1,3,6" once some left the range): each becomes one answer per element. `qacct -j 123`
+prints one record per element that ran (`taskid`); `qdel 123 -t 4` deletes one element.
+Checked against SGE 8.1.9 (qstat(1), qdel(1), qacct(1), sge_types(1)).
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any, ClassVar
 
 from ...wire.states import State
-from .base import BatchScheduler, JobState, Vouch, last_line, unknown
-from .units import memory_bytes, positive_count, queue_lines, walltime_seconds
+from .base import Array, BatchScheduler, JobState, Vouch, last_line, unknown
+from .units import index_list, memory_bytes, positive_count, queue_lines, walltime_seconds
 
 PARALLEL_ENVIRONMENT = "smp"
 # qping needs the execution daemon's port: the cell's setting, else the services database.
@@ -25,6 +32,7 @@ _QPING = ('port=${SGE_EXECD_PORT:-$(getent services sge_execd 2>/dev/null | '
           'awk \'{ sub("/.*", "", $2); print $2 }\')}; '
           'command -v qping >/dev/null || exit 127; '
           'exec qping -info "$1" "${port:-6445}" execd 1')
+# One part of an index list: "7", or "5-100" with an optional step ":2".
 
 
 class Sge(BatchScheduler):
@@ -58,6 +66,19 @@ class Sge(BatchScheduler):
             lines.append(f"-l gpu={gpus}")
         return lines + queue_lines(resources, "-q", "-P")
 
+    array_variable: ClassVar[str] = "SGE_TASK_ID"
+    array_index_pattern: ClassVar[str] = "$TASK_ID"  # qsub expands it in -o and -e paths
+    array_base: ClassVar[int] = 1  # Grid Engine counts tasks from 1
+
+    def array_lines(self, array: Array) -> list[str]:
+        lines = [f"-t 1-{array.count}"]
+        if array.limit:
+            lines.append(f"-tc {array.limit}")
+        return lines
+
+    def element_id(self, job_id: str, index: int) -> str:
+        return f"{job_id}.{index}"
+
     def submit_command(self, script: str) -> list[str]:
         return ["qsub", "-terse", script]
 
@@ -71,38 +92,49 @@ class Sge(BatchScheduler):
         return ["qstat", "-xml"]  # all of this user's jobs; the ones we ask for are picked out
 
     def parse_status(self, output: str) -> dict[str, JobState]:
+        """Jobs by number, array elements by "number.index": qstat shows a pending array as
+        ONE entry whose `tasks` is a range, and each element must still get its answer."""
         root = ElementTree.fromstring(output)
         jobs = {}
         for job in root.iter("job_list"):
             number = (job.findtext("JB_job_number") or "").strip()
-            code = (job.findtext("state") or "").strip()
             if not number:
                 continue
-            if "E" in code:
-                jobs[number] = JobState(State.FAILED, f"Grid Engine error state {code}")
-            elif "d" in code or code.endswith("r") or code in ("t", "Rr", "Rt", "s", "S"):
-                queue = (job.findtext("queue_name") or "").strip()
-                jobs[number] = JobState(State.RUNNING, code, host=queue.partition("@")[2] or None)
-            else:  # qw, hqw, hRwq...
-                jobs[number] = JobState(State.QUEUED, code)
+            state = _job_state(job)
+            tasks = (job.findtext("tasks") or "").strip()
+            if not tasks:
+                jobs[number] = state
+                continue
+            for index in index_list(tasks):
+                jobs[f"{number}.{index}"] = state
         return jobs
 
     def outcome_command(self, job_ids: list[str]) -> list[str] | None:
         # qacct takes one job at a time: one shell command loops over them. The loop's exit
         # code is that of the last qacct, so `read_outcome` judges each job by its own output.
-        return ["sh", "-c", 'for j in "$@"; do qacct -j "$j"; done', "sh", *job_ids]
+        # An array is asked about once: qacct prints a record for each element that ran.
+        return ["sh", "-c", 'for j in "$@"; do qacct -j "$j"; done', "sh", *_arrays(job_ids)]
 
     def read_outcome(self, job_ids: list[str], returncode: int, stdout: str,
                      stderr: str) -> dict[str, JobState]:
         """Each job on its own: one job missing from accounting ("error: job id N not found",
-        e.g. not yet flushed) must not throw away the records of the others."""
+        e.g. not yet flushed) must not throw away the records of the others. An array element
+        without a record while qacct knows its array (it never ran: deleted while pending, or
+        its record is not written yet) is left out the same way."""
         jobs = self.parse_outcome(stdout)
+        answered = {key.partition(".")[0] for key in jobs}
         for job_id in job_ids:
-            if job_id not in jobs and f"job id {job_id} not found" not in stderr:
-                jobs[job_id] = unknown(f"qacct did not answer: {last_line(stderr or stdout)}")
+            number = job_id.partition(".")[0]
+            if job_id in jobs or f"job id {number} not found" in stderr:
+                continue
+            if number != job_id and number in answered:
+                continue
+            jobs[job_id] = unknown(f"qacct did not answer: {last_line(stderr or stdout)}")
         return jobs
 
     def parse_outcome(self, output: str) -> dict[str, JobState]:
+        """Records by job number, or "number.taskid" for an element of an array (a plain job
+        says `taskid undefined`)."""
         jobs = {}
         for block in output.split("=" * 20):
             fields = {}
@@ -113,20 +145,33 @@ class Sge(BatchScheduler):
             number = fields.get("jobnumber")
             if not number:
                 continue
+            task = fields.get("taskid", "")
+            key = f"{number}.{task}" if task.isdigit() else number
             failed = fields.get("failed", "0")
-            status = fields.get("exit_status", "")
+            # "137                  (Killed)": the number, then qacct's reading of it
+            status = (fields.get("exit_status", "").split() or [""])[0]
             code = int(status) if status.lstrip("-").isdigit() else None
             if "h_rt" in failed:
-                jobs[number] = JobState(State.TIMED_OUT, failed, code)
+                jobs[key] = JobState(State.TIMED_OUT, failed, code)
             elif failed.split()[0] == "0" and code == 0:
-                jobs[number] = JobState(State.COMPLETED, None, 0)
+                jobs[key] = JobState(State.COMPLETED, None, 0)
             else:
                 reason = failed if failed.split()[0] != "0" else f"exit status {status}"
-                jobs[number] = JobState(State.FAILED, reason, code)
+                jobs[key] = JobState(State.FAILED, reason, code)
         return jobs
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
-        return ["qdel", *job_ids]
+        """One qdel for all: a plain job by its number, array elements as `NUMBER -t RANGE`
+        (sge_types(1): each job may be followed by its own task range), consecutive elements
+        of one array in one range. The array's own number deletes all of its elements."""
+        words: list[str] = []
+        for job_id, tasks in _by_array(job_ids).items():
+            if tasks is None:
+                words.append(job_id)
+                continue
+            for first, last in _runs(tasks):
+                words += [job_id, "-t", str(first) if first == last else f"{first}-{last}"]
+        return ["qdel", *words]
 
     def probe_command(self, job_id: str, job: JobState) -> list[str] | None:
         """qping the execution daemon of the job's host (None when qstat named no host)."""
@@ -142,3 +187,45 @@ class Sge(BatchScheduler):
             return Vouch(None, f"qping could not ask {job.host}: {last_line(stderr or stdout)}")
         return Vouch(False, f"the Grid Engine execution daemon on {job.host} does not answer "
                             f"(qping: {last_line(stderr or stdout)}): the host is down or cut off")
+
+
+def _job_state(job: ElementTree.Element) -> JobState:
+    """One qstat entry (a job, an array element, or a range of pending elements)."""
+    code = (job.findtext("state") or "").strip()
+    if "E" in code:
+        return JobState(State.FAILED, f"Grid Engine error state {code}")
+    if "d" in code or code.endswith("r") or code in ("t", "Rr", "Rt", "s", "S"):
+        queue = (job.findtext("queue_name") or "").strip()
+        return JobState(State.RUNNING, code, host=queue.partition("@")[2] or None)
+    return JobState(State.QUEUED, code)  # qw, hqw, hRwq...
+
+
+def _arrays(job_ids: list[str]) -> list[str]:
+    """The job numbers to ask about: an array element (123.4) by its array's number, once."""
+    return list(dict.fromkeys(j.partition(".")[0] for j in job_ids))
+
+
+def _by_array(job_ids: list[str]) -> dict[str, list[int] | None]:
+    """Job numbers, each with the elements asked for (None: the whole job)."""
+    found: dict[str, list[int] | None] = {}
+    for job_id in job_ids:
+        number, _, task = job_id.partition(".")
+        if task and not task.isdigit():
+            raise ValueError(f"not a Grid Engine job or array element id: {job_id!r}")
+        tasks = found.setdefault(number, [])
+        if not task:
+            found[number] = None  # the whole job, whatever else was asked
+        elif tasks is not None:
+            tasks.append(int(task))
+    return found
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as runs of consecutive ones: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(set(indices)):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs

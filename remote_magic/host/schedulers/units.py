@@ -130,3 +130,22 @@ def queue_lines(resources: dict[str, Any], queue_flag: str, account_flag: str) -
         if word:
             lines.append(f"{flag} {word}")
     return lines
+
+
+_INDEX_RANGE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?")
+
+
+def index_list(text: str) -> list[int]:
+    """The indices of a task list as Grid Engine (and PBS) print them: "3", "5-100:1",
+    "1,3,6-9:3". Anything else raises ValueError (an answer not to be trusted)."""
+    indices: list[int] = []
+    for part in text.split(","):
+        found = _INDEX_RANGE.fullmatch(part.strip())
+        if found is None:
+            raise ValueError(f"not a task index list: {text!r}")
+        first, last, step = found.groups()
+        if last is None:
+            indices.append(int(first))
+        else:
+            indices.extend(range(int(first), int(last) + 1, int(step or 1) or 1))
+    return indices
