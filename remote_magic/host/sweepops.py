@@ -23,6 +23,7 @@ from .batchops import BatchOps, runtime_command, submit_job
 from .exchange import Exchange
 from .fileops import FileOps, _inside, disk_full
 from .schedulers import Array, scheduler_for
+from .schedulers.units import walltime_seconds
 
 SHARED = "shared"  # a work directory's folder of inputs shared by the elements of sweeps
 ARRAYS = "arrays"  # ... and of job arrays' folders (links to their elements' task folders)
@@ -144,8 +145,10 @@ class SweepOps:
         try:
             for i, task in enumerate(tasks):
                 os.symlink(self.paths(task).root, folder / str(batch.array_base + i))
+            walltime = ["--walltime", str(walltime_seconds(resources["walltime"]))] \
+                if resources.get("walltime") else []
             command = runtime_command(python, "remote_magic.host.schedulers.job", batch.name,
-                                      "--array", str(folder))
+                                      "--array", str(folder), *walltime)
             array = Array(len(tasks), limit if limit and limit < len(tasks) else None)
             script = batch.render(template, resources, f"rm-{tasks[0][:12]}", str(folder),
                                   setup, command, array=array)

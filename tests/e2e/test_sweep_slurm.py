@@ -57,7 +57,9 @@ def test_one_array_job_results_in_order_and_max_running_as_its_throttle(hpc: Ker
     assert submits == 1
     sweep = newest_sweep(hpc)
     ids = job_ids(hpc, sweep)
-    assert ids == [f"{where[0][0]}_{i}" for i in range(8)]
+    # each element names the array task that ran it: its own, or one that took it over
+    assert {i.split("_")[0] for i in ids} == {where[0][0]} and ids[0] == f"{where[0][0]}_0"
+    assert len(set(ids)) < 8  # trivial elements: a few array tasks ran them all
     fields = slurm_job_fields(ids[0])
     assert fields.get("ArrayTaskThrottle") == "3"  # the host's max_running
     shown = hpc.run(f"%remote_status {sweep}").of_type("display_data")
@@ -98,7 +100,7 @@ def test_failing_elements_raise_after_the_others_load_and_retry_runs_only_them(
     assert [again[i] for i in (0, 1, 3, 5)] == [first[i] for i in (0, 1, 3, 5)]
     retried = {again[2].split("_")[0], again[4].split("_")[0]}
     assert len(retried) == 1 and retried != {first[0].split("_")[0]}  # one smaller array
-    assert sorted(int(again[i].split("_")[1]) for i in (2, 4)) == [0, 1]
+    assert {int(again[i].split("_")[1]) for i in (2, 4)} <= {0, 1}
 
 
 def test_an_identical_sweep_reuses_what_completed(hpc: Kernel) -> None:

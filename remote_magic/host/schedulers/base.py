@@ -150,6 +150,7 @@ class BatchScheduler:
     # task whose directory the array folder's entry `i` links to.
 
     array_variable: ClassVar[str] = ""  # the environment variable holding an element's index
+    array_job_variable: ClassVar[str] = ""  # ... and the one holding the array's own job id
     array_index_pattern: ClassVar[str] = ""  # how an output path in a directive names it
     array_base: ClassVar[int] = 0  # the index of the first element
     # Whether an array takes the never-requeue directive (PBS refuses arrays with it: they

@@ -8,7 +8,17 @@ exactly one creates it). A later start finds it, or a state record that says the
 ran, runs nothing, and writes why into the task's state, where the kernel shows it.
 
 `python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR` is the `{runner}` of every job
-script.
+script; `... SCHEDULER --array FOLDER [--walltime SECONDS]` that of a sweep's job array.
+
+An element of a job array, once its own task has run, takes over elements whose array tasks
+have not started yet (the last ones first), runs them in turn, and cancels their array tasks:
+on most clusters starting a job costs far more than a short element (about half a second of
+each core here, minutes of queue elsewhere), and a sweep's elements all ask for the same
+resources. It takes one over only while the job's time left is ample for it (three times the
+longest element it ran, and a minute more), so a walltime fits a single element as it says.
+A taken-over element records which job runs it (its `job_id`), so that it is followed, and
+cancelled, as part of that job; its own array task, should it start all the same, finds its
+claim and leaves quietly.
 """
 
 from __future__ import annotations
@@ -16,12 +26,20 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
 
 from ...wire.states import FINAL_STATES, State
-from ...wire.taskdir import TaskPaths, read_json, read_state, set_state
+from ...wire.taskdir import (
+    TaskPaths,
+    read_exitcode,
+    read_json,
+    read_state,
+    set_state,
+    write_atomic,
+)
 from .. import runner
 from . import BatchScheduler, scheduler_for
 
@@ -34,13 +52,77 @@ def run_once(root: str, scheduler: str) -> int:
     batch = scheduler_for(scheduler)
     this = _this_start(batch)
     if not _claim(paths, this):
-        return refuse(paths, batch, read_json(paths.job_claim) or {}, this)
+        first = read_json(paths.job_claim) or {}
+        if first.get("taken_by"):  # another element of the array runs it: nothing to say
+            return 0
+        return refuse(paths, batch, first, this)
     record = read_state(paths)
     if State.RUNNING in record.get("history", {}) or record["state"] in FINAL_STATES:
         # ran before, without leaving a claim (started by an older runtime, or a claim
         # removed by hand): the state record is enough to say no
         return refuse(paths, batch, {}, this)
     return batch.job_exit_code(runner.supervise(str(paths.root)))
+
+
+ASSUMED_WALLTIME = 1800.0  # seconds a job without a walltime of ours is taken to have
+TAKE_MARGIN = 60.0  # seconds of the job's time left over after a taken-over element
+
+
+def run_array(folder: str, scheduler: str, walltime: float | None) -> int:
+    """Run this array task's element, then take over elements not started yet (see the
+    module's docstring); the exit code of this task's own element."""
+    began = time.monotonic()
+    batch = scheduler_for(scheduler)
+    index = os.environ.get(batch.array_variable, "")
+    if not index.isdigit():
+        print(f"remote_magic: not run as an element of a job array (no index in "
+              f"${batch.array_variable})", file=sys.stderr)
+        return 2
+    code = run_once(os.path.realpath(os.path.join(folder, index)), scheduler)
+    longest = time.monotonic() - began
+    array = os.environ.get(batch.array_job_variable, "")
+    me = batch.element_id(array, int(index)) if array else None
+    limit = walltime or ASSUMED_WALLTIME
+    for number, paths in _not_started(folder, batch):
+        if limit - (time.monotonic() - began) < 3 * longest + TAKE_MARGIN:
+            break
+        this = {**_this_start(batch), "taken_by": me}
+        if not _claim(paths, this):
+            continue  # its own task, or another one, started it meanwhile
+        record = read_state(paths)
+        set_state(paths, record["state"], record.get("reason"),
+                  when=record.get("history", {}).get(record["state"]), job_id=me)
+        if array:  # its own array task need not start: cancel it (it would leave at once)
+            _quietly(batch.cancel_command([batch.element_id(array, number)]))
+        start = time.monotonic()
+        os.environ[batch.array_variable] = str(number)  # the cell sees its own index
+        try:
+            done = batch.job_exit_code(runner.supervise(str(paths.root)))
+        finally:
+            os.environ[batch.array_variable] = index
+        if read_exitcode(paths) is None:  # the job script writes its own element's only
+            write_atomic(paths.exitcode, f"{done}\n")
+        longest = max(longest, time.monotonic() - start)
+    return code
+
+
+def _not_started(folder: str, batch: BatchScheduler) -> Any:
+    """The array's elements (index, paths) that no job has started, the last first: array
+    tasks start in order, so taking from the end meets them least."""
+    numbers = sorted((int(e.name) for e in os.scandir(folder) if e.name.isdigit()),
+                     reverse=True)
+    for number in numbers:
+        paths = TaskPaths(os.path.realpath(os.path.join(folder, str(number))))
+        if not paths.job_claim.exists() and not paths.cancel.exists():
+            yield number, paths
+
+
+def _quietly(argv: list[str]) -> None:
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # then its task starts, finds the claim, and leaves
 
 
 def refuse(paths: TaskPaths, batch: BatchScheduler, first: dict[str, Any],
@@ -105,19 +187,13 @@ def _clock(when: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) == 3 and args[1] == "--array":  # an element of a job array: its index says
-        index = os.environ.get(scheduler_for(args[0]).array_variable, "")
-        if not index.isdigit():
-            print(f"remote_magic: not run as an element of a job array (no index in "
-                  f"${scheduler_for(args[0]).array_variable})", file=sys.stderr)
-            return 2
-        # the array folder's entry links to the element's task directory: its real path,
-        # so that the task finds its work directory's other folders
-        return run_once(os.path.realpath(os.path.join(args[2], index)), args[0])
+    if len(args) in (3, 5) and args[1] == "--array":  # an element of a job array
+        walltime = float(args[4]) if len(args) == 5 and args[3] == "--walltime" else None
+        return run_array(args[2], args[0], walltime)
     if len(args) != 2:
         print("usage: python -m remote_magic.host.schedulers.job SCHEDULER TASKDIR\n"
-              "       python -m remote_magic.host.schedulers.job SCHEDULER --array FOLDER",
-              file=sys.stderr)
+              "       python -m remote_magic.host.schedulers.job SCHEDULER --array FOLDER "
+              "[--walltime SECONDS]", file=sys.stderr)
         return 2
     return run_once(os.path.abspath(args[1]), args[0])
 

@@ -191,6 +191,7 @@ class Lsf(BatchScheduler):
         return super().output_paths(taskdir)
 
     array_variable: ClassVar[str] = "LSB_JOBINDEX"
+    array_job_variable: ClassVar[str] = "LSB_JOBID"
     array_index_pattern: ClassVar[str] = "%I"
     array_base: ClassVar[int] = 1  # LSF array indices start at 1
 

@@ -240,6 +240,7 @@ class Pbs(BatchScheduler):
         return lines + queue_lines(resources, "-q", "-A")
 
     array_variable: ClassVar[str] = "PBS_ARRAY_INDEX"
+    array_job_variable: ClassVar[str] = "PBS_ARRAY_ID"
     array_never_requeue: ClassVar[bool] = False  # qsub: "cannot submit non-rerunable Array Job"
     array_index_pattern: ClassVar[str] = "^array_index^"
 

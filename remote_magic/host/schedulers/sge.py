@@ -67,6 +67,7 @@ class Sge(BatchScheduler):
         return lines + queue_lines(resources, "-q", "-P")
 
     array_variable: ClassVar[str] = "SGE_TASK_ID"
+    array_job_variable: ClassVar[str] = "JOB_ID"
     array_index_pattern: ClassVar[str] = "$TASK_ID"  # qsub expands it in -o and -e paths
     array_base: ClassVar[int] = 1  # Grid Engine counts tasks from 1
 

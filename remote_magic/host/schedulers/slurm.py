@@ -64,6 +64,7 @@ class Slurm(BatchScheduler):
         return lines
 
     array_variable: ClassVar[str] = "SLURM_ARRAY_TASK_ID"
+    array_job_variable: ClassVar[str] = "SLURM_ARRAY_JOB_ID"
     array_index_pattern: ClassVar[str] = "%a"
 
     def array_lines(self, array: Array) -> list[str]:
