@@ -561,7 +561,8 @@ class Client:
         following.set()
 
         def hear(update: Update) -> None:  # news only, and only while someone reads them
-            if following.is_set() and (update.changed or update.final or update.problem):
+            if following.is_set() and (update.changed or update.final or update.problem
+                                       or update.stdout or update.stderr):
                 updates.put(update)
 
         where: dict[str, list[int]] = defaultdict(list)

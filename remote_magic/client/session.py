@@ -51,6 +51,8 @@ class Update:
     events_more: bool = False
     events_end: int | None = None  # where the next events start in the task's events file
     output_more: bool = False  # stdout or stderr had more than one reply carries
+    started: float | None = None  # when it began running and ended, by the host's clock
+    finished: float | None = None
 
     @property
     def final(self) -> bool:
@@ -250,15 +252,15 @@ class HostSession:
         for stream in ("stdout", "stderr", "events"):
             if f"{stream}_end" in status:
                 watch.offsets[stream] = status[f"{stream}_end"]
+        history = status.get("history", {})
+        update.started = history.get(State.RUNNING)
+        update.finished = max((history[s] for s in FINAL_STATES if s in history), default=None)
         update.changed = update.state != watch.state or update.progress != watch.progress
         if update.changed or update.reason != watch.reason:
             watch.reason = update.reason
             watch.state, watch.progress = update.state, update.progress
-            history = status.get("history", {})
             times = {"submitted": history.get(State.SUBMITTED),
-                     "started": history.get(State.RUNNING),
-                     "finished": max((history[s] for s in FINAL_STATES if s in history),
-                                     default=None)}
+                     "started": update.started, "finished": update.finished}
             known = {**times, "job_id": update.job_id}
             self.store.update(watch.task_id, state=update.state, reason=update.reason,
                               progress=update.progress,

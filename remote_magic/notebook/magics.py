@@ -167,8 +167,8 @@ class RemoteMagics(Magics):
         sweep = submission.sweep
         follow = SweepFollow(sweep, prepared.base.values, bindings, args.keyed, args.partial)
         view = sweep_view(sweep.id, sweep.host, sweep.labels,
-                          lambda: self.client.kill(self.client.elements(sweep)))
-        view.show()
+                          lambda: self.client.kill(self.client.elements(sweep)),
+                          waiting=not options.nowait)
         for record in submission.records:  # reused or already ended: shown as they are
             if record.final:
                 for index in [i for i, t in enumerate(sweep.elements) if t == record.id]:
@@ -189,6 +189,7 @@ class RemoteMagics(Magics):
                 if index >= 0:
                     view.update(index, update)
         except KeyboardInterrupt:
+            view.detached()
             self.sweeps[sweep.id] = (follow, view)
             self._watch_sweep(sweep, view)
             print(f"\nDetached from sweep {sweep.id}: it keeps running on {sweep.host}. Load "
@@ -402,17 +403,21 @@ class RemoteMagics(Magics):
             follow = SweepFollow(sweep, {})
         if view is None:
             view = sweep_view(sweep.id, sweep.host, sweep.labels)
-            view.show()
+            states = {r.id: r for r in self.client.elements(sweep)}
             for index, task_id in enumerate(sweep.elements):
-                for record in self.client.store.many([task_id]):
+                if task_id in states:
+                    record = states[task_id]
                     view.update(index, Update(record.id, record.state, record.reason))
         try:
             for index, update in self.client.follow_sweep(sweep):
                 if index >= 0:
                     view.update(index, update)
         except KeyboardInterrupt:
+            view.detached()
             self.sweeps[sweep.id] = (follow, view)
-            print(f"\nStopped waiting for sweep {sweep.id}; it keeps running.")
+            self._watch_sweep(sweep, view)
+            print(f"\nStopped waiting for sweep {sweep.id}; it keeps running, and loads at "
+                  "the start of the first cell run after it ends.")
             return None
         self._load_sweep(follow, view, raise_error=True)
         return None

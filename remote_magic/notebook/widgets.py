@@ -46,7 +46,7 @@ def widget_frontend() -> bool:
     return "JPY_SESSION_NAME" in os.environ or "VSCODE_PID" in os.environ
 
 
-class _Tail:
+class OutputTail:
     """The last lines of a task's output, fed chunk by chunk."""
 
     def __init__(self) -> None:
@@ -142,7 +142,7 @@ class TaskView:
         self.reason: str | None = record.reason
         self.progress: dict[str, Any] | None = record.progress
         self.problem: str | None = None
-        self.tail = _Tail()
+        self.tail = OutputTail()
         self.started = record.started
         self.loaded_note = ""
         self._lock = threading.Lock()

@@ -122,3 +122,35 @@ def test_bad_map_expressions_are_refused_before_anything_is_sent(kernel: Kernel)
         assert out.error is not None, line
         assert words in "\n".join(out.error["traceback"]), (line, out.error["traceback"])
     assert kernel.value(f"len({CLIENT}.store.list())") == before
+
+
+def test_a_thousand_elements_one_view_within_the_message_budget(tmp_path: Path) -> None:
+    """A 1,000-element sweep on localhost through a kernel that renders widgets: one view
+    (a fixed handful of widgets), the comm messages it sends bounded per second by the
+    shared budget, its grid holding every element, the names back in order."""
+    import time as clock
+
+    from helpers.kernel import start_kernel
+
+    kernel = start_kernel(tmp_path, REMOTE_MAGIC_DISPLAY="widget")
+    try:
+        started = clock.monotonic()
+        out = kernel.run("%%remote --map i=range(1000)\nsquare = i * i", timeout=600)
+        took = clock.monotonic() - started
+        assert kernel.value("square[::250]") == [0, 62500, 250000, 562500]
+        opened = out.of_type("comm_open")
+        assert len(opened) <= 30  # one view: a fixed set of widget models (with their
+        # layouts and styles), whatever the number of elements
+        sent = [m["header"]["date"].timestamp() for m in out.of_type("comm_msg")]
+        per_second: dict[int, int] = {}
+        for at in sent:
+            per_second[int(at)] = per_second.get(int(at), 0) + 1
+        assert max(per_second.values()) <= 100, per_second
+        assert len(sent) <= 60 * took + 20
+        values = [str(m["content"]["data"].get("state", {}).get("value", ""))
+                  for m in [*opened, *out.of_type("comm_msg")]]
+        grids = [v for v in values if "rm-sweep-cells" in v]
+        assert grids and 'title="#999 i=999: completed' in grids[-1]
+        assert grids[-1].count("<i ") == 1000
+    finally:
+        kernel.shutdown()
