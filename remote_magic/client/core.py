@@ -426,7 +426,8 @@ class Client:
             record.local_dir = str(element.local_dir)
         saved = SweepRecord(sweep.id, sweep.host, [r.id for r in records], sweep.labels,
                             sweep.names, sweep.outputs, name=options.name,
-                            options={"shared": sweep.shared, "local": str(sweep.base.local_dir)})
+                            options={"shared": sweep.shared, "local": str(sweep.base.local_dir),
+                                     "keyed": sweep.keyed})
         fresh = [r for _, r in new.values()]
         with self._launching:
             self.store.add_many(fresh, saved)
@@ -814,7 +815,19 @@ class Client:
                     said = "removed" if host_name in known else \
                         f"removed here; {_gone(host_name)}, so its files there stay"
                 outcome[record.id] = said
+        self._forget_sweeps({r.sweep for r in records if r.sweep})
         return outcome
+
+    def _forget_sweeps(self, sweep_ids: set[str]) -> None:
+        """Sweeps none of whose elements is left: their record and their shared inputs'
+        local copy go too."""
+        for sweep_id in sweep_ids:
+            sweep = self.store.sweep(sweep_id)
+            if sweep is not None and not self.store.many(sweep.elements):
+                local = (sweep.options or {}).get("local")
+                if local:
+                    shutil.rmtree(local, ignore_errors=True)
+                self.store.delete_sweeps([sweep_id])
 
     def older_than(self, seconds: float, host: str | None = None) -> list[TaskRecord]:
         cutoff = time.time() - seconds

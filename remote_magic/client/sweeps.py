@@ -43,6 +43,7 @@ class PreparedSweep:
     labels: list[str]  # each element's values as shown ("seed=3")
     bindings: list[dict[str, Any]] = field(repr=False)
     outputs: list[str] = field(default_factory=list)  # the names that come back, as lists
+    keyed: bool = False  # they come back as dicts keyed by the values (kept for a later fetch)
 
     @property
     def options(self) -> TaskOptions:

@@ -163,6 +163,7 @@ class RemoteMagics(Magics):
             check_keys(bindings)
         prepared = prepare_sweep(code, self.shell.user_ns, host, options, bindings,
                                  hidden=self.shell.user_ns_hidden, figures=_figure_settings())
+        prepared.keyed = args.keyed
         submission = self.client.submit_sweep(prepared)
         sweep = submission.sweep
         follow = SweepFollow(sweep, prepared.base.values, bindings, args.keyed, args.partial)
@@ -399,8 +400,8 @@ class RemoteMagics(Magics):
 
     def _fetch_sweep(self, sweep: SweepRecord) -> None:
         follow, view = self.sweeps.pop(sweep.id, (None, None))
-        if follow is None:
-            follow = SweepFollow(sweep, {})
+        if follow is None:  # sent by another kernel, or before a restart
+            follow = SweepFollow(sweep, {}, keyed=bool((sweep.options or {}).get("keyed")))
         if view is None:
             view = sweep_view(sweep.id, sweep.host, sweep.labels)
             states = {r.id: r for r in self.client.elements(sweep)}
