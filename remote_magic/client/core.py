@@ -106,7 +106,8 @@ class Client:
         if current is None:
             current = self._sessions[config.name] = HostSession(config, self.store,
                                                                 self._connections)
-            current.dispatcher = self._dispatch
+            if config.max_running:
+                current.dispatcher = self._dispatch
         return current
 
     def reach(self, host: str | HostConfig) -> None:
@@ -469,6 +470,7 @@ class Client:
                 for record in waiting:
                     self.store.update(record.id, remote_dir=record.remote_dir,
                                       reason="waiting for a free slot")
+                session.dispatcher = self._dispatch  # starts them as slots free
                 self._dispatch(session)
                 return
         try:
@@ -571,9 +573,17 @@ class Client:
             where[task_id].append(index)
         pending = set()
         for record in self.elements(sweep):
+            if record.state == State.PREPARED and not record.remote_dir and \
+                    record.id not in self._starting:  # its kernel stopped before sending it
+                self.not_started(record, RemoteMagicError(
+                    f"it was never sent; %remote_retry {sweep.id} sends it"))
+                continue
             if not record.final:
                 pending.add(record.id)
-                self.session(record.host).watch(record.id, state=record.state, listener=hear)
+                session = self.session(record.host)
+                if record.state == State.PREPARED:  # waiting for a slot (a kernel restarted)
+                    session.dispatcher = self._dispatch
+                session.watch(record.id, state=record.state, listener=hear)
         try:
             while pending:
                 try:
