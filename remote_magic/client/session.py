@@ -23,6 +23,7 @@ from .agent_client import AgentClient
 from .store import TaskStore
 from .transport import SharedConnections, open_transport
 
+FOLLOW_TICK = 0.5  # seconds: how often a waiting cell wakes to notice an interrupt
 FAST_POLL = 0.1  # seconds between polls while a cell waits and streams output
 VIEW_POLL = 0.5  # while a live view shows a task in the background
 SLOW_POLL = 2.0  # at most this long between polls otherwise

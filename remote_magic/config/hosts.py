@@ -86,6 +86,15 @@ class HostConfig:
         """Whether commands for this host run here; decides between a subprocess and SSH."""
         return self.address is None
 
+    def job_template(self) -> str | None:
+        """The host's job script template: its text, or that of the file it names."""
+        if self.template is None:
+            return None
+        path = Path(self.template).expanduser()
+        if "\n" not in self.template and path.is_file():
+            return path.read_text()
+        return self.template
+
 
 HOST_KEYS = tuple(f.name for f in fields(HostConfig) if f.name not in ("name", "allocation"))
 

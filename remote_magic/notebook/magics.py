@@ -170,10 +170,7 @@ class RemoteMagics(Magics):
         view = sweep_view(sweep.id, sweep.host, sweep.labels,
                           lambda: self.client.kill(self.client.elements(sweep)),
                           waiting=not options.nowait)
-        for record in submission.records:  # reused or already ended: shown as they are
-            if record.final:
-                for index in [i for i, t in enumerate(sweep.elements) if t == record.id]:
-                    view.update(index, Update(record.id, record.state, record.reason))
+        self._show_elements(sweep, view)
         if submission.reused:
             print(f"Sweep {sweep.id}: {submission.reused} of {len(sweep.elements)} elements "
                   "reuse the results of identical tasks that completed (--rerun runs them "
@@ -185,6 +182,13 @@ class RemoteMagics(Magics):
                   "the background; its results load at the start of the first cell run after "
                   "it ends.")
             return None
+        self._wait_for_sweep(follow, view)
+        return None
+
+    def _wait_for_sweep(self, follow: SweepFollow, view: SweepView) -> None:
+        """Show the sweep's elements moving until all have ended, then load it; Ctrl-C
+        detaches (it then loads at the start of the first cell run after it ended)."""
+        sweep = follow.sweep
         try:
             for index, update in self.client.follow_sweep(sweep):
                 if index >= 0:
@@ -193,12 +197,11 @@ class RemoteMagics(Magics):
             view.detached()
             self.sweeps[sweep.id] = (follow, view)
             self._watch_sweep(sweep, view)
-            print(f"\nDetached from sweep {sweep.id}: it keeps running on {sweep.host}. Load "
-                  f"its results later with %remote_fetch {sweep.id}, or cancel it with "
+            print(f"\nDetached from sweep {sweep.id}: it keeps running on {sweep.host}, and "
+                  "loads at the start of the first cell run after it ends. Cancel it with "
                   f"%remote_kill {sweep.id} (or the Cancel button).")
-            return None
+            return
         self._load_sweep(follow, view, raise_error=True)
-        return None
 
     def _watch_sweep(self, sweep: SweepRecord, view: SweepView) -> None:
         """Keep a detached or --nowait sweep's view live, from the sessions' threads."""
@@ -404,24 +407,18 @@ class RemoteMagics(Magics):
             follow = SweepFollow(sweep, {}, keyed=bool((sweep.options or {}).get("keyed")))
         if view is None:
             view = sweep_view(sweep.id, sweep.host, sweep.labels)
-            states = {r.id: r for r in self.client.elements(sweep)}
-            for index, task_id in enumerate(sweep.elements):
-                if task_id in states:
-                    record = states[task_id]
-                    view.update(index, Update(record.id, record.state, record.reason))
-        try:
-            for index, update in self.client.follow_sweep(sweep):
-                if index >= 0:
-                    view.update(index, update)
-        except KeyboardInterrupt:
-            view.detached()
-            self.sweeps[sweep.id] = (follow, view)
-            self._watch_sweep(sweep, view)
-            print(f"\nStopped waiting for sweep {sweep.id}; it keeps running, and loads at "
-                  "the start of the first cell run after it ends.")
-            return None
-        self._load_sweep(follow, view, raise_error=True)
+            self._show_elements(sweep, view)
+        self._wait_for_sweep(follow, view)
         return None
+
+    def _show_elements(self, sweep: SweepRecord, view: SweepView) -> None:
+        """The view starts from each element's state as the store has it (reused ones have
+        ended already; the others move from there)."""
+        states = {r.id: r for r in self.client.elements(sweep)}
+        for index, task_id in enumerate(sweep.elements):
+            record = states.get(task_id)
+            if record is not None:
+                view.update(index, Update(record.id, record.state, record.reason))
 
     @magic_arguments()
     @argument("id", help="task or sweep id (or a unique prefix)")
