@@ -169,3 +169,31 @@ def test_one_squeue_answers_for_a_whole_array(agent: Any, slurm: Any) -> None:
         assert agent.op_kill(tasks) == dict.fromkeys(tasks, "cancelling")
     finally:
         subprocess.run(["scancel", array], capture_output=True)
+
+
+def _cube(x: int) -> int:
+    if x == 4:
+        raise ArithmeticError("four")
+    return x ** 3
+
+
+def test_executor_map_on_a_batch_host_is_one_array(home: Any, slurm: Any) -> None:
+    from remote_magic import RemoteExecutor
+    from remote_magic.client.core import Client
+
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(f"  login:\n    scheduler: slurm\n    workdir: {home / 'login'}\n")
+    client = Client()
+    try:
+        before = slurm_rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)
+        with RemoteExecutor("login", client=client) as pool:
+            results = pool.map(_cube, range(6), timeout=180)
+            assert [next(results) for _ in range(4)] == [0, 1, 8, 27]
+            with pytest.raises(ArithmeticError, match="four"):  # and map ends there, as
+                next(results)  # concurrent.futures' does
+            assert list(pool.map(_cube, [5, 2])) == [125, 8]
+        assert slurm_rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0) - before == 1
+        arrays = {r.job_id.split("_")[0] for r in client.store.list() if r.sweep}
+        assert len(arrays) == 1  # the second map's elements had completed: reused
+    finally:
+        client.close()
