@@ -25,6 +25,7 @@ from .store import SweepRecord, TaskRecord
 from .sweeps import (
     PreparedSweep,
     SweepResult,
+    check_stageable,
     commit_sweep,
     gather,
     shared_files,
@@ -49,7 +50,7 @@ class SweepMethods:
         is not run again (unless --rerun); one identical to a running one is followed."""
         options = sweep.options
         host = self.host(sweep.host)
-        shared = shared_files(sweep)  # refuses what a sweep cannot stage, before anything
+        check_stageable(sweep)
         records: list[TaskRecord] = []
         new: dict[str, tuple[Any, TaskRecord]] = {}
         reused = attached = 0

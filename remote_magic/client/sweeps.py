@@ -214,15 +214,20 @@ def commit_sweep(sweep: PreparedSweep, keep: list[PreparedTask]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def shared_files(sweep: PreparedSweep) -> list[tuple[Path, dict[str, Any]]]:
-    """What every element of the sweep gets alike, sent to a host once: the shared inputs
-    (linked into each element's directory: read, never changed), and the files staged into
-    the cell's working directory (copied: an element may change its copy)."""
+def check_stageable(sweep: PreparedSweep) -> None:
+    """Refuse, before anything is recorded, what a sweep cannot stage."""
     outside = [d for _, d in sweep.base.extra if d.startswith(("/", "~"))]
     if outside:
         raise OptionError(f"--map with --files going outside the task's folder ({outside[0]}) "
                           "is not supported: a sweep stages files into each element's own "
                           "folder; give --files a path relative to the notebook's folder")
+
+
+def shared_files(sweep: PreparedSweep) -> list[tuple[Path, dict[str, Any]]]:
+    """What every element of the sweep gets alike, sent to a host once: the shared inputs
+    (linked into each element's directory: read, never changed), and the files staged into
+    the cell's working directory (copied: an element may change its copy)."""
+    check_stageable(sweep)
     found = [(TaskPaths(sweep.base.local_dir).inputs,
               {"sha256": sweep.shared, "name": TaskPaths(".").shared.name, "copy": False})]
     for local, destination in sweep.base.extra:

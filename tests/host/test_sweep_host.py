@@ -127,12 +127,17 @@ def test_an_array_task_takes_over_the_elements_not_started(agent: Agent, tmp_pat
     assert [load_namespace(t.outputs)["out"] for t in tasks] == ["0", "1", "2", "3"]
     assert cancelled == [["scancel", "77_3"], ["scancel", "77_2"], ["scancel", "77_1"]]
     assert all(t.exitcode.read_text().strip() == "0" for t in tasks[1:])
-    # the own array task of a taken-over element, should it start, leaves without a word
+    # the own array task of a taken-over element, should it start, leaves without a word,
+    # and its entry now points elsewhere: its job script's exit code cannot end the element
     before = tasks[2].state.read_bytes()
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    assert job.run_once(str(tasks[2].root), "slurm") == 0
+    assert job.run_array(str(folder), "slurm", walltime=600) == 0
     assert tasks[2].state.read_bytes() == before
     assert read_json(tasks[2].job_claim)["taken_by"] == "77_0"
+    assert os.path.realpath(folder / "2") != str(tasks[2].root)
+    (folder / "2" / "exitcode").write_text("9\n")  # what its job script then writes
+    assert tasks[2].exitcode.read_text() == "0\n" and \
+        read_state(tasks[2])["state"] == "completed"  # the element's own, untouched
 
 
 def test_nothing_is_taken_over_when_the_time_left_is_short(agent: Agent, tmp_path: Path,

@@ -66,6 +66,7 @@ def run_once(root: str, scheduler: str) -> int:
 
 ASSUMED_WALLTIME = 1800.0  # seconds a job without a walltime of ours is taken to have
 TAKE_MARGIN = 60.0  # seconds of the job's time left over after a taken-over element
+LET_GO = ".let-go"  # an array folder's folder for the entries of taken-over elements
 
 
 def run_array(folder: str, scheduler: str, walltime: float | None) -> int:
@@ -78,7 +79,12 @@ def run_array(folder: str, scheduler: str, walltime: float | None) -> int:
         print(f"remote_magic: not run as an element of a job array (no index in "
               f"${batch.array_variable})", file=sys.stderr)
         return 2
-    code = run_once(os.path.realpath(os.path.join(folder, index)), scheduler)
+    own = TaskPaths(os.path.realpath(os.path.join(folder, index)))
+    code = run_once(str(own.root), scheduler)
+    if (read_json(own.job_claim) or {}).get("taken_by"):
+        # Another array task runs this element: the job script must not write its exit code
+        # when this process returns (that would end the element while it runs elsewhere).
+        _let_go(folder, index)
     longest = time.monotonic() - began
     array = os.environ.get(batch.array_job_variable, "")
     me = batch.element_id(array, int(index)) if array else None
@@ -113,8 +119,18 @@ def _not_started(folder: str, batch: BatchScheduler) -> Any:
                      reverse=True)
     for number in numbers:
         paths = TaskPaths(os.path.realpath(os.path.join(folder, str(number))))
-        if not paths.job_claim.exists() and not paths.cancel.exists():
+        if paths.spec.exists() and not paths.job_claim.exists() and not paths.cancel.exists():
             yield number, paths
+
+
+def _let_go(folder: str, index: str) -> None:
+    """Point this array task's entry at an empty folder of its own (atomically), so that what
+    its job script writes after this process (the exit code) lands there."""
+    spare = os.path.join(folder, LET_GO, index)
+    os.makedirs(spare, mode=0o700, exist_ok=True)
+    link = os.path.join(folder, f".{index}.{os.getpid()}")
+    os.symlink(spare, link)
+    os.replace(link, os.path.join(folder, index))
 
 
 def _quietly(argv: list[str]) -> None:
