@@ -190,7 +190,9 @@ def _blob_in_use(entry: os.DirEntry[str], now: float) -> bool:
 def _array_in_use(entry: os.DirEntry[str], now: float) -> bool:
     if now - entry.stat(follow_symlinks=False).st_mtime < UNUSED_BLOB:
         return True
-    return any(os.path.exists(link.path) for link in os.scandir(entry.path) if link.is_symlink())
+    inside = os.path.realpath(entry.path) + os.sep  # entries let go point in here
+    return any(os.path.exists(link.path) and not os.path.realpath(link.path).startswith(inside)
+               for link in os.scandir(entry.path) if link.is_symlink())
 
 
 def _place(blob: Path, target: Path, copy: bool) -> None:
