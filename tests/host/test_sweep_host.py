@@ -85,13 +85,18 @@ def test_leftovers_of_purged_sweeps_are_removed(agent: Agent, tmp_path: Path) ->
     agent.sweeps.op_stage_many(Exchange(data), [{"task": "cd" * 8, "files": files}],
                                [{"sha256": sha, "name": "shared.rmns"}])
     blob = agent.workdir / "shared" / sha
+    array = agent.workdir / "arrays" / "cdcd-1"  # as op_submit_array leaves one
+    (array / ".let-go" / "1").mkdir(parents=True)
+    os.symlink(agent.paths("cd" * 8).root, array / "0")
+    os.symlink(array / ".let-go" / "1", array / "1")
     old = time.time() - UNUSED_BLOB - 10
-    os.utime(blob, (old, old))
+    for path in (blob, array):
+        os.utime(path, (old, old))
     agent.sweeps.sweep_leftovers(time.time())
-    assert blob.exists()  # a task still links to it
+    assert blob.exists() and array.exists()  # a task still links to it, and is in it
     agent.op_purge(["cd" * 8])
     agent.sweeps.sweep_leftovers(time.time())
-    assert not blob.exists()
+    assert not blob.exists() and not array.exists()
 
 
 def array_of(agent: Agent, tmp_path: Path, codes: list[str]) -> tuple[Path, list[TaskPaths]]:
