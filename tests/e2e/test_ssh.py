@@ -524,3 +524,49 @@ def test_small_results_come_with_the_end_and_large_ones_are_asked_for(
         ended = len(asked)
         big = pool.submit(sleep_then, 1.0, "x" * 3_000_000).result(timeout=60)
         assert len(big) == 3_000_000 and "read" in asked[ended:]
+
+
+def test_proxy_command_from_ssh_config(home: Path, sshd: Any, bastion: Any,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.ssh/config's ProxyCommand (here OpenSSH's own `ssh -W` through the bastion
+    fixture) carries the connection; options the paramiko transport does not apply are
+    named in its notes; a ProxyCommand that fails says what it printed."""
+    client_home = home / "client"
+    (client_home / ".ssh").mkdir(parents=True)
+    config = client_home / ".ssh" / "config"
+    config.write_text(bastion.ssh_config.read_text() + textwrap.dedent(f"""\
+        Host viaproxy
+            HostName {sshd.host}
+            Port {sshd.port}
+            User {sshd.user}
+            IdentityFile {sshd.key_path}
+            UserKnownHostsFile {sshd.known_hosts}
+            ProxyCommand ssh -F {config} -o BatchMode=yes -W %h:%p {bastion.alias}
+            ControlMaster auto
+            ControlPath ~/.ssh/cm-%C
+        Host brokenproxy
+            HostName {sshd.host}
+            Port {sshd.port}
+            ProxyCommand sh -c 'echo no route to the cluster >&2; exit 3'
+        """))
+    monkeypatch.setenv("HOME", str(client_home))
+    with open(home / "hosts.yaml", "a") as f:
+        for name in ("viaproxy", "brokenproxy"):
+            f.write(f"  {name}:\n    address: {name}\n    python: {sys.executable}\n"
+                    f"    workdir: {home / 'proxy-work'}\n")
+    before = bastion.accepted_logins(), sshd.accepted_logins()
+    client = Client()
+    try:
+        with RemoteExecutor("viaproxy", client=client) as pool:
+            assert pool.submit(pow, 5, 2).result(timeout=60) == 25
+        assert (bastion.accepted_logins() - before[0], sshd.accepted_logins() - before[1]) \
+            == (1, 1)
+        notes = client.notes("viaproxy")
+        assert any("through its ProxyCommand (ssh -F" in n for n in notes), notes
+        assert any("not applied by the paramiko transport: ControlMaster, ControlPath" in n
+                   for n in notes), notes
+        with pytest.raises(TransportError, match="exited with status 3: no route to the "
+                                                 "cluster"):
+            client.reach("brokenproxy")
+    finally:
+        client.close()

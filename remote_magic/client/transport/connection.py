@@ -56,6 +56,9 @@ class Target:
     identity_files: tuple[str, ...] = ()
     proxy_jump: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
+    proxy_command: str | None = None  # ~/.ssh/config's, its %h %p %r already filled in
+    # ~/.ssh/config options for this host that this transport does not apply (see UNAPPLIED)
+    unapplied: tuple[str, ...] = ()
 
     @property
     def key_name(self) -> str:
@@ -64,6 +67,19 @@ class Target:
 
     def __str__(self) -> str:
         return f"{self.user}@{self.hostname}:{self.port}"
+
+
+# ~/.ssh/config options that change how OpenSSH reaches or logs in to a host and that this
+# transport does not apply, as ssh_config(5) spells them; each is named in the notes that
+# `remote-magic test` prints (where a login then fails, that says why).
+UNAPPLIED = {
+    "controlmaster": "ControlMaster", "controlpath": "ControlPath",
+    "controlpersist": "ControlPersist", "certificatefile": "CertificateFile",
+    "identityagent": "IdentityAgent", "identitiesonly": "IdentitiesOnly",
+    "gssapiauthentication": "GSSAPIAuthentication", "pkcs11provider": "PKCS11Provider",
+    "securitykeyprovider": "SecurityKeyProvider", "hostkeyalias": "HostKeyAlias",
+    "bindaddress": "BindAddress", "bindinterface": "BindInterface",
+}
 
 
 def resolve(spec: str, port: int | None = None, identity_file: str | None = None,
@@ -82,6 +98,11 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
     found = config.lookup(alias)
     files = [identity_file] if identity_file else list(found.get("identityfile", []))
     jump = proxy_jump or found.get("proxyjump")
+    command = found.get("proxycommand")
+    if jump not in (None, "none") or command in (None, "none"):
+        command = None  # a ProxyJump (ours or the file's) goes first; OpenSSH takes one
+    unapplied = tuple(name for key, name in UNAPPLIED.items()
+                      if found.get(key) not in (None, "no", "none"))
     return Target(
         name=name or alias,
         hostname=found.get("hostname", alias),
@@ -91,6 +112,7 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
         proxy_jump=None if jump in (None, "none") else jump,
         known_hosts=known_hosts or (found.get("userknownhostsfile") or fallback_known_hosts)
         .split()[0],
+        proxy_command=command, unapplied=unapplied,
     )
 
 
@@ -215,6 +237,12 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
             jump.close()
             raise TransportError(f"{target}: the jump host {jump.target} cannot reach it: "
                                  f"{exc}") from exc
+    elif target.proxy_command:
+        try:
+            sock = paramiko.ProxyCommand(target.proxy_command)
+        except paramiko.ProxyCommandFailure as exc:
+            raise TransportError(f"{target}: its ProxyCommand ({target.proxy_command}) could "
+                                 f"not start: {exc}") from exc
     else:
         try:
             sock = socket.create_connection((target.hostname, target.port), CONNECT_TIMEOUT)
@@ -247,9 +275,25 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
         if jump is not None:
             jump.close()
         if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
-            raise TransportError(f"{target}: SSH failed: {exc}") from exc
+            said = _proxy_said(sock) if target.proxy_command and jump is None else ""
+            raise TransportError(f"{target}: SSH failed: {exc}{said}") from exc
         raise
     return Connection(target, transport, jump, methods, vouched, records.skipped)
+
+
+def _proxy_said(sock: Any) -> str:
+    """What a ProxyCommand that ended said on its stderr: why the connection never came."""
+    process = getattr(sock, "process", None)
+    if process is None:
+        return ""
+    try:
+        process.wait(timeout=2)
+        words = process.stderr.read().decode(errors="replace").strip()
+    except Exception:  # noqa: BLE001 - only for the message
+        return ""
+    tail = words.splitlines()[-1][-300:] if words else "nothing on stderr"
+    return (f". Its ProxyCommand (from ~/.ssh/config) exited with status "
+            f"{process.returncode}: {tail}")
 
 
 def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt) -> list[str]:

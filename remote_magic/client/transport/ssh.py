@@ -133,6 +133,12 @@ class SSHTransport:
                 raise
             self.reconnect.succeeded()
             self._shared.add(self.target, self, self._conn)
+            said = [f"through its ProxyCommand ({self.target.proxy_command})"] \
+                if self.target.proxy_command else []
+            if self.target.unapplied:
+                said.append(f"~/.ssh/config options not applied by the paramiko transport: "
+                            f"{', '.join(self.target.unapplied)}")
+            self.notes.extend(n for n in said if n not in self.notes)
             return self._conn
 
     def retry_delay(self) -> float:
