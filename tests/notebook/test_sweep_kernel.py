@@ -154,3 +154,45 @@ def test_a_thousand_elements_one_view_within_the_message_budget(tmp_path: Path) 
         assert grids[-1].count("<i ") == 1000
     finally:
         kernel.shutdown()
+
+
+def test_the_sweep_view_shows_output_and_its_cancel_ends_the_sweep(tmp_path: Path) -> None:
+    """A --nowait sweep in a kernel that renders widgets: the view shows the last lines of a
+    running element, and a click on its Cancel (a real comm message) cancels every element
+    that has not ended; the next cell loads the sweep and says so."""
+    import time as clock
+
+    from helpers.kernel import start_kernel
+    from test_widgets import Models
+
+    kernel = start_kernel(tmp_path, REMOTE_MAGIC_DISPLAY="widget")
+    try:
+        out = kernel.run("%%remote --nowait --map i=range(6)\nimport time\n"
+                         "print(f'element {i} is up', flush=True)\ntime.sleep(60)\ndone = i")
+        models = Models()
+        models.feed(out.messages)
+        button_id, button = models.with_class("rm-sweep-cancel")
+        assert button["disabled"] is False  # the kernel is free: a click works
+        output_id, _ = models.with_class("rm-sweep-output")
+
+        def shows_output(msg: dict) -> bool:
+            content = msg["content"]
+            return (msg["msg_type"] == "comm_msg" and content.get("comm_id") == output_id
+                    and "is up" in str(content["data"].get("state", {}).get("value", "")))
+
+        assert any(shows_output(m) for m in kernel.drain(30, until=shows_output))
+        click = kernel.client.session.msg(
+            "comm_msg", {"comm_id": button_id,
+                         "data": {"method": "custom", "content": {"event": "click"}}})
+        kernel.client.shell_channel.send(click)
+        deadline = clock.monotonic() + 60
+        said = ""  # the cell run after the sweep ended (here, one of these) says how it went
+        while clock.monotonic() < deadline and "6 elements" not in said:
+            said += kernel.run("pass").stderr
+            clock.sleep(0.5)
+        assert "6 elements, 6 cancelled" in said and "%remote_retry" in said
+        assert kernel.value(f"[r.state for r in {CLIENT}.store.list() if r.sweep]") == \
+            ["cancelled"] * 6
+        assert kernel.value("all(isinstance(d, Exception) for d in done)")
+    finally:
+        kernel.shutdown()
