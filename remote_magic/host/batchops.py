@@ -29,6 +29,7 @@ from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
     HEARTBEAT_INTERVAL,
     TaskPaths,
+    amend_state,
     read_exitcode,
     read_state,
     set_state,
@@ -80,8 +81,13 @@ class BatchOps:
                                   str(paths.root))
         script = batch.render(template, resources, f"rm-{task[:12]}", str(paths.root),
                               setup, command)
-        job_id = submit_job(batch, script, paths.job_script, paths.work, "the job")
-        set_state(paths, State.SUBMITTED, launcher=scheduler, job_id=job_id)
+        set_state(paths, State.SUBMITTED, launcher=scheduler)  # the job may start at once
+        try:
+            job_id = submit_job(batch, script, paths.job_script, paths.work, "the job")
+        except BaseException:
+            set_state(paths, State.PREPARED, launcher=None)
+            raise
+        amend_state(paths, "job_id", job_id=job_id)  # keeping what the job recorded since
         return {"job_id": job_id}
 
     def states(self, tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

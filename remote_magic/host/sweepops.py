@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..wire.states import State
-from ..wire.taskdir import TaskPaths, path_problem, read_state, set_state, valid_task_id
+from ..wire.taskdir import (
+    TaskPaths,
+    amend_state,
+    path_problem,
+    read_state,
+    set_state,
+    valid_task_id,
+)
 from .batchops import BatchOps, runtime_command, submit_job
 from .exchange import Exchange
 from .fileops import FileOps, _inside, disk_full
@@ -142,6 +149,8 @@ class SweepOps:
         self.arrays_dir.mkdir(mode=0o700, exist_ok=True)
         folder = self.arrays_dir / f"{tasks[0][:12]}-{secrets.token_hex(4)}"
         folder.mkdir(mode=0o700)
+        for task in tasks:  # before the job exists: its elements may start at once
+            set_state(self.paths(task), State.SUBMITTED, launcher=batch.name)
         try:
             for i, task in enumerate(tasks):
                 os.symlink(self.paths(task).root, folder / str(batch.array_base + i))
@@ -155,12 +164,16 @@ class SweepOps:
             job_id = submit_job(batch, script, folder / "job.sh", folder, "the job array")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            for task in tasks:
+                set_state(self.paths(task), State.PREPARED, launcher=None)
             raise
         jobs = {}
         for i, task in enumerate(tasks):
             jobs[task] = batch.element_id(job_id, batch.array_base + i)
-            set_state(self.paths(task), State.SUBMITTED, launcher=batch.name,
-                      job_id=jobs[task], array=job_id)
+            # as the record is now: an element may have run, or been taken over (the job
+            # that runs it then named itself), since the array was submitted
+            record = amend_state(self.paths(task), "job_id", job_id=jobs[task], array=job_id)
+            jobs[task] = record.get("job_id") or jobs[task]
         return jobs
 
     def sweep_leftovers(self, now: float) -> None:

@@ -17,13 +17,15 @@ as it is read, is passed over. A file holding one JSON object (an earlier writer
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,18 +170,57 @@ def set_state(paths: TaskPaths, state: str, reason: str | None = None,
     """Move the task to `state`, keeping when each state was entered."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
-    data = _state_bytes(paths)
-    record = _record(data)
-    record["state"] = state
-    record.setdefault("history", {})[state] = when if when is not None else time.time()
-    if reason is not None or state in FINAL_STATES:
-        record["reason"] = reason
-    record.update(extra)
+    with _locked(paths):
+        data = _state_bytes(paths)
+        record = _record(data)
+        record["state"] = state
+        record.setdefault("history", {})[state] = when if when is not None else time.time()
+        if reason is not None or state in FINAL_STATES:
+            record["reason"] = reason
+        record.update(extra)
+        _append_record(paths, data, record)
+    return record
+
+
+def amend_state(paths: TaskPaths, missing: str, **extra: Any) -> dict[str, Any]:
+    """Add `extra` to the task's record as it is now (its state unchanged), unless the record
+    has `missing` already: what another writer recorded meanwhile (a job that started the
+    task, say) is never written over."""
+    with _locked(paths):
+        data = _state_bytes(paths)
+        record = _record(data)
+        if record.get(missing) is None:
+            record.update(extra)
+            _append_record(paths, data, record)
+    return record
+
+
+def _append_record(paths: TaskPaths, data: bytes, record: dict[str, Any]) -> None:
     line = json.dumps(record, sort_keys=True).encode() + b"\n"
     if data and not data.endswith(b"\n"):  # a line cut short, or one object: start afresh
         line = b"\n" + line
     append_line(paths.state, line)
-    return record
+
+
+@contextmanager
+def _locked(paths: TaskPaths) -> Iterator[None]:
+    """Hold the state file's lock while its record is read and the next one appended: the
+    agent, a runner and a batch job may each change the record, and one that read it before
+    another's change must not append a record that undoes it. Where the file system cannot
+    lock, the appends still never interleave; only that narrow window stays open."""
+    try:
+        fd = os.open(paths.state, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        yield  # cannot even open it: the append will say why
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def append_line(path: Path, line: bytes) -> None:

@@ -157,3 +157,29 @@ def test_nothing_is_taken_over_when_the_time_left_is_short(agent: Agent, tmp_pat
     (tasks[2].root / "cancel").touch()  # cancelled: never taken over either
     job.run_array(str(folder), "slurm", walltime=3600)
     assert [read_state(t)["state"] for t in tasks] == ["completed", "completed", "submitted"]
+
+
+def test_what_elements_record_while_their_array_is_submitted_is_kept(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array may start, and an element run, end, or be taken over, before the submit
+    command has even returned: the job ids written afterwards never undo that."""
+    from remote_magic.host import sweepops
+
+    folder, tasks = array_of(agent, tmp_path, ["out = 1"] * 3)
+    for paths in tasks:  # staged, not submitted (array_of submits them by hand)
+        set_state(paths, State.PREPARED, launcher=None, job_id=None)
+        paths.claim.unlink(missing_ok=True)
+    ids = [t.root.name for t in tasks]
+
+    def submit_and_run(batch: Any, script: str, path: Path, cwd: Path, what: str) -> str:
+        assert all(read_state(t)["state"] == State.SUBMITTED for t in tasks)
+        set_state(tasks[0], State.COMPLETED, job_id=None)  # ran at once
+        set_state(tasks[2], State.RUNNING, job_id="55_0")  # taken over by element 0's job
+        return "55"
+
+    monkeypatch.setattr(sweepops, "submit_job", submit_and_run)
+    answer = agent.sweeps.op_submit_array(ids, "slurm", {})
+    assert answer["jobs"] == {ids[0]: "55_0", ids[1]: "55_1", ids[2]: "55_0"}
+    states = [read_state(t) for t in tasks]
+    assert [s["state"] for s in states] == ["completed", "submitted", "running"]
+    assert [s["job_id"] for s in states] == ["55_0", "55_1", "55_0"]
