@@ -90,8 +90,14 @@ def test_ssh_config_alias_is_honoured(home: Path, sshd: Any,
     with open(home / "hosts.yaml", "a") as f:
         f.write(f"  viaalias:\n    address: lab\n    python: {sys.executable}\n"
                 f"    workdir: {home / 'alias-work'}\n")
-    with RemoteExecutor("viaalias") as pool:
-        assert pool.submit(pow, 3, 3).result(timeout=60) == 27
+    client = Client()
+    try:
+        with RemoteExecutor("viaalias", client=client) as pool:
+            assert pool.submit(pow, 3, 3).result(timeout=60) == 27
+        assert "transport: paramiko; applied from ~/.ssh/config: HostName, User, Port, " \
+            "IdentityFile, UserKnownHostsFile" in client.notes("viaalias")
+    finally:
+        client.close()
 
 
 def test_proxy_jump_through_one_and_two_bastions(home: Path, sshd: Any, bastion: Any,

@@ -57,7 +57,9 @@ class Target:
     proxy_jump: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
     proxy_command: str | None = None  # ~/.ssh/config's, its %h %p %r already filled in
-    # ~/.ssh/config options for this host that this transport does not apply (see UNAPPLIED)
+    # ~/.ssh/config options for this host that this transport applied, and those it does
+    # not apply (see UNAPPLIED), as ssh_config(5) spells them: what `remote-magic test` says
+    applied: tuple[str, ...] = ()
     unapplied: tuple[str, ...] = ()
 
     @property
@@ -82,6 +84,11 @@ UNAPPLIED = {
 }
 
 
+APPLIED = {"hostname": "HostName", "user": "User", "port": "Port",
+           "identityfile": "IdentityFile", "proxyjump": "ProxyJump",
+           "proxycommand": "ProxyCommand", "userknownhostsfile": "UserKnownHostsFile"}
+
+
 def resolve(spec: str, port: int | None = None, identity_file: str | None = None,
             proxy_jump: str | None = None, known_hosts: str | None = None,
             name: str | None = None,
@@ -103,6 +110,12 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
         command = None  # a ProxyJump (ours or the file's) goes first; OpenSSH takes one
     unapplied = tuple(name for key, name in UNAPPLIED.items()
                       if found.get(key) not in (None, "no", "none"))
+    used = {"hostname": found.get("hostname") != alias, "user": not user,
+            "port": not (port or port_text), "identityfile": not identity_file,
+            "proxyjump": not proxy_jump and command is None,
+            "proxycommand": command is not None, "userknownhostsfile": not known_hosts}
+    applied = tuple(APPLIED[key] for key, taken in used.items() if taken and key in found
+                    and found[key] not in (None, "none"))
     return Target(
         name=name or alias,
         hostname=found.get("hostname", alias),
@@ -112,7 +125,7 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
         proxy_jump=None if jump in (None, "none") else jump,
         known_hosts=known_hosts or (found.get("userknownhostsfile") or fallback_known_hosts)
         .split()[0],
-        proxy_command=command, unapplied=unapplied,
+        proxy_command=command, applied=applied, unapplied=unapplied,
     )
 
 

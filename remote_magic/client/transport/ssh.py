@@ -133,8 +133,11 @@ class SSHTransport:
                 raise
             self.reconnect.succeeded()
             self._shared.add(self.target, self, self._conn)
-            said = [f"through its ProxyCommand ({self.target.proxy_command})"] \
-                if self.target.proxy_command else []
+            said = ["transport: paramiko"
+                    + (f"; applied from ~/.ssh/config: {', '.join(self.target.applied)}"
+                       if self.target.applied else "")]
+            if self.target.proxy_command:
+                said.append(f"through its ProxyCommand ({self.target.proxy_command})")
             if self.target.unapplied:
                 said.append(f"~/.ssh/config options not applied by the paramiko transport: "
                             f"{', '.join(self.target.unapplied)}")
