@@ -72,7 +72,7 @@ def test_sge_element_ids_from_the_recorded_submission() -> None:
     # what `qsub -terse` printed here for an array of three
     job = Sge().job_id("125.1-3:1\n")
     assert job == "125"
-    assert [Sge().element_id(job, Sge().array_base + i) for i in Array(3).indices] == [
+    assert [Sge().element_id(job, Sge().array_base + i) for i in range(3)] == [
         "125.1", "125.2", "125.3"]
 
 
@@ -311,7 +311,7 @@ def test_pbs_array_script_from_a_host_template() -> None:
 def test_pbs_element_ids_from_real_qsub_output() -> None:
     job = Pbs().job_id(pbs_data("qsub_array_nile.txt"))
     assert job == "10[].Nile-extn"
-    assert [Pbs().element_id(job, i) for i in Array(3).indices] == [
+    assert [Pbs().element_id(job, i) for i in range(3)] == [
         "10[0].Nile-extn", "10[1].Nile-extn", "10[2].Nile-extn"]
     assert Pbs().element_id("10[]", 4) == "10[4]"
 

@@ -56,10 +56,6 @@ class Array:
     count: int
     limit: int | None = None
 
-    @property
-    def indices(self) -> range:
-        return range(self.count)
-
 
 @dataclass
 class Vouch:
