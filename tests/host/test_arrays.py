@@ -415,7 +415,7 @@ def test_lsf_array_output_paths_let_only_the_index_through(taskdir: str) -> None
 
 def test_lsf_element_ids_from_real_bsub_output() -> None:
     job = Lsf().job_id((DATA / "lsf" / "bsub_summit.txt").read_text())
-    assert [Lsf().element_id(job, Lsf().array_base + i) for i in Array(2).indices] == [
+    assert [Lsf().element_id(job, Lsf().array_base + i) for i in range(2)] == [
         "1214764[1]", "1214764[2]"]
 
 
