@@ -163,7 +163,7 @@ def _write_elements(base: PreparedTask, shared: str, bindings: list[dict[str, An
     folder = Path(tempfile.mkdtemp(prefix=PREPARE_PREFIX, dir=root))
     elements = []
     salt = os.urandom(8).hex() if base.options.rerun else ""
-    own = dict(namespace) if isinstance(namespace, dict) else None
+    own = namespace if isinstance(namespace, dict) else None  # functions bound to it
     try:
         for index, binding in enumerate(bindings):
             local = folder / str(index)
