@@ -3,12 +3,14 @@
 Starts a private sshd (remote_magic.testing.sshd) and measures:
   * floors: `ssh host true` (OpenSSH client, a new login each time) and a paramiko
     `exec_command('true')` on an already open connection;
-  * the median time of a trivial `%%remote -q hpc --rerun` cell through a real kernel;
-  * 20 trivial tasks submitted at once (RemoteExecutor), total time;
-  * a 1 GiB numpy array to the host and back through a task, in MB/s, next to `scp` of the
-    same bytes up and down, and the transport's raw upload/download of that file.
+  * for each transport (paramiko, the default, and `transport: openssh`, the system's ssh
+    over one master connection):
+    - the median time of a trivial `%%remote -q HOST --rerun` cell through a real kernel;
+    - 20 trivial tasks submitted at once (RemoteExecutor), total time;
+    - a 1 GiB numpy array to the host and back through a task, in MB/s, next to `scp` of
+      the same bytes up and down, and the transport's raw upload/download of that file.
 
-    python bench/ssh_task.py [-n 20] [--mib 1024]
+    python bench/ssh_task.py [-n 20] [--mib 1024] [--transport paramiko|openssh|both]
 
 The files go to the temporary directory ($TMPDIR): the transfers write several GiB, so on a
 small VM the disk's writeback shows in the MB/s figures; TMPDIR=/dev/shm leaves it out.
@@ -31,6 +33,7 @@ from jupyter_client.manager import start_new_kernel
 from remote_magic import RemoteExecutor
 from remote_magic.client.core import Client
 from remote_magic.client.transport.connection import connect, target_for
+from remote_magic.client.transport.openssh import OpenSSHConnection
 from remote_magic.client.transport.ssh import SSHTransport
 from remote_magic.config.hosts import HostConfig
 from remote_magic.testing.sshd import start_sshd
@@ -60,69 +63,93 @@ def identity(array):
     return array
 
 
+TRANSPORTS = ("paramiko", "openssh")
+
+
+def settings(server, root: Path, transport: str) -> dict[str, object]:
+    return {"address": f"{server.user}@{server.host}", "port": server.port,
+            "identity_file": str(server.key_path), "known_hosts": str(server.known_hosts),
+            "python": sys.executable, "workdir": str(root / "remote"), "transport": transport}
+
+
+def through_tasks(kc, name: str, n: int, mib: int) -> dict[str, float]:
+    """One transport's figures: a trivial cell, 20 tasks at once, the array round trip."""
+    cell(kc, f"%%remote -q {name} --rerun\ny = x + 1")  # connect (and ship the runtime)
+    per_task = timed(lambda: cell(kc, f"%%remote -q {name} --rerun\ny = x + 1"), n)
+    client = Client()
+    with RemoteExecutor(name, rerun=True, client=client) as pool:
+        pool.submit(pow, 1, 1).result()
+        start = time.perf_counter()
+        futures = [pool.submit(pow, 2, i) for i in range(20)]
+        [f.result() for f in futures]
+        twenty = time.perf_counter() - start
+        array = np.random.default_rng(0).random(mib * 2**20 // 8)
+        start = time.perf_counter()
+        back = pool.submit(identity, array).result()
+        array_time = time.perf_counter() - start
+        assert back.shape == array.shape and back[-1] == array[-1]
+    client.close()
+    return {"cell": ms(per_task), "twenty": twenty * 1000, "array": array_time}
+
+
+def raw_channel(host: HostConfig, blob: Path, back: Path) -> tuple[float, float, str]:
+    """The transport's own upload and download of `blob` (seconds each), and its cipher."""
+    transport = SSHTransport(host, lambda event: None)
+    start = time.perf_counter()
+    transport.upload(blob, "raw-copy")
+    up = time.perf_counter() - start
+    start = time.perf_counter()
+    transport.download("raw-copy", back)
+    down = time.perf_counter() - start
+    back.unlink()
+    conn = transport.connection()
+    cipher = "OpenSSH's choice" if isinstance(conn, OpenSSHConnection) else \
+        conn.transport.remote_cipher
+    transport.close()
+    return up, down, cipher
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--transport", choices=[*TRANSPORTS, "both"], default="both")
     args = parser.parse_args()
+    chosen = TRANSPORTS if args.transport == "both" else (args.transport,)
     # the host's work directory under the home directory, as on a cluster (and as the localhost
     # bench has it: on this machine /tmp, where tests churn files, creates them far slower)
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         root = Path(tmp)
         server = start_sshd(root / "sshd")
         try:
-            host = HostConfig(name="hpc", address=f"{server.user}@{server.host}",
-                              port=server.port, identity_file=str(server.key_path),
-                              known_hosts=str(server.known_hosts), python=sys.executable,
-                              workdir=str(root / "remote"))
+            hosts = {t: HostConfig(name=t, **settings(server, root, t)) for t in TRANSPORTS}
             config = root / "hosts.yaml"
-            config.write_text(
-                "hosts:\n  hpc:\n" + "".join(
-                    f"    {k}: {v}\n" for k, v in (
-                        ("address", host.address), ("port", host.port),
-                        ("identity_file", host.identity_file),
-                        ("known_hosts", host.known_hosts), ("python", host.python),
-                        ("workdir", host.workdir))))
+            config.write_text("hosts:\n" + "".join(
+                f"  {t}:\n" + "".join(f"    {k}: {v}\n"
+                                      for k, v in settings(server, root, t).items())
+                for t in TRANSPORTS))
             os.environ.update(REMOTE_MAGIC_CONFIG=str(config),
                               REMOTE_MAGIC_HOME=str(root / "data"))
 
             # floors
             ssh_true = timed(lambda: subprocess.run([*server.ssh_args(), "true"], check=True),
                              args.n)
-            conn = connect(target_for(host))
+            conn = connect(target_for(hosts["paramiko"]))
             exec_true = timed(lambda: conn.run("true"), args.n)
             conn.close()
 
-            # a trivial cell through the magic
+            figures = {}
             km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ), cwd=tmp)
             try:
                 cell(kc, "%load_ext remote_magic\nx = 1")
-                cell(kc, "%%remote -q hpc --rerun\ny = x + 1")  # connect, ship runtime
-                per_task = timed(lambda: cell(kc, "%%remote -q hpc --rerun\ny = x + 1"),
-                                 args.n)
+                for t in chosen:
+                    figures[t] = through_tasks(kc, t, args.n, args.mib)
             finally:
                 kc.stop_channels()
                 km.shutdown_kernel(now=True)
 
-            # 20 at once
-            client = Client()
-            with RemoteExecutor("hpc", rerun=True, client=client) as pool:
-                pool.submit(pow, 1, 1).result()
-                start = time.perf_counter()
-                futures = [pool.submit(pow, 2, i) for i in range(20)]
-                [f.result() for f in futures]
-                twenty = time.perf_counter() - start
-
-                # 1 GiB array through a task
-                array = np.random.default_rng(0).random(args.mib * 2**20 // 8)
-                start = time.perf_counter()
-                back = pool.submit(identity, array).result()
-                array_time = time.perf_counter() - start
-                assert back.shape == array.shape and back[-1] == array[-1]
-                del back
-            client.close()
-
-            # scp and the raw channel, same bytes
+            # scp and the raw channels, same bytes
+            array = np.random.default_rng(0).random(args.mib * 2**20 // 8)
             blob = root / "array.rmns"
             dump_namespace({"a": array}, blob)
             nbytes = blob.stat().st_size
@@ -137,34 +164,32 @@ def main() -> None:
             scp_down = time.perf_counter() - start
             (root / "scp-copy").unlink()
             (root / "scp-back").unlink()
-            transport = SSHTransport(host, lambda event: None)
-            start = time.perf_counter()
-            transport.upload(blob, "raw-copy")
-            raw_up = time.perf_counter() - start
-            start = time.perf_counter()
-            transport.download("raw-copy", root / "raw-back")
-            raw_down = time.perf_counter() - start
-            cipher = transport.connection().transport.remote_cipher
-            transport.close()
+            for t in chosen:
+                figures[t].update(zip(("up", "down", "cipher"),
+                                      raw_channel(hosts[t], blob, root / "raw-back")))
         finally:
             server.stop()
 
     mb = nbytes / 1e6
     exec_ms = ms(exec_true)
-    print(f"SSH on loopback, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"cipher {cipher}; medians of {args.n}; files in {Path.home()}")
+    print(f"SSH on loopback, {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
+          f"medians of {args.n}; files in {Path.home()}")
     print(f"  floor: ssh host true (new login)        {ms(ssh_true):7.1f} ms")
     print(f"  floor: paramiko exec 'true' (open conn)  {exec_ms:7.1f} ms")
-    print(f"  %%remote -q hpc --rerun, trivial cell    {ms(per_task):7.1f} ms  "
-          f"= {ms(per_task) / exec_ms:.2f}x the exec round trip (target < 0.5x)")
-    print(f"  20 trivial tasks submitted at once       {twenty * 1000:7.1f} ms total")
-    both = 2 * mb
-    print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task: "
-          f"{both / array_time:6.1f} MB/s ({array_time:.1f} s), scp up+down "
-          f"{both / (scp_up + scp_down):6.1f} MB/s = "
-          f"{(scp_up + scp_down) / array_time:.2f}x scp (target >= 0.5x)")
-    print(f"  raw channel: up {mb / raw_up:6.1f} MB/s (scp {mb / scp_up:6.1f}), "
-          f"down {mb / raw_down:6.1f} MB/s (scp {mb / scp_down:6.1f})")
+    print(f"  floor: scp up {mb / scp_up:6.1f} MB/s, down {mb / scp_down:6.1f} MB/s")
+    for t in chosen:
+        f = figures[t]
+        print(f"transport: {t} (cipher {f['cipher']})")
+        print(f"  %%remote --rerun, trivial cell          {f['cell']:7.1f} ms  "
+              f"= {f['cell'] / exec_ms:.2f}x the exec round trip (target < 0.5x)")
+        print(f"  20 trivial tasks submitted at once       {f['twenty']:7.1f} ms total")
+        print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task: "
+              f"{2 * mb / f['array']:6.1f} MB/s ({f['array']:.1f} s) = "
+              f"{(scp_up + scp_down) / f['array']:.2f}x scp up+down")
+        print(f"  raw channel: up {mb / f['up']:6.1f} MB/s, down {mb / f['down']:6.1f} MB/s")
+    if len(chosen) == 2:
+        ratio = figures["openssh"]["cell"] / figures["paramiko"]["cell"]
+        print(f"openssh / paramiko, trivial cell: {ratio:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

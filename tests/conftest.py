@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers.hosts
 import pytest
 from helpers.hosts import isolate
 from helpers.kernel import start_kernel
@@ -62,6 +63,34 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
     k.root = root  # type: ignore[attr-defined]
     yield k
     k.shutdown()
+
+
+# -- SSH transports: the SSH tests run once over each -----------------------------------------
+# A test of these modules whose code or fixtures make a host with helpers.hosts.ssh_host runs
+# once per transport; ssh_host gives its host the transport of the run.
+
+TRANSPORTS = ("paramiko", "openssh")
+BOTH_TRANSPORTS = {"test_ssh", "test_ssh_more", "test_sweep_ssh", "test_concurrent_submit",
+                   "test_limits"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ssh_transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The transport helpers.hosts.ssh_host writes into hosts (paramiko unless the test is
+    parametrized over both); module-scoped, so a module's shared kernel follows it."""
+    chosen = getattr(request, "param", "paramiko")
+    before, helpers.hosts.TRANSPORT = helpers.hosts.TRANSPORT, chosen
+    yield chosen
+    helpers.hosts.TRANSPORT = before
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ not in BOTH_TRANSPORTS:
+        return
+    fixtures = getattr(metafunc, "_arg2fixturedefs", {})
+    functions = [metafunc.function] + [d.func for ds in fixtures.values() for d in ds]
+    if any("ssh_host(" in _source(f) for f in functions):
+        metafunc.parametrize("ssh_transport", TRANSPORTS, indirect=True, scope="module")
 
 
 # -- markers: what a test needs, so that a part of the suite can run alone -------------------

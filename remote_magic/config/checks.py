@@ -160,6 +160,21 @@ def port(value: Any, where: KeyPath) -> int:
     return whole(value, where, 1, 65535)
 
 
+TRANSPORTS = ("paramiko", "openssh")
+
+
+def transport(value: Any, where: KeyPath) -> str:
+    name = text(value, where).strip().lower()
+    if name not in TRANSPORTS:
+        raise Invalid(
+            f"unknown transport {echo(value, 40)}{did_you_mean(name, TRANSPORTS)} Use "
+            "'paramiko' (the default, built in) or 'openssh' (the system's ssh program, with "
+            "all of your ~/.ssh/config: ProxyCommand, Match, certificates, ControlMaster)",
+            where,
+        )
+    return name
+
+
 def scheduler(value: Any, where: KeyPath) -> str:
     name = text(value, where).strip().lower()
     if name not in SCHEDULERS:

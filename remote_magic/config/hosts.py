@@ -62,6 +62,9 @@ class HostConfig:
     identity_file: str | None = None
     proxy_jump: str | None = None
     known_hosts: str | None = None
+    # How SSH is spoken: "paramiko" (built in) or "openssh" (the system's ssh, with all of
+    # the user's ssh_config: client/transport/openssh.py).
+    transport: str = "paramiko"
     scheduler: str = "process"
     python: str | None = None
     workdir: str = "~/.remote_magic"
@@ -341,6 +344,7 @@ _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "identity_file": checks.text,
     "proxy_jump": checks.text,
     "known_hosts": checks.text,
+    "transport": checks.transport,
     "scheduler": checks.scheduler,
     "python": checks.text,
     "workdir": checks.text,

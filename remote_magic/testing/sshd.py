@@ -215,7 +215,8 @@ class SSHServer:
 def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
                alias: str | None = None, port: int | None = None,
                host_ca: Path | str | None = None, host_principals: str = HOST,
-               host_cert_validity: str | None = None) -> SSHServer:
+               host_cert_validity: str | None = None,
+               user_ca: Path | str | None = None) -> SSHServer:
     """Start a private sshd on a free 127.0.0.1 port; its files go into ``directory``.
 
     Returns once the server accepts connections. Stop it with :meth:`SSHServer.stop` (or use
@@ -235,6 +236,9 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
     with ``ssh-keygen -s host_ca -h -n host_principals`` (comma-separated names; empty for a
     certificate that names no host) and ``-V host_cert_validity`` when given (such as
     ``-1d:-1h``, an expired one), and served with ``HostCertificate``.
+
+    ``user_ca`` (a public key file) is trusted to certify user keys (``TrustedUserCAKeys``):
+    a key signed by it for the login user's name logs in without being in authorized_keys.
     """
     root = os.geteuid() == 0
     if keyboard_interactive and not root:
@@ -272,7 +276,7 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
         elif attempt:
             time.sleep(0.5)
         config.write_text(_server_config(d, port, user, keyboard_interactive,
-                                         list(certificates.values())))
+                                         list(certificates.values()), user_ca))
         if attempt == 0:  # a config error would make every attempt fail: report it at once
             check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True,
                                    text=True, stdin=subprocess.DEVNULL)
@@ -350,7 +354,8 @@ def _certify_host_keys(keygen: str, d: Path, ca: Path, principals: str,
 
 
 def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool,
-                   certificates: list[Path] | None = None) -> str:
+                   certificates: list[Path] | None = None,
+                   user_ca: Path | str | None = None) -> str:
     common = [
         f"Port {port}",
         f"ListenAddress {HOST}",
@@ -382,6 +387,7 @@ def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool,
             "UsePAM no",
             "PubkeyAuthentication yes",
             f"AuthorizedKeysFile {d / 'authorized_keys'}",
+            *([f"TrustedUserCAKeys {Path(user_ca).resolve()}"] if user_ca else []),
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password",

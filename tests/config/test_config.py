@@ -115,7 +115,7 @@ def test_constants_match_the_spec() -> None:
     assert set(HOST_KEYS) == {
         "address", "port", "identity_file", "proxy_jump", "known_hosts", "scheduler", "python",
         "workdir", "setup", "paths", "resources", "max_running", "template", "auto_files",
-        "warm",
+        "warm", "transport",
     }
 
 
@@ -452,6 +452,9 @@ def test_empty_host_name() -> None:
         ("scheduler: slrum", "scheduler", "did you mean 'slurm'?"),
         ("scheduler: kubernetes", "scheduler", "process, slurm, pbs, lsf, sge"),
         ("scheduler: 5", "scheduler", "must be a string"),
+        ("transport: openshh", "transport", "did you mean 'openssh'?"),
+        ("transport: telnet", "transport", "'paramiko' (the default, built in) or 'openssh'"),
+        ("transport: [openssh]", "transport", "a list"),
         ("address: ''", "address", "must not be empty"),
         ("address: 123", "address", "in quotes"),
         ("address: [a, b]", "address", "a list"),

@@ -120,22 +120,27 @@ def test_proxy_jump_through_one_and_two_bastions(home: Path, sshd: Any, bastion:
 
 
 def test_each_hop_key_is_checked(home: Path, sshd: Any, bastion: Any,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hop with no ~/.ssh/config entry is checked against the host's known_hosts, which
-    does not know the bastion: refused before anything reaches the bastion or the target."""
+                                 monkeypatch: pytest.MonkeyPatch, ssh_transport: str) -> None:
+    """A hop with no ~/.ssh/config entry is checked against the host's known_hosts (paramiko;
+    OpenSSH: the user's), which does not know the bastion: refused before anything reaches
+    the bastion or the target (OpenSSH asks whether to trust it, and nobody answers here)."""
     monkeypatch.setenv("HOME", str(home))  # no ~/.ssh at all
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "badhop", home / "badhop-work",
                          proxy_jump=f"{bastion.user}@{bastion.host}:{bastion.port}"))
     before = bastion.accepted_logins(), sshd.accepted_logins()
-    with pytest.raises(HostKeyError, match=rf"\[127.0.0.1\]:{bastion.port} .* is not in "
-                                           f"{sshd.known_hosts}"):
+    expected = (rf"\[127.0.0.1\]:{bastion.port} .* is not in {sshd.known_hosts}"
+                if ssh_transport == "paramiko" else
+                rf"(?s)does not know the host key .* nobody can answer here .*"
+                rf"\[127.0.0.1\]:{bastion.port}.* SHA256:")
+    with pytest.raises(HostKeyError, match=expected):
         RemoteExecutor("badhop").submit(pow, 1, 1)
     assert (bastion.accepted_logins(), sshd.accepted_logins()) == before
     assert not (home / "badhop-work").exists()
 
 
-def test_unknown_host_key_is_refused_before_anything_is_sent(home: Path, sshd: Any) -> None:
+def test_unknown_host_key_is_refused_before_anything_is_sent(home: Path, sshd: Any,
+                                                            ssh_transport: str) -> None:
     empty = home / "empty_known_hosts"
     empty.write_text("")
     with open(home / "hosts.yaml", "a") as f:
@@ -145,12 +150,14 @@ def test_unknown_host_key_is_refused_before_anything_is_sent(home: Path, sshd: A
     with pytest.raises(HostKeyError) as info:
         RemoteExecutor("stranger").submit(pow, 1, 1)
     message = str(info.value)
-    assert "not in" in message and "ssh-keyscan" in message and "SHA256:" in message
+    assert "SHA256:" in message and ("not in" in message and "ssh-keyscan" in message
+                                     if ssh_transport == "paramiko" else
+                                     "does not know the host key" in message)
     assert sshd.accepted_logins() == before
     assert not (home / "stranger-work").exists()
 
 
-def test_changed_host_key_is_refused(home: Path, sshd: Any) -> None:
+def test_changed_host_key_is_refused(home: Path, sshd: Any, ssh_transport: str) -> None:
     other = home / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
                    check=True)
@@ -159,7 +166,8 @@ def test_changed_host_key_is_refused(home: Path, sshd: Any) -> None:
     wrong.write_text(f"[{sshd.host}]:{sshd.port} {kind} {key}\n")
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "changed", home / "changed-work", known_hosts=str(wrong)))
-    with pytest.raises(HostKeyError, match="CHANGED.*ssh-keygen -R"):
+    with pytest.raises(HostKeyError, match="CHANGED.*ssh-keygen -R" if ssh_transport ==
+                       "paramiko" else "(?s)HOST IDENTIFICATION HAS CHANGED.*ssh-keygen -f"):
         RemoteExecutor("changed").submit(pow, 1, 1)
 
 
@@ -275,7 +283,8 @@ def test_a_host_without_python_is_explained(home: Path, sshd: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def ssh_kernel(tmp_path_factory: pytest.TempPathFactory, sshd: Any) -> Iterator[Kernel]:
+def ssh_kernel(tmp_path_factory: pytest.TempPathFactory, sshd: Any,
+               ssh_transport: str) -> Iterator[Kernel]:
     """One kernel for the module's cells over SSH; `kernel.root` holds its files."""
     root = tmp_path_factory.mktemp("ssh-kernel")
     kernel = start_kernel(root, ssh_host(sshd, "hpc", root / "remote") +
@@ -340,11 +349,16 @@ def test_streams_displays_and_reuse_over_ssh(ssh_kernel: Kernel) -> None:
     assert ssh_kernel.value("stamp") != pid
 
 
-def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path,
+                                                                   transport: str) -> None:
+    """The server's password prompt (PAM keyboard-interactive) reaches the notebook's input
+    box, from paramiko's handler or from OpenSSH through askpass; asked once."""
     server = start_sshd(tmp_path / "kbd", keyboard_interactive=True)
     try:
         host = (f"  twofactor:\n    address: {server.user}@{server.host}\n"
                 f"    port: {server.port}\n    known_hosts: {server.known_hosts}\n"
+                f"    transport: {transport}\n"
                 f"    python: /usr/bin/python3\n    workdir: /tmp/rm-kbd-{os.getpid()}\n")
         kernel = start_kernel(tmp_path, host)
         try:
@@ -390,7 +404,8 @@ def test_transfer_past_one_gib_both_ways(tmp_path: Path, sshd: Any) -> None:
     assert check.hexdigest() == digest.hexdigest()
 
 
-def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any) -> None:
+def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any,
+                                                      ssh_transport: str) -> None:
     """A host that will not keep our agent running: each request becomes one command."""
     wrapper = home / "python-no-resident"
     wrapper.write_text(textwrap.dedent(f"""\
@@ -406,14 +421,15 @@ def test_falls_back_when_the_resident_agent_cannot_run(home: Path, sshd: Any) ->
         f.write(ssh_host(sshd, "strict", home / "strict-work", python=str(wrapper)))
     with RemoteExecutor("strict") as pool:
         assert pool.submit(pow, 2, 8).result(timeout=60) == 256
-        big = np.arange(3_000_000, dtype=np.float64)  # 24 MB: over SFTP both ways
+        big = np.arange(3_000_000, dtype=np.float64)  # 24 MB: whole-file copies both ways
         assert pool.submit(lambda a: a + 1, big).result(timeout=120)[-1] == big[-1] + 1
     from remote_magic.client.hostcheck import check_host
 
     checks = {c.step: c for c in check_host(Client(), "strict")}
     mode = checks["agent mode"]
     assert mode.ok is None and mode.detail.startswith("fallback: one remote command per request")
-    assert "SFTP" in mode.detail and "not allowed" in mode.detail
+    assert ("SFTP" if ssh_transport == "paramiko" else "copies in sessions") in mode.detail
+    assert "not allowed" in mode.detail
     assert all(c.ok for step, c in checks.items() if step != "agent mode")
 
 
@@ -569,8 +585,8 @@ def test_proxy_command_from_ssh_config(home: Path, sshd: Any, bastion: Any,
             == (1, 1)
         notes = client.notes("viaproxy")
         assert any("through its ProxyCommand (ssh -F" in n for n in notes), notes
-        assert any("not applied by the paramiko transport: ControlMaster, ControlPath" in n
-                   for n in notes), notes
+        assert any("options that the paramiko transport leaves aside: ControlMaster, "
+                   "ControlPath" in n for n in notes), notes
         with pytest.raises(TransportError, match="exited with status 3: no route to the "
                                                  "cluster"):
             client.reach("brokenproxy")

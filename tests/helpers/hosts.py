@@ -52,11 +52,15 @@ def count_status_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return asked
 
 
+TRANSPORT = "paramiko"  # set per test run by the ssh_transport fixture (tests/conftest.py)
+
+
 def ssh_host(server: Any, name: str, workdir: Path, **extra: str) -> str:
-    """YAML for a host reaching `server` by key, for start_kernel or a hosts file."""
+    """YAML for a host reaching `server` by key over the run's SSH transport, for
+    start_kernel or a hosts file."""
     settings = {"address": f"{server.user}@{server.host}", "port": server.port,
                 "identity_file": server.key_path, "known_hosts": server.known_hosts,
-                "python": sys.executable, "workdir": workdir, **extra}
+                "python": sys.executable, "workdir": workdir, "transport": TRANSPORT, **extra}
     lines = [f"  {name}:"] + [f"    {key}: {value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
 

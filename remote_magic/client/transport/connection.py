@@ -17,16 +17,20 @@ from __future__ import annotations
 import getpass
 import os
 import queue
+import shlex
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import paramiko
 
 from ...config.hosts import HostConfig
 from ...errors import AuthenticationError, HostKeyError, TransportError
+from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from .known_hosts import Skipped, changed, key_algorithms, records_for, verify
 
 CONNECT_TIMEOUT = 15.0
@@ -57,10 +61,13 @@ class Target:
     proxy_jump: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
     proxy_command: str | None = None  # ~/.ssh/config's, its %h %p %r already filled in
-    # ~/.ssh/config options for this host that this transport applied, and those it does
-    # not apply (see UNAPPLIED), as ssh_config(5) spells them: what `remote-magic test` says
+    identities_only: bool = False  # IdentitiesOnly: no ssh-agent keys besides the files
+    # ~/.ssh/config options for this host, as ssh_config(5) spells them: those this transport
+    # applied, those it leaves aside harmlessly (LEFT_ASIDE), and those it cannot honour
+    # (REFUSED), for which it refuses to connect rather than fail in a misleading way
     applied: tuple[str, ...] = ()
     unapplied: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
 
     @property
     def key_name(self) -> str:
@@ -71,22 +78,25 @@ class Target:
         return f"{self.user}@{self.hostname}:{self.port}"
 
 
-# ~/.ssh/config options that change how OpenSSH reaches or logs in to a host and that this
-# transport does not apply, as ssh_config(5) spells them; each is named in the notes that
-# `remote-magic test` prints (where a login then fails, that says why).
-UNAPPLIED = {
-    "controlmaster": "ControlMaster", "controlpath": "ControlPath",
-    "controlpersist": "ControlPersist", "certificatefile": "CertificateFile",
-    "identityagent": "IdentityAgent", "identitiesonly": "IdentitiesOnly",
+# ~/.ssh/config options this transport leaves aside without harm: it keeps one connection
+# per kernel of its own, so master connections do not apply. Named in `remote-magic test`.
+LEFT_ASIDE = {"controlmaster": "ControlMaster", "controlpath": "ControlPath",
+              "controlpersist": "ControlPersist"}
+# Options that change how a host is reached or logged in to, and that this transport cannot
+# honour: a login without them would fail, or reach the host another way than the user set
+# up, so it is not tried (`transport: openssh` honours them).
+REFUSED = {
+    "certificatefile": "CertificateFile", "identityagent": "IdentityAgent",
     "gssapiauthentication": "GSSAPIAuthentication", "pkcs11provider": "PKCS11Provider",
     "securitykeyprovider": "SecurityKeyProvider", "hostkeyalias": "HostKeyAlias",
     "bindaddress": "BindAddress", "bindinterface": "BindInterface",
 }
-
+OFF = (None, "no", "none", "SSH_AUTH_SOCK")  # values that ask for nothing beyond the default
 
 APPLIED = {"hostname": "HostName", "user": "User", "port": "Port",
-           "identityfile": "IdentityFile", "proxyjump": "ProxyJump",
-           "proxycommand": "ProxyCommand", "userknownhostsfile": "UserKnownHostsFile"}
+           "identityfile": "IdentityFile", "identitiesonly": "IdentitiesOnly",
+           "proxyjump": "ProxyJump", "proxycommand": "ProxyCommand",
+           "userknownhostsfile": "UserKnownHostsFile"}
 
 
 def resolve(spec: str, port: int | None = None, identity_file: str | None = None,
@@ -108,11 +118,12 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
     command = found.get("proxycommand")
     if jump not in (None, "none") or command in (None, "none"):
         command = None  # a ProxyJump (ours or the file's) goes first; OpenSSH takes one
-    unapplied = tuple(name for key, name in UNAPPLIED.items()
-                      if found.get(key) not in (None, "no", "none"))
+    unapplied = tuple(name for key, name in LEFT_ASIDE.items() if found.get(key) not in OFF)
+    refused = tuple(name for key, name in REFUSED.items() if found.get(key) not in OFF)
+    only = found.get("identitiesonly") == "yes"
     used = {"hostname": found.get("hostname") != alias, "user": not user,
             "port": not (port or port_text), "identityfile": not identity_file,
-            "proxyjump": not proxy_jump and command is None,
+            "identitiesonly": only, "proxyjump": not proxy_jump and command is None,
             "proxycommand": command is not None, "userknownhostsfile": not known_hosts}
     applied = tuple(APPLIED[key] for key, taken in used.items() if taken and key in found
                     and found[key] not in (None, "none"))
@@ -125,7 +136,8 @@ def resolve(spec: str, port: int | None = None, identity_file: str | None = None
         proxy_jump=None if jump in (None, "none") else jump,
         known_hosts=known_hosts or (found.get("userknownhostsfile") or fallback_known_hosts)
         .split()[0],
-        proxy_command=command, applied=applied, unapplied=unapplied,
+        proxy_command=command, identities_only=only, applied=applied, unapplied=unapplied,
+        refused=refused,
     )
 
 
@@ -193,6 +205,46 @@ class Connection:
     def sftp(self) -> paramiko.SFTPClient:
         return paramiko.SFTPClient.from_transport(self.transport)
 
+    def install(self, directory: str, name: str, data: bytes) -> None:
+        """Write `data` to a fresh file in `directory` (created exclusively, so a link
+        planted under its name is not followed) and rename it to `name`."""
+        with self.sftp() as sftp:
+            tmp = f"{directory}/.{name}.{part_tag()}"
+            try:
+                with sftp.open(tmp, "wbx") as f:
+                    f.write(data)
+                sftp.posix_rename(tmp, f"{directory}/{name}")
+            except BaseException:
+                try:
+                    sftp.remove(tmp)
+                except OSError:
+                    pass
+                raise
+
+    def put_file(self, local: Path, remote: str) -> int:
+        """Upload under a temporary name and rename: the file appears whole or not at all."""
+        with self.sftp() as sftp:
+            tmp = str(temp_beside(PurePosixPath(remote), part_tag()))
+            parent = os.path.dirname(remote)
+            if parent:
+                self.run(f"mkdir -p -m 700 {shlex.quote(parent)}")
+            attrs = sftp.put(str(local), tmp, confirm=True)
+            sftp.posix_rename(tmp, remote)
+        return attrs.st_size or 0
+
+    def get_file(self, remote: str, local: Path) -> int:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
+        os.close(fd)
+        try:
+            with self.sftp() as sftp:
+                sftp.get(remote, tmp)
+            os.replace(tmp, local)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return local.stat().st_size
+
     def close(self) -> None:
         self.transport.close()
         if self.jump is not None:
@@ -230,6 +282,13 @@ def connect(target: Target, prompt: Prompt = ask_in_main_thread) -> Connection:
 
 
 def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
+    if target.refused:
+        raise TransportError(
+            f"{target}: ~/.ssh/config sets {', '.join(target.refused)} for "
+            f"{chain[-1] if chain else target.name}, which the built-in paramiko transport "
+            "cannot honour, so it does not try to log in without. Add 'transport: openssh' "
+            "to this host in the hosts file: the system's ssh then connects, with all of "
+            "your ~/.ssh/config.")
     records = records_for(target)  # a broken known_hosts file stops us before any connection
     jump = None
     if target.proxy_jump:
@@ -363,6 +422,8 @@ def _keys(target: Target, prompt: Prompt) -> Iterator[tuple[str, paramiko.PKey]]
             yield name, paramiko.PKey.from_path(path, prompt(f"Passphrase for {name}: ", False))
         except (paramiko.SSHException, OSError, ValueError):
             continue
+    if target.identities_only:
+        return
     try:
         for index, key in enumerate(paramiko.Agent().get_keys()):
             yield f"ssh-agent key {index + 1}", key

@@ -1,24 +1,23 @@
 """The fallback when the resident agent cannot run on a host: one remote command per request.
 
 Every operation is still the agent's own code (`python -m remote_magic.host.agent --once` answers
-the requests it reads on stdin), so nothing is implemented twice; files move with SFTP instead
-of the streaming channel. It is slow (a remote shell start per request, and polls with it), so
+the requests it reads on stdin), so nothing is implemented twice; files move with the
+connection's own copy (SFTP with paramiko, `cat` in a session with OpenSSH) instead of the
+streaming channel. It is slow (a remote shell start per request, and polls with it), so
 `remote-magic test` says when a host runs this way, and why.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import tempfile
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from ...errors import TransportError
 from ...wire.protocol import MARKER, FrameReader, encode
-from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from ..agent_client import failure
 from .connection import Connection
+from .openssh import OpenSSHConnection
+
+AnyConnection = Union[Connection, OpenSSHConnection]
 
 
 class OneShotAgent:
@@ -26,7 +25,7 @@ class OneShotAgent:
 
     alive = True
 
-    def __init__(self, connection: Callable[[], Connection], command: str, label: str) -> None:
+    def __init__(self, connection: Callable[[], AnyConnection], command: str, label: str) -> None:
         self._connection = connection
         self._command = command
         self._label = label
@@ -54,30 +53,4 @@ class OneShotAgent:
 
     def close(self) -> None:
         """Nothing stays open between requests."""
-
-
-def sftp_upload(conn: Connection, local: Path, remote: str) -> int:
-    """Upload under a temporary name and rename: the file appears whole or not at all."""
-    with conn.sftp() as sftp:
-        tmp = str(temp_beside(PurePosixPath(remote), part_tag()))
-        parent = os.path.dirname(remote)
-        if parent:
-            conn.run(f"mkdir -p -m 700 {shlex.quote(parent)}")
-        attrs = sftp.put(str(local), tmp, confirm=True)
-        sftp.posix_rename(tmp, remote)
-    return attrs.st_size or 0
-
-
-def sftp_download(conn: Connection, remote: str, local: Path) -> int:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
-    os.close(fd)
-    try:
-        with conn.sftp() as sftp:
-            sftp.get(remote, tmp)
-        os.replace(tmp, local)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return local.stat().st_size
 

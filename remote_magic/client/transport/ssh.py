@@ -29,11 +29,12 @@ from ...config.hosts import HostConfig
 from ...errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
 from ...wire.protocol import MARKER
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
-from ...wire.tempnames import part_tag, temp_prefix
+from ...wire.tempnames import temp_prefix
 from ..agent_client import AgentClient
 from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
-from .connection import Connection, connect, target_for
-from .oneshot import OneShotAgent, sftp_download, sftp_upload
+from .connection import Connection, ask_in_main_thread, connect, target_for
+from .oneshot import OneShotAgent
+from .openssh import OpenSSHConnection, OpenSSHTarget, connect_openssh, resolve_openssh, version
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
 
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
@@ -98,9 +99,10 @@ class SSHTransport:
         self.host = host
         self._shared = shared if shared is not None else SharedConnections()
         self._on_event = on_event
-        self.target = target_for(host)
+        self.openssh = host.transport == "openssh"
+        self.target = resolve_openssh(host) if self.openssh else target_for(host)
         self.python = host.python or "python3"
-        self._conn: Connection | None = None
+        self._conn: Connection | OpenSSHConnection | None = None
         self._agent: AgentClient | OneShotAgent | None = None
         self.fallback: str | None = None  # why the resident agent could not be used
         self._where: dict[str, str] = {}  # the agent's absolute workdir and home
@@ -114,7 +116,7 @@ class SSHTransport:
 
     # ------------------------------------------------------------ connection and agents
 
-    def connection(self) -> Connection:
+    def connection(self) -> Connection | OpenSSHConnection:
         """The open connection, opened (again) if needed, as `Reconnect` allows."""
         with self._lock:
             if self._conn is not None and self._conn.alive:
@@ -127,22 +129,41 @@ class SSHTransport:
                 return self._conn
             self.reconnect.check(self.host.name)
             try:
-                self._conn = connect(self.target)
+                if isinstance(self.target, OpenSSHTarget):
+                    self._conn = connect_openssh(self.target, ask_in_main_thread)
+                else:
+                    self._conn = connect(self.target)
             except TransportError as exc:
                 self.reconnect.failed(exc)
                 raise
             self.reconnect.succeeded()
             self._shared.add(self.target, self, self._conn)
-            said = ["transport: paramiko"
-                    + (f"; applied from ~/.ssh/config: {', '.join(self.target.applied)}"
-                       if self.target.applied else "")]
-            if self.target.proxy_command:
-                said.append(f"through its ProxyCommand ({self.target.proxy_command})")
-            if self.target.unapplied:
-                said.append(f"~/.ssh/config options not applied by the paramiko transport: "
-                            f"{', '.join(self.target.unapplied)}")
+            said = self._transport_notes(self._conn)
             self.notes.extend(n for n in said if n not in self.notes)
             return self._conn
+
+    def _transport_notes(self, conn: Connection | OpenSSHConnection) -> list[str]:
+        """How the host was reached, for `remote-magic test`."""
+        target = self.target
+        if isinstance(conn, OpenSSHConnection):
+            config = target.config_file if isinstance(target, OpenSSHTarget) and \
+                target.config_file else "~/.ssh/config and /etc/ssh/ssh_config"
+            said = [f"transport: openssh ({version()}); all of {config} applied by OpenSSH "
+                    "itself"]
+            said.append(f"on your open master connection {conn.control}: no new login"
+                        if conn.folder is None else
+                        f"its own master connection for this kernel ({conn.control})")
+        else:
+            said = ["transport: paramiko" + (f"; applied from ~/.ssh/config: "
+                                             f"{', '.join(target.applied)}"
+                                             if target.applied else "")]
+            if target.unapplied:
+                said.append(f"~/.ssh/config options that the paramiko transport leaves "
+                            f"aside: {', '.join(target.unapplied)} (each kernel opens one "
+                            "connection of its own; 'transport: openssh' applies them)")
+        if target.proxy_command:
+            said.append(f"through its ProxyCommand ({target.proxy_command})")
+        return said
 
     def retry_delay(self) -> float:
         """Seconds until the next attempt to connect is due: the session waits that long
@@ -178,7 +199,8 @@ class SSHTransport:
         return agent
 
     def remote_path(self, path: str) -> str:
-        """An absolute path on the host, for SFTP: relative paths are under the workdir."""
+        """An absolute path on the host, for whole-file copies: relative paths are under the
+        workdir."""
         self.agent()
         if path.startswith("/"):
             return path
@@ -260,18 +282,7 @@ class SSHTransport:
                                  f"{self.host.name}: {err.strip() or out.strip()}. Set "
                                  "'workdir:' to a writable place.")
         runtime_dir = out.strip().splitlines()[-1]
-        with conn.sftp() as sftp:
-            tmp = f"{runtime_dir}/.{name}.{part_tag()}"
-            try:
-                with sftp.open(tmp, "wbx") as f:
-                    f.write(data)
-                sftp.posix_rename(tmp, f"{runtime_dir}/{name}")
-            except BaseException:
-                try:
-                    sftp.remove(tmp)
-                except OSError:
-                    pass
-                raise
+        conn.install(runtime_dir, name, data)
         imports = (f"import sys; sys.path.insert(0, {runtime_dir + '/' + name!r}); "
                    "import remote_magic.host.agent, cloudpickle; print(sys.version.split()[0])")
         code, out, err = conn.run(self.login_shell(
@@ -318,7 +329,7 @@ class SSHTransport:
         """`remote-magic test`: each step with what it found (ok True, False, or None for a
         warning); stops at the first failure."""
         target = self.target
-        if target.proxy_jump is None:
+        if target.proxy_jump is None and target.proxy_command is None:
             try:
                 socket.create_connection((target.hostname, target.port), 10).close()
             except OSError as exc:
@@ -425,7 +436,9 @@ class SSHTransport:
         else:
             yield "agent mode", None, (
                 "fallback: one remote command per request (a login shell start each, for "
-                "every poll too) and files by SFTP; it works, slowly. The resident agent "
+                "every poll too) and files by "
+                + ("copies in sessions" if self.openssh else "SFTP")
+                + "; it works, slowly. The resident agent "
                 f"cannot run because: {self.fallback}")
 
     # ------------------------------------------------------------ files
@@ -469,7 +482,7 @@ class SSHTransport:
     def upload(self, local: Path, remote: str) -> int:
         """Stream a file to the host; it appears there whole and verified, or not at all."""
         if self.fallback is not None:
-            return sftp_upload(self.connection(), local, self.remote_path(remote))
+            return self.connection().put_file(local, self.remote_path(remote))
         size = local.stat().st_size
         digest = hashlib.sha256() if size <= HASH_MAX else None
         data = self.data_agent()
@@ -484,7 +497,7 @@ class SSHTransport:
 
     def download(self, remote: str, local: Path) -> int:
         if self.fallback is not None:
-            return sftp_download(self.connection(), self.remote_path(remote), local)
+            return self.connection().get_file(self.remote_path(remote), local)
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
         try:
