@@ -83,13 +83,25 @@ def through_tasks(kc, name: str, n: int, mib: int) -> dict[str, float]:
         futures = [pool.submit(pow, 2, i) for i in range(20)]
         [f.result() for f in futures]
         twenty = time.perf_counter() - start
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again here
+        before = rss()
         array = np.random.default_rng(0).random(mib * 2**20 // 8)
         start = time.perf_counter()
         back = pool.submit(identity, array).result()
         array_time = time.perf_counter() - start
+        peak = rss("VmHWM")
         assert back.shape == array.shape and back[-1] == array[-1]
     client.close()
-    return {"cell": ms(per_task), "twenty": twenty * 1000, "array": array_time}
+    return {"cell": ms(per_task), "twenty": twenty * 1000, "array": array_time,
+            "memory": (peak - before) / array.nbytes}
+
+
+def rss(field: str = "VmRSS") -> int:
+    """This process's resident memory now (VmHWM: its peak), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def raw_channel(host: HostConfig, blob: Path, back: Path) -> tuple[float, float, str]:
@@ -187,6 +199,8 @@ def main() -> None:
               f"{2 * mb / f['array']:6.1f} MB/s ({f['array']:.1f} s) = "
               f"{(scp_up + scp_down) / f['array']:.2f}x scp up+down")
         print(f"  raw channel: up {mb / f['up']:6.1f} MB/s, down {mb / f['down']:6.1f} MB/s")
+        print(f"  sender's peak memory in the round trip: {f['memory']:.2f}x the payload "
+              "(target <= 1.1x)")
     if len(chosen) == 2:
         ratio = figures["openssh"]["cell"] / figures["paramiko"]["cell"]
         print(f"openssh / paramiko, trivial cell: {ratio:.2f}x (target <= 1.5x)")

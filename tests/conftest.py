@@ -71,7 +71,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 TRANSPORTS = ("paramiko", "openssh")
 BOTH_TRANSPORTS = {"test_ssh", "test_ssh_more", "test_sweep_ssh", "test_concurrent_submit",
-                   "test_limits"}
+                   "test_limits", "test_streamed_inputs"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -163,9 +163,13 @@ class Client(SweepMethods):
                 return self.store.get(record.id)
             session.agent()  # connects, and checks the host's Python once per connection
             host = session.host
-            staged = session.transport.stage(
-                prepared.id, prepared.local_dir, prepared.files, prepared.extra,
-                start=host.scheduler == "process" and not host.max_running)  # no slot to wait for
+            try:
+                staged = session.transport.stage(
+                    prepared.id, prepared.local_dir, prepared.files, prepared.extra,
+                    start=host.scheduler == "process" and not host.max_running,  # no slot wait
+                    streams=prepared.streams)
+            finally:
+                prepared.release_streams()
             record.remote_dir = staged.root
             with self._launching:  # one store write says where it is staged and what next
                 current = self.store.get(record.id)
@@ -189,6 +193,23 @@ class Client(SweepMethods):
             with self._launching:
                 self._starting.discard(record.id)
         return self.store.get(record.id)
+
+    def sent_inputs(self, record: TaskRecord) -> Callable[[], Path | None]:
+        """Where the inputs the task was sent can be read here, asked for only when the
+        objects themselves are gone (the kernel restarted): the prepared file, or, for inputs
+        sent from memory (prepare.STREAM_MIN), a copy fetched from the host then."""
+        local = TaskPaths(Path(record.local_dir)).inputs if record.local_dir else None
+
+        def find() -> Path | None:
+            if local is None or local.exists():
+                return local
+            try:
+                self.session(record.host).transport.sent_inputs(record.id, local)
+            except (RemoteMagicError, OSError):
+                return None
+            return local
+
+        return find
 
     def not_started(self, record: TaskRecord, exc: BaseException) -> None:
         """An accepted task that will not be started: the store says why."""
@@ -311,10 +332,9 @@ class Client(SweepMethods):
         `namespace` and `originals` are the notebook's and the objects sent from it, for a
         cell's results to land as the cell would have left them (see `load_result`).
         """
-        local = Path(record.local_dir or ".")
         result = load_result(self._results(record), record.id, record.host,
                              namespace=namespace, originals=originals,
-                             inputs=TaskPaths(local).inputs)
+                             inputs=self.sent_inputs(record))
         place = record.placement or {}
         transport = self.session(record.host).transport
         if record.collect and place.get("cwd"):

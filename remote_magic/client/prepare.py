@@ -26,7 +26,7 @@ from ..config.checks import NAME_MAX, PATH_MAX, collect_patterns
 from ..config.hosts import HostConfig, check_resources, job_resources
 from ..errors import CaptureError, OptionError, RemoteMagicError, echo
 from ..wire import ambient
-from ..wire.serialization import AMBIENT, dump_namespace
+from ..wire.serialization import AMBIENT, Pickled, pickle_namespace
 from ..wire.taskdir import PREPARED_FILES, TaskPaths, write_json
 from .capture import analyse_cell, identifiers
 from .files import limit_bytes, plan_stage, shared_folder
@@ -34,6 +34,10 @@ from .paths import PREPARE_PREFIX, data_dir, sweep_prepares
 
 SPEC_VERSION = 1
 CALL_CODE = "_rm_result = _rm_fn(*_rm_args, **_rm_kwargs)\n"
+# Inputs at least this large, for a host reached over the network, are not written here: the
+# transport sends them from the values' own memory (a second copy of a large array on this
+# disk would only cost time and room). Smaller ones travel inside the staging request.
+STREAM_MIN = 8 << 20
 
 
 @dataclass
@@ -66,8 +70,17 @@ class PreparedTask:
     extra: list[tuple[Path, str]] = field(default_factory=list)  # (--files path, destination)
     # the objects sent, by every notebook name they were sent under: the results refer to them
     values: dict[str, Any] = field(default_factory=dict, repr=False)
+    # task files not written here, sent from memory by the transport (name -> its bytes)
+    streams: dict[str, Pickled] = field(default_factory=dict, repr=False)
+
+    def release_streams(self) -> None:
+        """Once staged (or given up): the sent values' memory is theirs again."""
+        for stream in self.streams.values():
+            stream.release()
+        self.streams = {}
 
     def discard(self) -> None:
+        self.release_streams()
         shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
@@ -81,6 +94,7 @@ def prepare_cell(code: str, namespace: Mapping[str, Any], host: HostConfig,
     cell = analyse(code, namespace, options, hidden)
     return _write_task(code, cell.values, cell.outputs, cell.deletes, cell.last_expression,
                        host, options, namespace=namespace, aliases=cell.others,
+                       stream=not host.is_local,
                        figures=figures)
 
 
@@ -133,7 +147,8 @@ def prepare_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     values = {"_rm_fn": fn, "_rm_args": args, "_rm_kwargs": kwargs}
     if options.name is None:
         options = replace(options, name=getattr(fn, "__name__", None))
-    return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options)
+    return _write_task(CALL_CODE, values, ["_rm_result"], [], False, host, options,
+                       stream=not host.is_local)
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,10 +266,11 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
                 namespace: Mapping[str, Any] | None = None,
                 aliases: Mapping[str, Any] | None = None,
                 figures: dict[str, Any] | None = None,
-                track_changes: bool = True) -> PreparedTask:
+                track_changes: bool = True, stream: bool = False) -> PreparedTask:
     """Write the task's files. With the notebook's `namespace`, the task works on it as a cell
     would: its functions see the task's globals, and (with `track_changes`) the inputs it
-    changes come back."""
+    changes come back. With `stream`, inputs of STREAM_MIN bytes or more are kept in memory
+    for the transport to send (PreparedTask.streams) instead of written."""
     options = replace(options, resources=check_resources(options.resources),
                       collect=collect_patterns(options.collect))
     job_resources(host, options.resources)  # what the host's scheduler would refuse
@@ -283,14 +299,24 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     _sweep_once(root)
     staging = Path(tempfile.mkdtemp(prefix=PREPARE_PREFIX, dir=root))
+    streams: dict[str, Pickled] = {}
     try:
-        dumped = dump_namespace(
-            values, TaskPaths(staging).inputs,
-            namespace=namespace if isinstance(namespace, dict) else None, aliases=aliases)
-        values = {**values, **{n: aliases[n] for n in dumped.aliased}} if aliases else values
+        pickled = pickle_namespace(
+            values, namespace=namespace if isinstance(namespace, dict) else None,
+            aliases=aliases)
+        if stream and pickled.size >= STREAM_MIN:
+            streams[TaskPaths(staging).inputs.name] = pickled
+            inputs_sha = pickled.sha256
+        else:
+            try:
+                inputs_sha = pickled.write(TaskPaths(staging).inputs).sha256
+            finally:
+                pickled.release()
+        if aliases:
+            values = {**values, **{n: aliases[n] for n in pickled.aliased}}
         python = "{}.{}".format(*sys.version_info[:2])
         staged = [(str(p), d, p.stat().st_size, p.stat().st_mtime_ns) for p, d in extra]
-        content = {"code": code, "imports": imports, "inputs": dumped.sha256,
+        content = {"code": code, "imports": imports, "inputs": inputs_sha,
                    "outputs": outputs, "deletes": deletes, "resources": options.resources,
                    "host": host.name, "python": python, "version": SPEC_VERSION,
                    "files": staged, "collect": collect, "used": used,
@@ -312,11 +338,15 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         }
         write_json(TaskPaths(staging).spec, spec)
     except BaseException:
+        for pickled in streams.values():
+            pickled.release()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PreparedTask(id=task_id, content_hash=content_hash, host=host.name,
-                        local_dir=staging, spec=spec, files=list(PREPARED_FILES),
-                        options=options, placement=place, extra=extra, values=values)
+                        local_dir=staging, spec=spec,
+                        files=[n for n in PREPARED_FILES if n not in streams],
+                        options=options, placement=place, extra=extra, values=values,
+                        streams=streams)
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from ..errors import RemoteTaskError, TaskFailedError, error_for, rebuild_error
 from ..wire import ambient
@@ -22,6 +22,10 @@ from ..wire.serialization import AMBIENT, EXCEPTION, IN_PLACE, load_namespace
 from ..wire.states import State
 from ..wire.taskdir import TaskPaths, parse_state, read_json
 from .inplace import update_in_place
+
+# The inputs file a task was sent, to load the sent objects from when the kernel no longer
+# holds them: its path, or a function giving it (fetched from the host when first asked).
+Inputs = Union[Path, Callable[[], Optional[Path]], None]
 
 
 @dataclass
@@ -83,7 +87,7 @@ class TaskResult:
 def load_result(paths: TaskPaths, task_id: str, host: str, *,
                 namespace: dict[str, Any] | None = None,
                 originals: Mapping[str, Any] | None = None,
-                inputs: Path | None = None) -> TaskResult:
+                inputs: Inputs = None) -> TaskResult:
     """Everything the task left: outputs, displays, and the error if it failed.
 
     Functions the cell defined get `namespace` as their globals. The task refers to objects
@@ -199,7 +203,7 @@ class _Sent(Mapping[str, Any]):
     """The objects the notebook sent, by name; loaded again from the inputs file only when
     this kernel no longer holds them (it restarted since)."""
 
-    def __init__(self, originals: Mapping[str, Any] | None, inputs: Path | None) -> None:
+    def __init__(self, originals: Mapping[str, Any] | None, inputs: Inputs) -> None:
         self.originals = originals or {}
         self.inputs = inputs
         self.loaded: dict[str, Any] | None = None
@@ -209,8 +213,9 @@ class _Sent(Mapping[str, Any]):
             return self.originals[name]
         if self.loaded is None:
             self.loaded = {}
-            if self.inputs is not None and self.inputs.exists():
-                self.loaded = load_namespace(self.inputs)
+            path = self.inputs() if callable(self.inputs) else self.inputs
+            if path is not None and path.exists():
+                self.loaded = load_namespace(path)
         return self.loaded[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -221,7 +226,7 @@ class _Sent(Mapping[str, Any]):
 
 
 def decoder(namespace: dict[str, Any] | None, originals: Mapping[str, Any] | None,
-            inputs: Path | None) -> Callable[[bytes], Any]:
+            inputs: Inputs) -> Callable[[bytes], Any]:
     """How to load a displayed object of a task: as its results are loaded (the notebook's
     classes it refers to by name, its functions' globals in `namespace`)."""
     sent = _Sent(originals, inputs)

@@ -7,7 +7,6 @@ import re
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -28,7 +27,6 @@ from ..errors import (
     TaskNotFoundError,
     clipped,
 )
-from ..wire.taskdir import TaskPaths
 from .arguments import id_prefix, parse, resources, take_maps, task_options
 from .output import OutputStream
 from .render import cell_stream, displays_only
@@ -275,8 +273,7 @@ class RemoteMagics(Magics):
         return None
 
     def _decoder(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
-        return decoder(self.shell.user_ns, originals,
-                       TaskPaths(Path(record.local_dir or ".")).inputs)
+        return decoder(self.shell.user_ns, originals, self.client.sent_inputs(record))
 
     def _load(self, record: TaskRecord, originals: dict[str, Any] | None,
               stream: OutputStream) -> TaskResult:

@@ -66,7 +66,8 @@ from ..errors import SerializationError
 from .pickling import Unpickler, make_pickler, receiving_into
 from .tempnames import temp_prefix
 
-__all__ = ["DumpResult", "dump_namespace", "load_namespace", "read_names"]
+__all__ = ["DumpResult", "Pickled", "dump_namespace", "load_namespace", "pickle_namespace",
+           "read_names"]
 
 MAGIC = b"\x93RMNS\r\n\x1a"
 # Entry names that are not identifiers say what an entry is for. IN_PLACE + name: the new
@@ -133,17 +134,34 @@ def dump_namespace(
     namespace: dict[str, Any] | None = None, send_globals: bool = True,
     refs: Mapping[int, str] | None = None, aliases: Mapping[str, Any] | None = None,
 ) -> DumpResult:
-    """Write `values` to `path` atomically.
+    """Write `values` to `path` atomically (see `pickle_namespace` for the arguments)."""
+    pickled = pickle_namespace(values, on_error=on_error, namespace=namespace,
+                               send_globals=send_globals, refs=refs, aliases=aliases)
+    try:
+        return pickled.write(path)
+    finally:
+        pickled.release()
+
+
+def pickle_namespace(
+    values: Mapping[str, Any], *, on_error: str = "raise",
+    namespace: dict[str, Any] | None = None, send_globals: bool = True,
+    refs: Mapping[int, str] | None = None, aliases: Mapping[str, Any] | None = None,
+) -> Pickled:
+    """Pickle `values` in memory, for `Pickled.write` to put in a file or `Pickled.chunks` to
+    send as the file's bytes: out-of-band buffers stay views of the values' own memory, so
+    a large array is not copied on the way (the caller keeps the values alive, and releases
+    the result).
 
     `namespace`, `send_globals` and `refs` are the pickler's (see `pickling.make_pickler`).
     `aliases` are further names offered for free: each whose object was pickled anyway, as
     part of some value, is stored too (a memo reference of a few bytes). The receiver then
     holds every name by which the sender could reach those objects.
 
-    With ``on_error="raise"`` the first value that cannot be pickled aborts the dump with a
-    `SerializationError` naming it, before any file is created. With ``on_error="skip"`` such
-    values are left out and listed in the result, so that a task can still run with the rest
-    (the caller decides whether that is acceptable).
+    With ``on_error="raise"`` the first value that cannot be pickled aborts with a
+    `SerializationError` naming it. With ``on_error="skip"`` such values are left out and
+    listed in the result, so that a task can still run with the rest (the caller decides
+    whether that is acceptable).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -165,6 +183,7 @@ def dump_namespace(
     entries: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     memo_cleared = False
+    done = False
     try:
         for name, value in values.items():
             if not isinstance(name, str):
@@ -198,11 +217,13 @@ def dump_namespace(
             memo_cleared = False
         aliased = _dump_aliases(pickler, writer, entries, values, aliases or {}, memo_cleared)
         del pickler  # its memo keeps every pickled object alive
-        result = _write_file(os.fspath(path), entries, writer, buffers, skipped)
-        return DumpResult(result.sha256, result.size, result.skipped, aliased)
+        pickled = Pickled(entries, writer, buffers, skipped, aliased)
+        done = True
+        return pickled
     finally:
-        for view in buffers:
-            view.release()
+        if not done:
+            for view in buffers:
+                view.release()
 
 
 def _dump_aliases(pickler: Any, writer: _FrameWriter, entries: list[dict[str, Any]],
@@ -226,65 +247,89 @@ def _dump_aliases(pickler: Any, writer: _FrameWriter, entries: list[dict[str, An
     return tuple(stored)
 
 
-class _HashingWriter:
-    """Writes to the file and hashes the same bytes, so the digest needs no second read."""
+class Pickled:
+    """A namespace pickled in memory: the file's layout and the means to produce its bytes.
 
-    def __init__(self, file: BinaryIO) -> None:
-        self.file = file
-        self.digest = hashlib.sha256()
-        self.position = 0
+    `chunks()` yields exactly the bytes `write` puts in a file (so `sha256` is the digest of
+    that file), which lets a transport send a task's inputs without a local copy of them.
+    """
 
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        for start in range(0, view.nbytes, _WRITE_SLICE):
-            piece = view[start:start + _WRITE_SLICE]
-            self.digest.update(piece)
-            self.file.write(piece)
-        self.position += view.nbytes
+    def __init__(self, entries: list[dict[str, Any]], writer: _FrameWriter,
+                 buffers: list[memoryview], skipped: dict[str, str],
+                 aliased: tuple[str, ...]) -> None:
+        self.skipped, self.aliased = dict(skipped), aliased
+        self._writer, self._buffers = writer, buffers
+        self._table: list[list[int]] = []
+        end = writer.size
+        for view in buffers:
+            start = _align(end)
+            self._table.append([start, view.nbytes])
+            end = start + view.nbytes
+        header = json.dumps(
+            {"size": end, "values": entries, "buffers": self._table, "skipped": skipped},
+            separators=(",", ":"),
+        ).encode("utf-8")
+        self._data_start = _align(_PREAMBLE.size + len(header))
+        self._head = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, self._data_start - _PREAMBLE.size) \
+            + header + b" " * (self._data_start - _PREAMBLE.size - len(header))
+        self.size = self._data_start + end
+        self._sha256: str | None = None
+        self.released = False
 
-    def pad_to(self, offset: int) -> None:
-        if offset > self.position:
-            self.write(bytes(offset - self.position))
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The file's bytes, in order, in pieces of at most 8 MiB (views, not copies)."""
+        if self.released:
+            raise ValueError("the pickled values were released: their bytes are gone")
+        yield self._head
+        position = len(self._head)
+        for chunk in self._writer.chunks:
+            yield chunk
+            position += len(chunk)
+        for (offset, _), view in zip(self._table, self._buffers):
+            gap = self._data_start + offset - position
+            if gap:
+                yield bytes(gap)
+            flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+            for start in range(0, flat.nbytes, _WRITE_SLICE):
+                yield flat[start:start + _WRITE_SLICE]
+            position = self._data_start + offset + view.nbytes
 
+    @property
+    def sha256(self) -> str:
+        """The digest of the file's bytes (computed once, from memory, when first asked)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for chunk in self.chunks():
+                digest.update(chunk)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
 
-def _write_file(
-    path: str,
-    entries: list[dict[str, Any]],
-    writer: _FrameWriter,
-    buffers: list[memoryview],
-    skipped: dict[str, str],
-) -> DumpResult:
-    table: list[list[int]] = []
-    end = writer.size
-    for view in buffers:
-        start = _align(end)
-        table.append([start, view.nbytes])
-        end = start + view.nbytes
-    header = json.dumps(
-        {"size": end, "values": entries, "buffers": table, "skipped": skipped},
-        separators=(",", ":"),
-    ).encode("utf-8")
-    data_start = _align(_PREAMBLE.size + len(header))
-    header += b" " * (data_start - _PREAMBLE.size - len(header))
+    def write(self, path: str | os.PathLike[str]) -> DumpResult:
+        """Write the file atomically (temporary name, then rename), hashing as it goes."""
+        directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+        fd, temp = tempfile.mkstemp(prefix=temp_prefix(Path(base)), suffix=".tmp",
+                                    dir=directory)
+        digest = hashlib.sha256()
+        try:
+            with open(fd, "wb") as file:
+                for chunk in self.chunks():
+                    digest.update(chunk)
+                    file.write(chunk)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        self._sha256 = digest.hexdigest()
+        return DumpResult(sha256=self._sha256, size=self.size, skipped=dict(self.skipped),
+                          aliased=self.aliased)
 
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=temp_prefix(Path(base)), suffix=".tmp", dir=directory)
-    try:
-        with open(fd, "wb") as file:
-            out = _HashingWriter(file)
-            out.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)))
-            out.write(header)
-            for chunk in writer.chunks:
-                out.write(chunk)
-            for (offset, _), view in zip(table, buffers):
-                out.pad_to(data_start + offset)
-                out.write(view)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return DumpResult(sha256=out.digest.hexdigest(), size=out.position, skipped=dict(skipped))
+    def release(self) -> None:
+        """Let go of the values' memory (the views of their buffers)."""
+        for view in self._buffers:
+            view.release()
+        self._buffers = []
+        self.released = True
 
 
 def _not_ours(path: str, why: str) -> ValueError:

@@ -24,6 +24,7 @@ from remote_magic.wire.serialization import (
     DumpResult,
     dump_namespace,
     load_namespace,
+    pickle_namespace,
     read_names,
 )
 
@@ -482,3 +483,21 @@ def test_dump_and_load_of_400mb_make_no_extra_copy(tmp_path):
     assert loaded["traced_peak"] < 0.05 * nbytes
     # After writing to every page: one private copy of the data, not two.
     assert loaded["rss_growth_touched"] < 1.2 * nbytes
+
+
+def test_pickled_in_memory_gives_the_files_bytes_and_digest(tmp_path: Path) -> None:
+    """What a transport sends from memory is byte for byte the file `dump_namespace` writes
+    (so the host's copy loads, and the task id is the same either way); after `release`
+    nothing more can be read from it."""
+    values = {"big": np.arange(300_000, dtype=np.float64), "odd": np.arange(7, dtype=np.int8),
+              "text": "x" * 100, "pair": (1, 2)}
+    written = dump_namespace(values, tmp_path / "file.rmns")
+    pickled = pickle_namespace(values)
+    sent = b"".join(bytes(chunk) for chunk in pickled.chunks())
+    assert sent == (tmp_path / "file.rmns").read_bytes()
+    assert pickled.size == written.size == len(sent)
+    assert pickled.sha256 == written.sha256 == hashlib.sha256(sent).hexdigest()
+    assert all(len(chunk) <= 8 << 20 for chunk in pickled.chunks())
+    pickled.release()
+    with pytest.raises(ValueError, match="released"):
+        next(pickled.chunks())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from ...config.hosts import HostConfig
+from ...wire.serialization import Pickled
 from ...wire.taskdir import TaskPaths
 from ..agent_client import AgentClient
 from ..files import safe_target
@@ -64,9 +65,11 @@ class Transport(Protocol):
     def agent(self) -> AgentClient: ...
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = ..., start: bool = ...) -> Staged:
-        """Put the task's files (and `--files`: local path, destination) on the host; with
-        `start`, a task that goes in one request is started by it too."""
+              extra: list[tuple[Path, str]] = ..., start: bool = ...,
+              streams: Mapping[str, Pickled] | None = ...) -> Staged:
+        """Put the task's files (and `--files`: local path, destination; and `streams`: task
+        files made in memory, by name) on the host; with `start`, a task that goes in one
+        request is started by it too."""
 
     def share(self, local: Path, name: str) -> None:
         """Send inputs shared by a sweep's elements to the host's `shared` folder."""
@@ -82,6 +85,10 @@ class Transport(Protocol):
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         """Copy one file of the task's working directory to `target`, atomically."""
+
+    def sent_inputs(self, task_id: str, target: Path) -> None:
+        """Copy the inputs file the task was sent to `target`, atomically: for inputs that
+        were sent from memory and are wanted again here (after a kernel restart)."""
 
     def setup(self) -> str: ...
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from ...config.hosts import HostConfig
 from ...errors import TransportError
 from ...host.fileops import disk_full, no_room
 from ...wire.protocol import MARKER
+from ...wire.serialization import Pickled
 from ...wire.taskdir import (
     RESULT_FILES,
     TASKS,
@@ -84,7 +85,8 @@ class LocalTransport:
             raise TransportError(workdir_message(problem, self.host.name))
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = (), start: bool = False) -> Staged:
+              extra: list[tuple[Path, str]] = (), start: bool = False,
+              streams: Mapping[str, Pickled] | None = None) -> Staged:
         """Put the prepared files of a task into its directory on the host.
 
         They are linked into a staging directory of the agent's, which it puts in place whole;
@@ -95,8 +97,9 @@ class LocalTransport:
         self._trusted()
         agent = self.agent()
         inside, outside, _ = stage_plan(source, names, extra)
-        if not outside and all(local == source / name and local.stat().st_size <= INLINE_MAX
-                               for local, name in inside):
+        if not outside and not streams and all(
+                local == source / name and local.stat().st_size <= INLINE_MAX
+                for local, name in inside):
             # A small task travels in the request and is put in place by it: one round trip.
             _, files, payload = inline_payload(source, names, INLINE_MAX)
             answer = agent.call("stage", {"task": valid_task_id(task_id), "files": files,
@@ -112,6 +115,8 @@ class LocalTransport:
         try:
             for local, name in inside:
                 _place(local, staging / name)
+            for name, stream in (streams or {}).items():  # (prepared for a remote host)
+                stream.write(staging / name)
             for local, destination in outside:  # copied: the task may edit them
                 writing = Path(os.path.expanduser(destination)).parent
                 _copy_file(local, Path(os.path.expanduser(destination)))
@@ -151,6 +156,10 @@ class LocalTransport:
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         self._trusted(task_id)
         _copy_file(TaskPaths(self.task_dir(task_id)).work / name, target)
+
+    def sent_inputs(self, task_id: str, target: Path) -> None:
+        self._trusted(task_id)
+        _copy_file(TaskPaths(self.task_dir(task_id)).inputs, target)
 
     def checks(self) -> Iterator[tuple[str, bool | None, str]]:
         """On this machine there is no SSH to check: the agent's own start tells everything."""

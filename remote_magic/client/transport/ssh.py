@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ import paramiko
 from ...config.hosts import HostConfig
 from ...errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
 from ...wire.protocol import MARKER
+from ...wire.serialization import Pickled
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import temp_prefix
 from ..agent_client import AgentClient
@@ -444,16 +445,20 @@ class SSHTransport:
     # ------------------------------------------------------------ files
 
     def stage(self, task_id: str, source: Path, names: list[str],
-              extra: list[tuple[Path, str]] = (), start: bool = False) -> Staged:
-        """Send a task's files: small ones in one request, large ones streamed after it, all
-        into a staging directory that the agent puts in place once everything arrived.
+              extra: list[tuple[Path, str]] = (), start: bool = False,
+              streams: Mapping[str, Pickled] | None = None) -> Staged:
+        """Send a task's files: small ones in one request, large ones (and `streams`, files
+        made in memory) streamed after it, all into a staging directory that the agent puts
+        in place once everything arrived.
 
         If the identical task is already on the host (another kernel sent it at the same
         time, or it completed), nothing is sent: the task's start attaches to it.
         """
+        streams = dict(streams or {})
         small, files, payload = inline_payload(source, names, INLINE_MAX)
         inside, outside, size = stage_plan(source, names, extra)
-        whole = not outside and all(name in small for _, name in inside)
+        size += sum(stream.size for stream in streams.values())
+        whole = not outside and not streams and all(name in small for _, name in inside)
         answer = self.agent().call(
             "stage", {"task": valid_task_id(task_id), "files": files, "size": size,
                       "commit": whole, "start": start and whole}, payload)[0]
@@ -464,6 +469,8 @@ class SSHTransport:
             for local, name in inside:
                 if name not in small:
                     self.upload(local, f"{staging}/{name}")
+            for name, stream in streams.items():
+                self.send_stream(stream, f"{staging}/{name}")
             for local, destination in outside:
                 self.upload(local, destination)
             return Staged(self.agent().request("commit", task=task_id, staging=staging)["root"])
@@ -485,15 +492,51 @@ class SSHTransport:
             return self.connection().put_file(local, self.remote_path(remote))
         size = local.stat().st_size
         digest = hashlib.sha256() if size <= HASH_MAX else None
-        data = self.data_agent()
-        handle = data.request("put_open", path=remote, size=size, verify=digest is not None)
         with open(local, "rb") as f:
-            while chunk := f.read(CHUNK):
-                if digest is not None:
-                    digest.update(chunk)
-                data.send_oneway("put_chunk", {"handle": handle}, chunk)
+            return self._send(iter(lambda: f.read(CHUNK), b""), size, remote, digest)
+
+    def send_stream(self, stream: Pickled, remote: str) -> int:
+        """Send a file made in memory (a task's pickled inputs) as `remote`, whole and
+        verified or not at all, hashing what goes out: if it is not what the task's id was
+        made from (a caller changed an argument after submitting it, before it was sent),
+        the upload fails rather than a task run on other inputs than its id says."""
+        if self.fallback is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                stream.write(Path(folder) / "stream")
+                return self.connection().put_file(Path(folder) / "stream",
+                                                  self.remote_path(remote))
+        digest = hashlib.sha256()
+
+        def pieces() -> Iterator[bytes | memoryview]:
+            for chunk in stream.chunks():
+                view = memoryview(chunk)
+                for start in range(0, view.nbytes, CHUNK):
+                    yield view[start:start + CHUNK]
+
+        sent = self._send(pieces(), stream.size, remote, digest,
+                          verify=stream.size <= HASH_MAX)
+        if digest.hexdigest() != stream.sha256:
+            raise TransportError(
+                f"the inputs of a task changed while they were sent to {self.host.name} (an "
+                "argument modified after submit() returned, before it was sent): nothing "
+                "ran. Submit it again, and leave its arguments alone until its future is "
+                "running, or pass a copy.")
+        return sent
+
+    def _send(self, pieces: Iterator[bytes | memoryview], size: int, remote: str,
+              digest: Any, verify: bool | None = None) -> int:
+        """Stream `pieces` (size bytes) to the transfer agent as the file `remote`, hashing
+        them into `digest` if given; the agent checks the hash when `verify` (default: when
+        there is a digest), else the size."""
+        verify = digest is not None if verify is None else verify
+        data = self.data_agent()
+        handle = data.request("put_open", path=remote, size=size, verify=verify)
+        for piece in pieces:
+            if digest is not None:
+                digest.update(piece)
+            data.send_oneway("put_chunk", {"handle": handle}, piece)  # type: ignore[arg-type]
         return data.request("put_close", timeout=None, handle=handle,
-                            sha256=digest.hexdigest() if digest else None)
+                            sha256=digest.hexdigest() if verify else None)
 
     def download(self, remote: str, local: Path) -> int:
         if self.fallback is not None:
@@ -555,6 +598,10 @@ class SSHTransport:
         found = self.agent().request("glob", task=valid_task_id(task_id), patterns=patterns)
         return collect_found(found, patterns, dest, lambda name, target: self.download(
             _in_work(task_id, name), target))
+
+    def sent_inputs(self, task_id: str, target: Path) -> None:
+        self.download(f"{task_path(valid_task_id(task_id))}/{TaskPaths('.').inputs.name}",
+                      target)
 
     def fetch(self, task_id: str, name: str, target: Path) -> None:
         self.download(_in_work(task_id, name), target)
