@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..wire.protocol import MARKER, FrameReader, encode_header
+from ..wire.protocol import MARKER, FrameReader, encode_header, widen_pipe
 from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
     RESULT_FILES,
@@ -533,6 +533,8 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
     signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     os.set_blocking(0, False)
+    for fd in (0, 1):  # the pipes from and to sshd (or the kernel): wider for bulk transfers
+        widen_pipe(fd)
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)

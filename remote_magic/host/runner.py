@@ -279,7 +279,7 @@ def _write_outputs(paths: TaskPaths, spec: dict[str, Any], ns: dict[str, Any],
         values[AMBIENT] = changed_settings
     refs = {id(v): n for n, v in sent.items() if not immutable(v)}
     dumped = dump_namespace(values, paths.outputs, on_error="skip", namespace=ns,
-                            send_globals=False, refs=refs)
+                            send_globals=False, refs=refs, digest=False)  # nobody needs it
     deleted = [n for n in spec.get("deletes", []) if n not in ns]
     write_json(paths.result, {
         "outputs": [n for n in values if n not in dumped.skipped and n.isidentifier()],

@@ -7,9 +7,13 @@ The same framing runs over a local pipe and over an SSH channel.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import struct
 from typing import Any
+
+F_SETPIPE_SZ = 1031  # Linux's fcntl to resize a pipe
+PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for by default
 
 _HEADER = struct.Struct(">IQ")
 MAX_JSON = 64 * 1024 * 1024
@@ -26,6 +30,16 @@ def encode_header(message: dict[str, Any], payload_size: int) -> bytes:
 
 def encode(message: dict[str, Any], payload: bytes = b"") -> bytes:
     return encode_header(message, len(payload)) + payload
+
+
+def widen_pipe(fd: int) -> None:
+    """Give a pipe carrying frames 1 MiB instead of 64 KiB where the system allows it (Linux):
+    a 4 MiB chunk then takes a sixteenth of the reads and writes on both of its ends. Not a
+    pipe, or another system: left as it is."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass
 
 
 class FrameReader:

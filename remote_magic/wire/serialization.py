@@ -133,12 +133,14 @@ def dump_namespace(
     values: Mapping[str, Any], path: str | os.PathLike[str], *, on_error: str = "raise",
     namespace: dict[str, Any] | None = None, send_globals: bool = True,
     refs: Mapping[int, str] | None = None, aliases: Mapping[str, Any] | None = None,
+    digest: bool = True,
 ) -> DumpResult:
-    """Write `values` to `path` atomically (see `pickle_namespace` for the arguments)."""
+    """Write `values` to `path` atomically (see `pickle_namespace` for the arguments); without
+    `digest`, the result's sha256 is "" (a large file is not hashed for nobody)."""
     pickled = pickle_namespace(values, on_error=on_error, namespace=namespace,
                                send_globals=send_globals, refs=refs, aliases=aliases)
     try:
-        return pickled.write(path)
+        return pickled.write(path, digest=digest)
     finally:
         pickled.release()
 
@@ -304,25 +306,28 @@ class Pickled:
             self._sha256 = digest.hexdigest()
         return self._sha256
 
-    def write(self, path: str | os.PathLike[str]) -> DumpResult:
-        """Write the file atomically (temporary name, then rename), hashing as it goes."""
+    def write(self, path: str | os.PathLike[str], digest: bool = True) -> DumpResult:
+        """Write the file atomically (temporary name, then rename), hashing as it goes unless
+        told not to (the result's sha256 is then "")."""
         directory, base = os.path.split(os.path.abspath(os.fspath(path)))
         fd, temp = tempfile.mkstemp(prefix=temp_prefix(Path(base)), suffix=".tmp",
                                     dir=directory)
-        digest = hashlib.sha256()
+        hashed = hashlib.sha256() if digest else None
         try:
             with open(fd, "wb") as file:
                 for chunk in self.chunks():
-                    digest.update(chunk)
+                    if hashed is not None:
+                        hashed.update(chunk)
                     file.write(chunk)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        self._sha256 = digest.hexdigest()
-        return DumpResult(sha256=self._sha256, size=self.size, skipped=dict(self.skipped),
-                          aliased=self.aliased)
+        if hashed is not None:
+            self._sha256 = hashed.hexdigest()
+        return DumpResult(sha256=self._sha256 or "", size=self.size,
+                          skipped=dict(self.skipped), aliased=self.aliased)
 
     def release(self) -> None:
         """Let go of the values' memory (the views of their buffers)."""

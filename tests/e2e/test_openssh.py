@@ -93,6 +93,7 @@ def test_match_block_and_proxy_command_one_login(home: Path, sshd: Any, bastion:
         assert any(n.startswith("transport: openssh (OpenSSH_") and str(config) in n
                    for n in notes), notes
         assert any("through its ProxyCommand (ssh -F" in n for n in notes), notes
+        assert "OpenSSH's settings for it include: StrictHostKeyChecking true" in notes, notes
         steps = {c.step: c for c in check_host(client, "lab")}
         assert "TCP reachable" not in steps  # the ProxyCommand reaches it, not a direct TCP
         assert steps["authenticated"].ok and steps["agent mode"].ok
@@ -170,7 +171,10 @@ def test_reuses_the_users_master_connection(home: Path, sshd: Any,
             with RemoteExecutor("lab", client=client) as pool:
                 assert pool.submit(pow, 2, 5).result(timeout=60) == 32
             assert sshd.accepted_logins() == logins
-            assert any("on your open master connection" in n for n in client.notes("lab"))
+            notes = client.notes("lab")
+            assert any("on your open master connection" in n for n in notes), notes
+            assert "OpenSSH's settings for it include: ControlMaster auto, ControlPersist " \
+                "600" in notes, notes
         finally:
             client.close()
         assert subprocess.run([*ssh, "-O", "check", "lab"], capture_output=True).returncode == 0

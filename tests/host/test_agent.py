@@ -178,7 +178,9 @@ def test_a_whole_task_is_staged_and_started_in_one_request(agent: Any,
     assert "pid" in answer["started"] and "attached" not in answer["started"]
     again = agent.call("stage", args, b"".join(d for _, d in data))[0]
     assert again.get("existing") and again["started"].get("attached")
-    assert wait_state(agent, TASK, {"completed"})["exitcode"] == 0
+    wait_state(agent, TASK, {"completed"})
+    # the runner records its outcome before its process has exited: the exit code follows
+    assert wait_for(lambda: wait_state(agent, TASK, {"completed"})["exitcode"] == 0, 10)
 
 
 def test_python_dying_hard_is_failed_with_reason(agent: Any) -> None:

@@ -21,7 +21,6 @@ a command, a command run to its end, whole files put and got), so `ssh.py` drive
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import pwd
 import re
@@ -41,6 +40,7 @@ from typing import IO, Any
 
 from ...config.hosts import HostConfig
 from ...errors import AuthenticationError, HostKeyError, TransportError
+from ...wire.protocol import widen_pipe
 from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from .askpass import Askpass, Prompt, Unanswered
 from .connection import CONNECT_TIMEOUT, KEEPALIVE, Target
@@ -138,6 +138,22 @@ def resolve_openssh(host: HostConfig) -> OpenSSHTarget:
             "controlmaster", "controlpersist", "stricthostkeychecking", "connecttimeout",
             "serveraliveinterval", "certificatefile", "gssapiauthentication", "batchmode")
             if key in found))
+
+
+# `ssh -G` settings worth naming in `remote-magic test` when they differ from OpenSSH's
+# defaults: how the host is reached and logged in to, as ssh_config(5) spells them
+NOTABLE = {"certificatefile": ("CertificateFile", None),
+           "controlmaster": ("ControlMaster", "false"),
+           "controlpersist": ("ControlPersist", "no"),
+           "gssapiauthentication": ("GSSAPIAuthentication", "no"),
+           "stricthostkeychecking": ("StrictHostKeyChecking", "ask"),
+           "batchmode": ("BatchMode", "no")}
+
+
+def notable_settings(target: OpenSSHTarget) -> list[str]:
+    """OpenSSH's settings for the host that are not its defaults, e.g. `ControlMaster auto`."""
+    return [f"{NOTABLE[key][0]} {value}" for key, value in target.settings
+            if key in NOTABLE and value != NOTABLE[key][1]]
 
 
 def _base(target: OpenSSHTarget) -> list[str]:
@@ -410,19 +426,6 @@ class OpenSSHConnection:
         self.folder = None
 
 
-F_SETPIPE_SZ = 1031  # Linux's fcntl to resize a pipe
-PIPE_SIZE = 1 << 20  # the most an unprivileged process may ask for by default
-
-
-def _widen(fd: int) -> None:
-    """Give a pipe 1 MiB instead of 64 KiB where the system allows it: a bulk transfer then
-    takes a sixteenth of the reads and writes, and ssh's side the same."""
-    try:
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except (OSError, AttributeError):
-        pass
-
-
 class ProcessChannel:
     """An `ssh` session's pipes, with the methods of a paramiko Channel that `ssh.py` uses,
     so that the agents run alike over either transport."""
@@ -433,7 +436,7 @@ class ProcessChannel:
         self._in = process.stdin
         self._out = process.stdout.fileno()
         for pipe in (self._in.fileno(), self._out):
-            _widen(pipe)
+            widen_pipe(pipe)
         self._err = err  # a file, not a pipe: nobody has to drain it while the session runs
         self._err_read = 0
         self._timeout: float | None = None

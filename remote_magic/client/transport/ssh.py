@@ -35,7 +35,14 @@ from ..agent_client import AgentClient
 from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
 from .connection import Connection, ask_in_main_thread, connect, target_for
 from .oneshot import OneShotAgent
-from .openssh import OpenSSHConnection, OpenSSHTarget, connect_openssh, resolve_openssh, version
+from .openssh import (
+    OpenSSHConnection,
+    OpenSSHTarget,
+    connect_openssh,
+    notable_settings,
+    resolve_openssh,
+    version,
+)
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
 
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
@@ -151,6 +158,9 @@ class SSHTransport:
                 target.config_file else "~/.ssh/config and /etc/ssh/ssh_config"
             said = [f"transport: openssh ({version()}); all of {config} applied by OpenSSH "
                     "itself"]
+            notable = notable_settings(target) if isinstance(target, OpenSSHTarget) else []
+            if notable:
+                said.append(f"OpenSSH's settings for it include: {', '.join(notable)}")
             said.append(f"on your open master connection {conn.control}: no new login"
                         if conn.folder is None else
                         f"its own master connection for this kernel ({conn.control})")
