@@ -1,12 +1,21 @@
-"""`remote-magic`: the same task management as the magics, from a shell."""
+"""`remote-magic`: the same task management as the magics, from a shell.
+
+Exit status: 0 when everything asked for was done (or a check passed), 1 when something was
+not (a task not cancelled or not purged, a failing check, an error), 2 for a command line
+argparse refuses. `--json` prints data for scripts instead of tables.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
+from typing import Any
 
+from . import __version__
 from .client.core import Client, parse_age
-from .client.hostcheck import check_host, hosts_table
+from .client.hostcheck import check_host, hosts_list, hosts_table
 from .errors import RemoteMagicError
 from .notebook.arguments import RESOURCES, id_prefix, resources
 from .notebook.views import (
@@ -20,16 +29,25 @@ from .notebook.views import (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="remote-magic", description="Manage remote_magic hosts and tasks.")
+    parser.add_argument("--version", action="version", version=f"remote-magic {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("hosts", help="list the configured hosts")
+    hosts = commands.add_parser("hosts", help="list the configured hosts")
+    hosts.add_argument("--json", action="store_true", help="as JSON, every setting")
     test = commands.add_parser("test", help="check a host step by step")
     test.add_argument("host")
+    test.add_argument("--json", action="store_true", help="the steps as JSON")
     setup = commands.add_parser("setup", help="make a host ready to run tasks")
     setup.add_argument("host")
     status = commands.add_parser("status", help="table of tasks")
     status.add_argument("ids", nargs="*")
     status.add_argument("-q", "--queue", metavar="HOST")
     status.add_argument("--all", action="store_true", help="include finished tasks")
+    status.add_argument("--json", action="store_true", help="a record per task, as JSON")
+    log = commands.add_parser("log", help="what a task printed (a sweep's element: SWEEP "
+                                          "INDEX)")
+    log.add_argument("id")
+    log.add_argument("index", nargs="?", type=int)
+    log.add_argument("--stderr", action="store_true", help="its stderr instead of stdout")
     kill = commands.add_parser("kill", help="cancel tasks")
     kill.add_argument("ids", nargs="+")
     purge = commands.add_parser("purge", help="remove finished tasks, on the host and here")
@@ -59,20 +77,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(client: Client, args: argparse.Namespace) -> int:
     if args.command == "hosts":
-        print(hosts_table(client.config()))
+        config = client.config()
+        print(_json(hosts_list(config)) if args.json else hosts_table(config))
         return 0
     if args.command in ("test", "setup"):
         client.host(args.host)  # an unknown host is an error, not a failed check
         if args.command == "setup":
             print(client.setup(args.host))
         checks = check_host(client, args.host)
-        for check in checks:
-            print(check)
+        if getattr(args, "json", False):
+            print(_json([asdict(check) for check in checks]))
+        else:
+            for check in checks:
+                print(check)
         return 0 if all(c.ok is not False for c in checks) else 1
     if args.command == "status":
         records, sweeps = client.status_view([id_prefix(i) for i in args.ids], args.queue,
                                              args.all)
-        print(status_table(records, sweeps)["text/plain"])
+        if args.json:
+            print(_json([{k: v for k, v in asdict(r).items() if k != "progress"}
+                         for r in records]))
+        else:
+            print(status_table(records, sweeps)["text/plain"])
+        return 0
+    if args.command == "log":
+        record = client.task_or_element(id_prefix(args.id), args.index, "log")
+        print(client.log(record, "stderr" if args.stderr else "stdout"), end="")
         return 0
     if args.command == "alloc":
         if args.stop:
@@ -98,7 +128,17 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         outcome = client.purge(records)
     for line in outcome_lines(outcome, records):
         print(line)
-    return 0
+    return 1 if any(_not_done(said) for said in outcome.values()) else 0
+
+
+def _not_done(said: str) -> bool:
+    """Whether a kill or purge outcome says the task was left as it was ("not cancelled:
+    ...", "not purged: ...", "still running: kill it first")."""
+    return said.startswith(("not ", "still "))
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -174,9 +174,11 @@ class Client(SweepMethods):
             with self._launching:  # one store write says where it is staged and what next
                 current = self.store.get(record.id)
                 if current.state != State.PREPARED:  # cancelled while it was staged
-                    if staged.started is not None:
-                        session.request("kill", tasks=[record.id])
-                    return current
+                    # started by the staging request, or only staged: cancelled there too, and
+                    # its place recorded, so that a purge removes the host's copy
+                    session.request("kill", tasks=[record.id])
+                    self.store.update(record.id, remote_dir=record.remote_dir)
+                    return self.store.get(record.id)
                 if staged.started is not None:
                     self._submitted(record, None)
                 elif self._slots(host) > 0:
@@ -486,12 +488,15 @@ class Client(SweepMethods):
         for given in records:
             with self._launching:  # as it is now: an executor may have started it meanwhile
                 record = self._find(given.id) or given
-                if record.state == State.PREPARED and not record.remote_dir:  # not sent yet
+                if record.state == State.PREPARED:  # not started: no dispatch will start it now
                     self._starting.discard(record.id)  # a queued start will not happen
                     self.store.update(record.id, state=State.CANCELLED,
                                       reason="cancelled by the user", finished=time.time())
                     outcome[record.id] = "cancelled"
-                    continue
+                    if not record.remote_dir:  # not sent yet
+                        continue
+                    by_host[record.host].append(record)  # staged, waiting for a slot: the
+                    continue  # host's copy is cancelled there too
             if record.final:
                 outcome[record.id] = f"already {record.state}"
             else:

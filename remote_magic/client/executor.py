@@ -9,7 +9,13 @@ happens in the caller's thread, and raises there), prepares the call (its argume
 they are at that moment; one that cannot travel raises there) and records it, then returns:
 one thread per executor stages and starts the tasks in the order they were submitted, so a
 loop of submits is not held up by round trips to the host. A failure to start is the Future's
-exception; a Future cancelled before its task started never reaches the host.
+exception.
+
+A Future is pending until its task runs on the host, then running. `cancel()` works while it
+is pending, wherever the task waits: not yet sent (it never reaches the host), or queued there
+(by the batch scheduler, or for a free slot), where it is cancelled. A running call is not
+stopped by `cancel()`, which then returns False as for any Executor: `shutdown(cancel_futures=
+True)`, `Client.kill` or `remote-magic kill ID` stop it.
 """
 
 from __future__ import annotations
@@ -18,15 +24,38 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable
 
 from ..config.hosts import check_resources
-from ..errors import TaskFailedError
+from ..errors import RemoteMagicError, TaskFailedError
+from ..wire.states import State
 from .core import Client, get_client
 from .prepare import PreparedTask, TaskOptions, prepare_call
 from .store import TaskRecord
 from .sweeps import prepare_call_sweep
+
+
+class RemoteFuture(Future):  # type: ignore[type-arg]
+    """A call's Future, which knows its task (`task_id`) and cancels it where it waits."""
+
+    def __init__(self, task_id: str, on_cancel: Callable[[RemoteFuture], None]) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> bool:
+        if not super().cancel():  # running or done: as any Future, it is not cancelled
+            return False
+        self._on_cancel(self)
+        return True
+
+    def mark_running(self) -> None:
+        """The task runs on the host: the Future is running (unless cancelled or done)."""
+        try:
+            self.set_running_or_notify_cancel()
+        except RuntimeError:  # already running, or finished
+            pass
 
 
 class RemoteExecutor(Executor):
@@ -66,13 +95,10 @@ class RemoteExecutor(Executor):
             except BaseException as exc:
                 self._client.not_started(record, exc)
                 raise
-        future: Future[Any] = Future()
-        future.task_id = record.id  # type: ignore[attr-defined]
+        future = RemoteFuture(record.id, self._cancelled)
         with self._lock:
             self._futures.add(future)
-            if submission.reused or submission.attached:
-                future.set_running_or_notify_cancel()
-            else:
+            if not (submission.reused or submission.attached):
                 self._starts.put((record, prepared, future))
                 if self._starter is None:
                     self._starter = threading.Thread(target=self._start_in_order, daemon=True,
@@ -123,8 +149,7 @@ class RemoteExecutor(Executor):
             if item is None:
                 return
             record, prepared, future = item
-            if not future.set_running_or_notify_cancel():  # cancelled: never sent
-                self._client.kill([record])
+            if future.cancelled():  # never sent (cancel() marked it cancelled in the store)
                 self._forget(future)
                 continue
             try:
@@ -138,23 +163,50 @@ class RemoteExecutor(Executor):
     def _follow(self, future: Future[Any], record: TaskRecord) -> None:
         if record.final:
             self._complete(future, record)
-        else:
-            self._client.watch(record, on_final=lambda update: self._complete(
-                future, self._client.store.get(record.id)))
+            return
+        if record.state == State.RUNNING and isinstance(future, RemoteFuture):
+            future.mark_running()
+
+        def heard(update: Any) -> None:
+            if update.state == State.RUNNING and isinstance(future, RemoteFuture):
+                future.mark_running()
+
+        self._client.watch(record, listener=heard, on_final=lambda update: self._complete(
+            future, self._client.store.get(record.id)))
+
+    def _cancelled(self, future: RemoteFuture) -> None:
+        """A pending Future was cancelled: its task goes too, wherever it waits (not sent
+        yet, or queued on the host). A host that cannot be reached now keeps it queued there;
+        the Future stays cancelled."""
+        try:
+            self._client.kill([self._client.store.get(future.task_id)])
+        except RemoteMagicError:
+            pass
+        self._forget(future)
 
     def _complete(self, future: Future[Any], record: TaskRecord) -> None:
+        if future.cancelled():
+            self._forget(future)
+            return
+        outcome: BaseException | None = None
+        value = None
         try:
             if record.remote_dir is None:  # ended before it reached the host (cancelled)
                 raise TaskFailedError(f"Task {record.id} on {record.host} {record.state}: "
                                       f"{record.reason or 'no reason recorded'}",
                                       remote_type=record.state, task_id=record.id)
             result = self._client.result(record)
-            if result.error is not None:
-                future.set_exception(result.error)
-            else:
-                future.set_result(result.values.get("_rm_result"))
+            outcome = result.error
+            value = result.values.get("_rm_result")
         except BaseException as exc:  # noqa: BLE001 - the Future must always complete
-            future.set_exception(exc)
+            outcome = exc
+        try:
+            if outcome is not None:
+                future.set_exception(outcome)
+            else:
+                future.set_result(value)
+        except InvalidStateError:  # cancelled meanwhile
+            pass
         self._forget(future)
 
     def _forget(self, future: Future[Any]) -> None:

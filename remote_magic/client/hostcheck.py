@@ -6,7 +6,7 @@ skipped once one fails, since they depend on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..config.hosts import Config
 from ..errors import RemoteMagicError
@@ -47,6 +47,12 @@ def check_host(client: Client, name: str) -> list[Check]:
     if notes:
         checks.append(Check(name, "notes", True, "; ".join(notes)))
     return checks
+
+
+def hosts_list(config: Config) -> list[dict[str, object]]:
+    """The hosts as data (`remote-magic hosts --json`): each one's settings as checked."""
+    return [{**{k: v for k, v in asdict(host).items() if k != "allocation"},
+             "default": name == config.default} for name, host in config.hosts.items()]
 
 
 def hosts_table(config: Config) -> str:

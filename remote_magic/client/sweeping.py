@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.hosts import HostConfig
-from ..errors import RemoteMagicError, TaskNotFoundError
+from ..errors import OptionError, RemoteMagicError, TaskNotFoundError
 from ..wire.serialization import load_namespace
 from ..wire.states import State
 from ..wire.taskdir import PREPARED_FILES, RESULT_FILES, TaskPaths
@@ -155,6 +155,21 @@ class SweepMethods:
         record = self.store.sweep(found[0])
         assert record is not None
         return record
+
+    def task_or_element(self, prefix: str, index: int | None = None,
+                        how: str = "log") -> TaskRecord:
+        """The task whose id starts so, or element `index` of the sweep whose id does
+        (`how` names the command in the errors)."""
+        found = self.find_any(prefix)
+        if isinstance(found, SweepRecord):
+            if index is None or not 0 <= index < len(found.elements):
+                raise OptionError(f"{how} {found.id} INDEX: name the element, from 0 to "
+                                  f"{len(found.elements) - 1}")
+            return self.find(found.elements[index])
+        if index is not None:
+            raise OptionError(f"{how} {found.id}: a task has no elements; an INDEX goes with "
+                              "a sweep's id")
+        return found
 
     def find_any(self, prefix: str) -> TaskRecord | SweepRecord:
         """The task or the sweep whose id starts so (the magics take either)."""

@@ -425,15 +425,7 @@ class RemoteMagics(Magics):
     def remote_log(self, line: str) -> None:
         """The task's printed output so far (a sweep's element: SWEEP INDEX)."""
         args = parse(self.remote_log, line)
-        found = self.client.find_any(id_prefix(args.id))
-        if isinstance(found, SweepRecord):
-            if args.index is None or not 0 <= args.index < len(found.elements):
-                raise OptionError(f"%remote_log {found.id} INDEX: name the element, from 0 to "
-                                  f"{len(found.elements) - 1}")
-            found = self.client.find(found.elements[args.index])
-        elif args.index is not None:
-            raise OptionError(f"%remote_log {found.id}: a task has no elements; an INDEX goes "
-                              "with a sweep's id")
+        found = self.client.task_or_element(id_prefix(args.id), args.index, "%remote_log")
         text = self.client.log(found, "stderr" if args.stderr else "stdout")
         print(text if text else f"(task {found.id} has written nothing to "
                                 f"{'stderr' if args.stderr else 'stdout'} yet)", end="")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from helpers import REPO
+from helpers.waiting import wait_for
 from nbclient import NotebookClient
 
-from remote_magic import RemoteExecutor
+from remote_magic import RemoteExecutor, __version__
+from remote_magic.errors import RemoteTaskError
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -33,6 +37,37 @@ def test_cli_hosts_test_status_kill_purge(home: Path) -> None:
     assert "already completed" in cli("kill", task_id).stdout
     assert f"{task_id}: removed" in cli("purge", task_id).stdout
     assert "No tasks" in cli("status", "--all").stdout
+
+
+def test_cli_json_log_version_and_exit_codes(home: Path) -> None:
+    """Data for scripts (--json), a task's printed output (log), the version, and an exit
+    status that says whether what was asked was done."""
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"remote-magic {__version__}"
+    hosts = json.loads(cli("hosts", "--json").stdout)
+    assert [(h["name"], h["default"], h["scheduler"]) for h in hosts] == \
+        [("localhost", True, "process")]
+    steps = json.loads(cli("test", "localhost", "--json").stdout)
+    assert steps and all(s["ok"] for s in steps) and {"host", "step", "detail"} <= set(steps[0])
+    with RemoteExecutor() as pool:
+        pool.submit(print, "hello from the task").result(timeout=30)
+        sleeping = pool.submit(time.sleep, 60)
+        [done] = [r for r in json.loads(cli("status", "--all", "--json").stdout)
+                  if r["state"] == "completed"]
+        assert done["host"] == "localhost" and done["finished"] >= done["created"]
+        log = cli("log", done["id"][:8])
+        assert log.returncode == 0 and log.stdout == "hello from the task\n"
+        assert "a task has no elements" in cli("log", done["id"], "3").stderr
+        running = sleeping.task_id  # type: ignore[attr-defined]
+        assert wait_for(lambda: "running" in cli("status", running).stdout, 30)
+        refused = cli("purge", running)
+        assert refused.returncode == 1 and "still running: kill it first" in refused.stdout
+        killed = cli("kill", running)
+        assert killed.returncode == 0 and f"{running}: cancelling" in killed.stdout
+        with pytest.raises(RemoteTaskError, match="cancelled"):
+            sleeping.result(timeout=30)
+    purged = cli("purge", "--older", "0s")
+    assert purged.returncode == 0 and f"{done['id']}: removed" in purged.stdout
 
 
 def test_cli_errors_are_messages(home: Path) -> None:

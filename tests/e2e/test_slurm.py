@@ -186,6 +186,37 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
     assert max(asked) == 6 and len(asked) == session.polls
 
 
+def test_a_call_queued_by_slurm_is_cancelled_by_its_future(home: Path, sshd: Any,
+                                                           slurm: Any) -> None:
+    """`Future.cancel()` on a call whose job SLURM still holds in its queue: True, and the
+    job is cancelled; the other queued call runs once the CPUs free."""
+    from helpers.waiting import wait_for
+
+    from remote_magic.client.core import Client
+
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "held", home / "held", scheduler="slurm"))
+    slurm_queue_drained()
+    hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
+                          "-o", "/dev/null", "--wrap", "sleep 60"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    client = Client()
+    try:
+        wait_job_state(hog, "RUNNING", timeout=60)
+        with RemoteExecutor("held", client=client) as pool:
+            queued, kept = pool.submit(_sleep_and_return, 1), pool.submit(_sleep_and_return, 2)
+            task = queued.task_id  # type: ignore[attr-defined]
+            assert wait_for(lambda: client.store.get(task).state == "queued", 30)
+            assert not queued.running() and queued.cancel() and queued.cancelled()
+            wait_job_state(client.store.get(task).job_id, "CANCELLED", timeout=30)
+            subprocess.run(["scancel", hog], check=True)
+            assert kept.result(timeout=120) == 2
+        assert wait_for(lambda: client.store.get(task).state == "cancelled", 30)
+    finally:
+        subprocess.run(["scancel", hog], capture_output=True)
+        client.close()
+
+
 def test_timed_out_by_a_short_walltime(hpc: Kernel) -> None:
     """SLURM rounds --time up to minutes and enforces it 60-90 s late: this takes minutes."""
     out = hpc.run("%%remote -q hpc --walltime 1 --name too-slow\nimport time\ntime.sleep(600)",

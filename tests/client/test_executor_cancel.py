@@ -1,0 +1,60 @@
+"""`Future.cancel()` on RemoteExecutor futures: a call still waiting, here or on the host, is
+cancelled with its task; a running one is not (as for any Executor). The live-SLURM case, a
+job still queued by the scheduler, is in tests/e2e/test_slurm.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from helpers.waiting import wait_for
+
+from remote_magic import RemoteExecutor
+from remote_magic.client.core import Client
+from remote_magic.wire.states import State
+
+
+def test_a_call_waiting_for_a_slot_is_cancelled_a_running_one_is_not(home: Path) -> None:
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(f"  single:\n    workdir: {home / 'single'}\n    max_running: 1\n")
+    client = Client()
+    try:
+        pool = RemoteExecutor("single", client=client)
+        running = pool.submit(time.sleep, 30)
+        waiting = pool.submit(pow, 2, 5)
+        assert wait_for(running.running, 30)  # running on the host: the Future says so
+        assert not waiting.running() and not waiting.done()
+        assert waiting.cancel() and waiting.cancelled()
+        record = client.store.get(waiting.task_id)  # type: ignore[attr-defined]
+        assert record.state == State.CANCELLED
+        assert not running.cancel() and running.running()  # started: not cancelled
+        pool.shutdown(wait=True, cancel_futures=True)  # this one stops a running call
+        assert client.store.get(running.task_id).state == State.CANCELLED  # type: ignore
+        assert not (home / "single" / "tasks" / waiting.task_id / ".started").exists()  # type: ignore
+    finally:
+        client.close()
+
+
+def test_calls_cancelled_in_a_burst(home: Path) -> None:
+    """Cancelled right after submit: one not sent yet never reaches the host; one sent but
+    not seen running is cancelled there (or had already completed); the rest complete."""
+    client = Client()
+    try:
+        with RemoteExecutor(client=client) as pool:
+            futures = [pool.submit(pow, 2, n) for n in range(20)]
+            cancelled = [f for f in futures if f.cancel()]
+            for n, future in enumerate(futures):
+                if future not in cancelled:
+                    assert future.result(timeout=60) == 2 ** n
+        assert cancelled and all(f.cancelled() for f in cancelled)
+        for future in cancelled:
+            task = future.task_id  # type: ignore[attr-defined]
+            assert wait_for(lambda: client.store.get(task).final, 30)  # noqa: B023
+            record = client.store.get(task)
+            if record.remote_dir is None:
+                assert record.state == State.CANCELLED
+                assert not (home / "work" / "tasks" / task).exists()
+            else:
+                assert record.state in (State.CANCELLED, State.COMPLETED), record
+    finally:
+        client.close()
