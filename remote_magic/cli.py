@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="remote-magic", description="Manage remote_magic hosts and tasks.")
     parser.add_argument("--version", action="version", version=f"remote-magic {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="log each step to stderr (SSH, agent requests, scheduler "
+                             "commands; the agents log to agent.log in the host's workdir)")
     commands = parser.add_subparsers(dest="command", required=True)
     hosts = commands.add_parser("hosts", help="list the configured hosts")
     hosts.add_argument("--json", action="store_true", help="as JSON, every setting")
@@ -41,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="table of tasks")
     status.add_argument("ids", nargs="*")
     status.add_argument("-q", "--queue", metavar="HOST")
-    status.add_argument("--all", action="store_true", help="include finished tasks")
+    status.add_argument("--all", action="store_true",
+                        help="every task (by default: the unfinished ones and the last 20 that "
+                             "finished in the last 24 hours)")
     status.add_argument("--json", action="store_true", help="a record per task, as JSON")
     log = commands.add_parser("log", help="what a task printed (a sweep's element: SWEEP "
                                           "INDEX)")
@@ -64,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     alloc.add_argument("--slots", type=int, help="tasks at once (default: --cores, else 1)")
     alloc.add_argument("--stop", metavar="NAME", help="end this allocation")
     args = parser.parse_args(argv)
+    if args.debug:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger = logging.getLogger("remote_magic")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        os.environ["REMOTE_MAGIC_DEBUG"] = "1"  # agents started here log too
 
     client = Client()
     try:

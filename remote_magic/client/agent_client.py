@@ -8,12 +8,16 @@ waiting for them and hands events (a task finished) to a callback.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import time
 from typing import Any, Callable, Protocol
 
 from ..errors import TransportError
 from ..wire.protocol import FrameReader, encode_header
 from ..wire.taskdir import Refusal
+
+log = logging.getLogger(__name__)
 
 
 class Channel(Protocol):
@@ -59,6 +63,10 @@ class AgentClient:
         with self._lock:
             request_id = next(self._ids)
             self._pending[request_id] = waiter
+        began = time.monotonic()
+        # the operation and sizes only: arguments and payloads can hold the user's data
+        log.debug("%s: request %d %s (%d bytes attached)", self._label, request_id, op,
+                  len(payload))
         try:
             self._send({"id": request_id, "op": op, "args": args}, payload)
         except TransportError:
@@ -72,6 +80,9 @@ class AgentClient:
         reply = waiter.reply
         if reply is None:
             raise TransportError(self._closed or f"lost the connection to {self._label}")
+        log.debug("%s: answer %d %s %s in %.1f ms", self._label, request_id, op,
+                  "ok" if reply.get("ok") else f"error {reply.get('type', '')}",
+                  (time.monotonic() - began) * 1000)
         if not reply.get("ok"):
             raise failure(reply, op, self._label, self._host)
         return reply.get("result"), waiter.payload

@@ -459,10 +459,19 @@ class Client(SweepMethods):
         return self.store.resolve(prefix)
 
     def status(self, ids: list[str] | None = None, host: str | None = None,
-               include_done: bool = True, limit: int | None = None) -> list[TaskRecord]:
-        """Task records, with every unfinished one refreshed (one request per host)."""
+               include_done: bool = True, limit: int | None = None,
+               recent: tuple[int, float] | None = None) -> list[TaskRecord]:
+        """Task records, with every unfinished one refreshed (one request per host). Without
+        `include_done`, the unfinished ones; with `recent` (rows, hours) too, also the latest
+        `rows` that finished in the last `hours` (what a user just ran)."""
         if ids:
             records = [self.find(i) for i in ids]
+        elif recent and not include_done:
+            rows, hours = recent
+            records = self.store.list(host=host, active_only=True, limit=limit,
+                                      finished_since=time.time() - hours * 3600)
+            older = {r.id for r in [r for r in records if r.final][rows:]}
+            records = [r for r in records if r.id not in older]
         else:
             records = self.store.list(host=host, active_only=not include_done, limit=limit)
         active: dict[str, list[TaskRecord]] = defaultdict(list)

@@ -65,6 +65,12 @@ _ADDED = {"resources": "TEXT", "collect": "TEXT", "placement": "TEXT", "sweep": 
 _SWEEP_JSON = ("elements", "labels", "names", "outputs", "options")
 
 
+# What a status table shows by default besides the unfinished tasks: the latest tasks that
+# finished in the last RECENT_HOURS hours, at most RECENT_ROWS of them (--all: every task).
+RECENT_HOURS = 24
+RECENT_ROWS = 20
+
+
 @dataclass
 class TaskRecord:
     id: str
@@ -260,15 +266,22 @@ class TaskStore:
         return rows[0] if rows else None
 
     def list(self, host: str | None = None, active_only: bool = False,
-             limit: int | None = None) -> list[TaskRecord]:
+             limit: int | None = None, finished_since: float | None = None
+             ) -> list[TaskRecord]:
+        """Newest first; `active_only`: the unfinished ones, and with `finished_since` (a
+        time) those that finished since then too."""
         sql, params = "SELECT * FROM tasks", []
         clauses = []
         if host is not None:
             clauses.append("host = ?")
             params.append(host)
         if active_only:
-            clauses.append(f"state NOT IN ({', '.join('?' for _ in FINAL_STATES)})")
+            unfinished = f"state NOT IN ({', '.join('?' for _ in FINAL_STATES)})"
             params.extend(sorted(FINAL_STATES))
+            if finished_since is not None:
+                unfinished = f"({unfinished} OR finished >= ?)"
+                params.append(finished_since)
+            clauses.append(unfinished)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY created DESC"

@@ -21,7 +21,7 @@ from ..wire.states import State
 from ..wire.taskdir import PREPARED_FILES, RESULT_FILES, TaskPaths
 from .prepare import PreparedTask
 from .session import FOLLOW_TICK, Update
-from .store import SweepRecord, TaskRecord
+from .store import RECENT_HOURS, RECENT_ROWS, SweepRecord, TaskRecord
 from .sweeps import (
     PreparedSweep,
     SweepResult,
@@ -199,15 +199,18 @@ class SweepMethods:
                 found[given.id] = given
         return list(found.values())
 
-    def status_view(self, prefixes: list[str], host: str | None = None, everything: bool = False
+    def status_view(self, prefixes: list[str], host: str | None = None, everything: bool = False,
+                    live: bool = False, recent: tuple[int, float] | None = None
                     ) -> tuple[list[TaskRecord], dict[str, list[TaskRecord]]]:
         """What a status table shows: the tasks (and sweeps) named, else the unfinished ones
-        (all with `everything`), refreshed; and the sweeps shown as one row each (a sweep
-        named with `everything` is shown element by element)."""
+        and those that finished recently (`Client.status`'s `recent`; all with
+        `everything`, the unfinished only with `live`), refreshed; and the sweeps shown as
+        one row each (a sweep named with `everything` is shown element by element)."""
         given = [self.find_any(p) for p in prefixes]
         ids = [r.id for r in self.records_for(prefixes)] or None
         expanded = {g.id for g in given if isinstance(g, SweepRecord)} if everything else set()
-        records = self.status(ids, host=host, include_done=everything or bool(ids))
+        records = self.status(ids, host=host, include_done=everything or bool(ids),
+                              recent=None if live else recent or (RECENT_ROWS, RECENT_HOURS))
         return records, self.sweep_groups(records, expanded)
 
     def sweep_groups(self, records: list[TaskRecord],

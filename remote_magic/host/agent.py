@@ -53,6 +53,7 @@ from .sweepops import SweepOps
 from .warm import WarmPool
 from .zygote import max_fd
 
+DEBUG_ENV = "REMOTE_MAGIC_DEBUG"  # set: the agent writes debug records to its log
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
 PUSH_MAX = 1024 * 1024  # result files up to this size each are pushed with a task's end
@@ -621,6 +622,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="start every task in a fresh fork: no warm runners")
     parser.add_argument("--allocation", help="start tasks on this allocation's node")
     args = parser.parse_args(argv)
+    if os.environ.get(DEBUG_ENV):  # the kernel logs at debug level: so do we, to agent.log
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s rm-agent %(name)s: %(message)s")
     if args.once:
         return serve_once(args.workdir)
     return serve(args.workdir, not args.cold, args.allocation)

@@ -17,6 +17,7 @@ ran was requeued; that is said too, and the job itself refuses to run the cell a
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import subprocess
@@ -38,6 +39,8 @@ from ..wire.taskdir import (
 from . import runner
 from .schedulers import BatchScheduler, JobState, scheduler_for
 from .schedulers.base import Vouch, last_line, unknown
+
+log = logging.getLogger(__name__)
 
 QUERY_INTERVAL = 1.0  # seconds: the most often the queue is asked, per scheduler
 COMMAND_TIMEOUT = 60.0
@@ -373,9 +376,12 @@ def submit_job(batch: BatchScheduler, script: str, script_path: Path, cwd: Path,
 def run_command(argv: list[str], cwd: Path | None = None,
          timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL,
                               env=dict(os.environ))
+        log.debug("%s -> %d: %s", " ".join(argv), done.returncode,
+                  (done.stdout + done.stderr).strip()[-500:])
+        return done
     except FileNotFoundError:
         return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:

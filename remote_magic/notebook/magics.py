@@ -12,12 +12,13 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
+from traitlets import Enum, Float, Integer, Unicode, observe
 
 from ..client.core import Client, get_client, parse_age
 from ..client.prepare import prepare_cell
 from ..client.results import Shown, TaskResult, decoder
 from ..client.session import Update
-from ..client.store import SweepRecord, TaskRecord
+from ..client.store import RECENT_HOURS, RECENT_ROWS, SweepRecord, TaskRecord
 from ..client.sweeps import SweepFollow, SweepResult, check_keys, expand, prepare_sweep
 from ..errors import (
     OptionError,
@@ -27,6 +28,7 @@ from ..errors import (
     TaskNotFoundError,
     clipped,
 )
+from . import widgets
 from .arguments import id_prefix, parse, resources, take_maps, task_options
 from .output import OutputStream
 from .render import cell_stream, displays_only
@@ -64,8 +66,34 @@ def resource_arguments(magic: Any) -> Any:
 
 @magics_class
 class RemoteMagics(Magics):
+    """The magics, and their defaults as IPython configuration: `%config RemoteMagics` lists
+    them, `%config RemoteMagics.default_host = "hpc"` sets one in a kernel, and
+    `c.RemoteMagics.default_host = "hpc"` in ipython_config.py for every kernel."""
+
+    default_host = Unicode(
+        None, allow_none=True,
+        help="Host of a %%remote cell without -q (None: the hosts file's 'default', else "
+             "localhost).").tag(config=True)
+    display = Enum(
+        ["auto", "widget", "text"], "auto",
+        help="How tasks are shown: live widgets, or text lines. 'auto': "
+             "$REMOTE_MAGIC_DISPLAY if set, else widgets in Jupyter front ends that render "
+             "them.").tag(config=True)
+    recent_rows = Integer(
+        RECENT_ROWS, min=0,
+        help="How many tasks that finished recently %remote_status shows besides the "
+             "unfinished ones.").tag(config=True)
+    recent_hours = Float(
+        RECENT_HOURS, min=0,
+        help="How recently (hours) such a task must have finished.").tag(config=True)
+
+    @observe("display")
+    def _display_changed(self, change: dict[str, Any]) -> None:
+        widgets.DISPLAY = change["new"]
+
     def __init__(self, shell: Any, client: Client | None = None) -> None:
         super().__init__(shell)
+        widgets.DISPLAY = self.display
         self.client = client or get_client()
         # --nowait tasks whose results are due here, with the objects they were sent
         self.pending: dict[str, tuple[TaskRecord, dict[str, Any]]] = {}
@@ -115,7 +143,7 @@ class RemoteMagics(Magics):
         line, maps = take_maps(line)
         args = parse(self.remote, line, cell=True)
         options = task_options(args)
-        host = self.client.host(args.queue)
+        host = self.client.host(args.queue or self.default_host)
         code = self.shell.transform_cell(cell)
         if maps:
             return self._sweep(code, maps, args, options, host)
@@ -366,15 +394,19 @@ class RemoteMagics(Magics):
     @argument("ids", nargs="*", help="task or sweep ids (or unique prefixes)")
     @argument("-q", "--queue", metavar="HOST", help="only tasks of this host")
     @argument("--all", action="store_true",
-              help="include finished tasks; with a sweep's id, a row per element")
-    @argument("--watch", action="store_true", help="keep the table live until the tasks end")
+              help="every task, finished ones of any age too (by default: the unfinished ones "
+                   "and the last 20 that finished in the last 24 hours); with a sweep's id, a "
+                   "row per element")
+    @argument("--watch", action="store_true",
+              help="the unfinished tasks, live until they end")
     @line_magic
     def remote_status(self, line: str) -> None:
         """Table of tasks: id, name, host, job id, state, submitted, duration, progress. A
         sweep is one row (its elements' counts), unless named with --all."""
         args = parse(self.remote_status, line)
-        records, sweeps = self.client.status_view([id_prefix(i) for i in args.ids],
-                                                  args.queue, args.all)
+        records, sweeps = self.client.status_view(
+            [id_prefix(i) for i in args.ids], args.queue, args.all, live=args.watch,
+            recent=(self.recent_rows, self.recent_hours))
         if args.watch and records:
             listed = [r.id for r in records]
             watch_status(records, lambda: self.client.status(listed))

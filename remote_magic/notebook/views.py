@@ -66,7 +66,7 @@ def status_table(records: Iterable[TaskRecord],
         else:
             rows.extend(status_rows([record]))
     return table(COLUMNS, rows, 4, STATE_COLOURS,
-                 "No tasks. %%remote runs a cell as a task; --all shows finished ones too.")
+                 "No tasks. %%remote runs a cell as a task; --all shows finished ones of any age.")
 
 
 # the state a sweep's row shows: the least advanced of its elements' (then the worst outcome)

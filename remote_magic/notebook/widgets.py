@@ -33,11 +33,16 @@ TEXT_INTERVAL = 10.0  # seconds between two progress lines in text mode
 TAIL_LINES = 6
 
 
+DISPLAY = "auto"  # RemoteMagics.display (IPython configuration): widget, text, or auto
+
+
 def widget_frontend() -> bool:
-    """Whether the front end renders widgets. It cannot say so itself, so we infer it:
-    `REMOTE_MAGIC_DISPLAY=widget|text` decides; else a kernel started by jupyter_server (it
-    sets JPY_SESSION_NAME) or VS Code gets widgets, and anything else gets text."""
-    choice = os.environ.get("REMOTE_MAGIC_DISPLAY", "").lower()
+    """Whether the front end renders widgets. It cannot say so itself, so we infer it: the
+    RemoteMagics.display setting or else `REMOTE_MAGIC_DISPLAY=widget|text` decides; else a
+    kernel started by jupyter_server (it sets JPY_SESSION_NAME) or VS Code gets widgets, and
+    anything else gets text."""
+    choice = DISPLAY if DISPLAY != "auto" else \
+        os.environ.get("REMOTE_MAGIC_DISPLAY", "").lower()
     if choice in ("widget", "text"):
         return choice == "widget"
     shell = get_ipython()

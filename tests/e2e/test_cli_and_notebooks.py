@@ -55,6 +55,7 @@ def test_cli_json_log_version_and_exit_codes(home: Path) -> None:
         [done] = [r for r in json.loads(cli("status", "--all", "--json").stdout)
                   if r["state"] == "completed"]
         assert done["host"] == "localhost" and done["finished"] >= done["created"]
+        assert done["id"] in cli("status").stdout  # finished just now: listed by default
         log = cli("log", done["id"][:8])
         assert log.returncode == 0 and log.stdout == "hello from the task\n"
         assert "a task has no elements" in cli("log", done["id"], "3").stderr

@@ -11,6 +11,7 @@ back. The question is OpenSSH's own text, so the user sees what they would see i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from typing import Callable
 Prompt = Callable[[str, bool], str]  # (prompt text, echo) -> answer
 
 SOCKET_ENV = "REMOTE_MAGIC_ASKPASS_SOCKET"
+log = logging.getLogger(__name__)
 MAX_MESSAGE = 64 * 1024
 
 # The script OpenSSH runs for each question (argv[1]); it must start fast and import nothing
@@ -83,6 +85,7 @@ class Askpass:
                 except (OSError, ValueError, AttributeError):
                     continue
                 self.asked.append(text)
+                log.debug("OpenSSH asks: %s", text.strip())  # the question; never the answer
                 try:
                     answer = prompt(text.rstrip() + " ", _echoes(text, question.get("kind")))
                 except BaseException as exc:

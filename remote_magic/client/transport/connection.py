@@ -15,6 +15,7 @@ a notebook is the front end's own input box) are tried in the order the server a
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import queue
 import shlex
@@ -47,6 +48,7 @@ BULK_WINDOW = 32 * 1024 * 1024
 BULK_PACKET = 256 * 1024
 
 Prompt = Callable[[str, bool], str]  # (prompt text, echo) -> answer
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,8 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
             "to this host in the hosts file: the system's ssh then connects, with all of "
             "your ~/.ssh/config.")
     records = records_for(target)  # a broken known_hosts file stops us before any connection
+    log.debug("connecting to %s (ProxyJump %s, ProxyCommand %s, known_hosts %s)", target,
+              target.proxy_jump, target.proxy_command, target.known_hosts)
     jump = None
     if target.proxy_jump:
         if len(chain) >= MAX_HOPS:
@@ -340,7 +344,10 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
                     "of these types now")) from exc
             raise
         vouched = verify(target, transport.get_remote_server_key(), records)
+        log.debug("%s: host key accepted (%s), cipher %s", target, vouched,
+                  transport.remote_cipher)
         methods = _authenticate(target, transport, prompt)
+        log.debug("%s: logged in by %s", target, ", ".join(methods))
         transport.set_keepalive(KEEPALIVE)
     except BaseException as exc:
         transport.close()
@@ -374,6 +381,7 @@ def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt)
         return ["none"]
     except paramiko.BadAuthenticationType as exc:
         allowed = list(exc.allowed_types)
+    log.debug("%s: the server accepts %s", target, ", ".join(allowed))
     tried: list[str] = []
     for method in ("publickey", "keyboard-interactive", "password"):
         if method not in allowed or transport.is_authenticated():
@@ -381,6 +389,7 @@ def _authenticate(target: Target, transport: paramiko.Transport, prompt: Prompt)
         try:
             if method == "publickey":
                 for label, key in _keys(target, prompt):
+                    log.debug("%s: offering key %s (%s)", target, label, key.fingerprint)
                     tried.append(label)
                     allowed = _attempt(transport.auth_publickey, target.user, key) or allowed
                     if transport.is_authenticated():

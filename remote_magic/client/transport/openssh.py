@@ -21,6 +21,7 @@ a command, a command run to its end, whole files put and got), so `ssh.py` drive
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import pwd
 import re
@@ -45,6 +46,7 @@ from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from .askpass import Askpass, Prompt, Unanswered
 from .connection import CONNECT_TIMEOUT, KEEPALIVE, Target
 
+log = logging.getLogger(__name__)
 MASTER_LINGER = 60  # seconds our master stays after its last session closed
 KEEPALIVE_COUNT = 3  # unanswered keepalives before the master gives the connection up
 _PID = re.compile(rb"pid=(\d+)")
@@ -172,6 +174,8 @@ def connect_openssh(target: OpenSSHTarget, prompt: Prompt) -> OpenSSHConnection:
     """A connection on the user's open master for the host, or on one opened now."""
     if target.control_path:
         pid = _master_pid(target, target.control_path)
+        log.debug("%s: the user's ControlPath %s has %s", target.destination,
+                  target.control_path, f"master {pid}" if pid else "no master")
         if pid:
             return OpenSSHConnection(target, target.control_path, pid, None, [
                 f"OpenSSH, on your master connection {target.control_path} (no new login)"])
@@ -186,9 +190,10 @@ def connect_openssh(target: OpenSSHTarget, prompt: Prompt) -> OpenSSHConnection:
     argv = [*_base(target), "-o", "ControlMaster=yes", "-o", f"ControlPath={control}",
             "-o", f"ControlPersist={MASTER_LINGER}", *extra, "-N", "-T", target.destination]
     askpass = Askpass(folder)
-    log = folder / "master.log"
+    log.debug("opening an OpenSSH master: %s", " ".join(argv))
+    said_to = folder / "master.log"
     try:
-        with open(log, "wb") as err:
+        with open(said_to, "wb") as err:
             # A session of its own: no terminal to ask on (questions go to askpass), and a
             # Ctrl-C in a terminal running the CLI does not reach the master.
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -198,7 +203,8 @@ def connect_openssh(target: OpenSSHTarget, prompt: Prompt) -> OpenSSHConnection:
             status = askpass.serve(process, prompt)
         except Unanswered as exc:
             raise _unanswered(target, exc) from None
-        said = log.read_text(errors="replace").strip()
+        said = said_to.read_text(errors="replace").strip()
+        log.debug("the master's ssh exited %s: %s", status, said[-500:])
         pid = _master_pid(target, control) if status == 0 else None
         if not pid:
             raise _login_failed(target, status, said, askpass.asked)

@@ -12,6 +12,7 @@ hammered by every poll, view and callback of the kernel.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 import socket
@@ -266,6 +267,9 @@ class SSHTransport:
             f'{check_command(self.python, chr(34) + "$W" + chr(34))} || exit $?',
             '( umask 077 && : >>"$W/agent.log" )',  # private whatever the login's umask
             'export PYTHONPATH="$R${PYTHONPATH:+:$PYTHONPATH}"',
+            # debug records here: the agent's too, in its log on the host
+            *(["export REMOTE_MAGIC_DEBUG=1"]
+              if logging.getLogger("remote_magic").isEnabledFor(logging.DEBUG) else []),
             f'exec {shlex.quote(self.python)} -m remote_magic.host.agent --workdir "$W" '
             + ("--once " if once else "") + ("" if self.host.warm else "--cold ")
             + (f"--allocation {shlex.quote(self.host.allocation)} " if self.host.allocation
