@@ -177,10 +177,16 @@ def transport(value: Any, where: KeyPath) -> str:
 
 def scheduler(value: Any, where: KeyPath) -> str:
     name = text(value, where).strip().lower()
-    if name not in SCHEDULERS:
+    if name in SCHEDULERS:
+        return name
+    from ..host.schedulers import scheduler_names  # plugins, registered as entry points
+
+    known = scheduler_names()
+    if name not in known:
         raise Invalid(
-            f"unknown scheduler {echo(value, 40)}{did_you_mean(name, SCHEDULERS)} "
-            f"Use one of: {', '.join(SCHEDULERS)}",
+            f"unknown scheduler {echo(value, 40)}{did_you_mean(name, known)} "
+            f"Use one of: {', '.join(known)} (others come as plugins: an entry point of the "
+            "group 'remote_magic.schedulers')",
             where,
         )
     return name
