@@ -230,7 +230,10 @@ class HostSession:
             elif not everything:  # read from elsewhere: ask about it now
                 query[task_id] = dict(watch.offsets) if watch.wants_output else None
         if query:  # a host whose results are copied here gets them pushed with the end
-            statuses.update(self.request("status", tasks=query, push=not self.host.is_local))
+            poll = {"scheduler_poll": self.host.scheduler_poll} \
+                if self.host.scheduler_poll is not None else {}
+            statuses.update(self.request("status", tasks=query, push=not self.host.is_local,
+                                         **poll))
             self.polls += 1
         for task_id, status in statuses.items():
             watch = watches[task_id]

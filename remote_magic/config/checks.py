@@ -148,6 +148,25 @@ def whole(value: Any, where: KeyPath, low: int = 1, high: int | None = None) -> 
     raise Invalid(f"must be a whole number {span}, not {show(value)}{hint}", where)
 
 
+_INTERVAL = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def interval(value: Any, where: KeyPath) -> float:
+    """Seconds, from a number or a string such as "30s", "2m" or "1h": 1 s to 1 h."""
+    match = _INTERVAL.fullmatch(value) if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif match:
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    else:
+        raise Invalid(f"must be a number of seconds or a time such as \"30s\", \"2m\" or "
+                      f"\"1h\", not {show(value)}", where)
+    if not 1 <= seconds <= 3600:
+        raise Invalid(f"must be from 1 second to 1 hour, not {show(value)}", where)
+    return seconds
+
+
 def switch(value: Any, where: KeyPath) -> bool:
     if isinstance(value, bool):
         return value

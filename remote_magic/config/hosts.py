@@ -72,6 +72,9 @@ class HostConfig:
     paths: Mapping[str, str] = field(default_factory=dict)
     resources: Mapping[str, Any] = field(default_factory=dict)
     max_running: int | None = None
+    # The least seconds between two queries of the scheduler on this host, for all of the
+    # user's kernels together (host/queuecache.py); None: once a second at most.
+    scheduler_poll: float | None = None
     template: str | None = None
     # How much of the notebook folder's files a cell uses may be staged automatically, and
     # how much of what it writes comes back, on a host that does not share that folder.
@@ -352,6 +355,7 @@ _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "paths": checks.paths,
     "resources": checks.resources,
     "max_running": checks.whole,
+    "scheduler_poll": checks.interval,
     "template": checks.text,
     "auto_files": checks.amount,
     "warm": checks.switch,

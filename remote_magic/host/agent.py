@@ -45,10 +45,11 @@ from ..wire.taskdir import (
 )
 from . import runner
 from .allocops import AllocOps, Served
-from .batchops import BatchOps, silence
+from .batchops import QUERY_INTERVAL, BatchOps, silence
 from .exchange import Exchange
 from .fileops import FileOps, pid_alive
 from .proctitle import set_name
+from .queuecache import QueueCache
 from .sweepops import SweepOps
 from .warm import WarmPool
 from .zygote import max_fd
@@ -81,7 +82,7 @@ class Agent:
         self.served: dict[str, tuple[dict[str, int] | None, bool]] = {}
         self.hostname = socket.gethostname()
         self.files = FileOps(self.workdir, self.tasks_dir, self.paths, resident)
-        self.batch = BatchOps(self.paths)
+        self.batch = BatchOps(self.paths, QueueCache(self.workdir))
         self.allocs = AllocOps(self.workdir, self.batch)
         self.allocated: dict[str, Served] = {}  # allocations whose tasks this agent serves
         self.sweeps = SweepOps(self.workdir, self.files, self.batch, self.paths, self.op_start)
@@ -250,10 +251,14 @@ class Agent:
         finally:
             os._exit(code)
 
-    def op_status(self, tasks: dict[str, Any], push: bool = False) -> dict[str, Any]:
+    def op_status(self, tasks: dict[str, Any], push: bool = False,
+                  scheduler_poll: float | None = None) -> dict[str, Any]:
         """State, progress and new output of many tasks: one request, one poll. With `push`,
         the end of each task comes with its result files when they are small (a kernel that
-        copies them would otherwise ask)."""
+        copies them would otherwise ask). `scheduler_poll`: the host's least interval between
+        scheduler queries (seconds), shared with the user's other kernels (queuecache.py)."""
+        if scheduler_poll is not None:
+            self.batch.interval = max(QUERY_INTERVAL, float(scheduler_poll))
         records: dict[str, dict[str, Any]] = {}
         answers: dict[str, Any] = {}
         for task_id in tasks:

@@ -37,6 +37,7 @@ from ..wire.taskdir import (
     write_atomic,
 )
 from . import runner
+from .queuecache import Answer, QueueCache
 from .schedulers import BatchScheduler, JobState, scheduler_for
 from .schedulers.base import Vouch, last_line, unknown
 
@@ -61,8 +62,12 @@ CLOCK_SKEW = 5.0  # seconds by which the clocks of the login and compute nodes m
 class BatchOps:
     """The agent's batch-job operations: submit, settle states with the queue, cancel."""
 
-    def __init__(self, paths: Callable[[str], TaskPaths]) -> None:
+    def __init__(self, paths: Callable[[str], TaskPaths],
+                 shared: QueueCache | None = None) -> None:
         self.paths = paths  # a task's files, once its directory is known to be ours alone
+        # the answers shared with the agents of the user's other kernels (queuecache.py)
+        self.shared = shared
+        self.interval = QUERY_INTERVAL  # seconds between queries: the host's scheduler_poll
         # Per scheduler: when it was last asked (monotonic), about which jobs, its answers,
         # and when (wall clock, to compare with the times in state records).
         self.queue_cache: dict[str, tuple[float, frozenset[str], dict[str, JobState],
@@ -152,11 +157,41 @@ class BatchOps:
         """
         cache = self.queue_cache
         asked_at, asked_for, answers, _ = cache.get(batch.name, (0.0, frozenset(), {}, 0.0))
-        if time.monotonic() - asked_at < QUERY_INTERVAL:
+        later = unknown("not asked about yet")
+        if time.monotonic() - asked_at < self.interval:
             # Jobs submitted since are asked about next time: while a notebook submits
             # hundreds of tasks, every poll has new ones, and must not cost a query each.
-            later = unknown("not asked about yet")
             return {**{j: later for j in job_ids if j not in asked_for}, **answers}
+        if self.shared is None:
+            return self._query(batch, job_ids)
+        try:
+            return self._ask_shared(batch, job_ids, self.shared)
+        except OSError:  # the shared answer cannot be read or written: ask on our own
+            return self._query(batch, job_ids)
+
+    def _ask_shared(self, batch: BatchScheduler, job_ids: list[str],
+                    shared: QueueCache) -> dict[str, JobState]:
+        """`ask`, with the answer the user's other kernels' agents share (queuecache.py)."""
+        cache = self.queue_cache
+        later = unknown("not asked about yet")
+        with shared.locked(batch.name) as last:
+            if last.age() < self.interval:  # another kernel's agent asked lately: its answer
+                if not set(job_ids) <= last.wanted | last.asked_for:
+                    last.wanted |= set(job_ids)
+                    shared.save(batch.name, last)
+                cache[batch.name] = (time.monotonic() - last.age(), frozenset(last.asked_for),
+                                     last.jobs, last.asked_at)
+                return {**{j: later for j in job_ids if j not in last.asked_for}, **last.jobs}
+            wanted = sorted(last.still_wanted() | set(job_ids))
+            answers = self._query(batch, wanted)
+            asked = Answer(cache[batch.name][3], set(wanted), answers)
+            asked.wanted = asked.still_wanted()
+            shared.save(batch.name, asked)
+            return answers
+
+    def _query(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
+        """Ask the scheduler now (and accounting about the jobs the queue no longer lists)."""
+        cache = self.queue_cache
         command = batch.status_command(job_ids)
         wall = time.time()
         queued = run_command(command)

@@ -115,7 +115,7 @@ def test_constants_match_the_spec() -> None:
     assert set(HOST_KEYS) == {
         "address", "port", "identity_file", "proxy_jump", "known_hosts", "scheduler", "python",
         "workdir", "setup", "paths", "resources", "max_running", "template", "auto_files",
-        "warm", "transport",
+        "warm", "transport", "scheduler_poll",
     }
 
 
@@ -452,6 +452,10 @@ def test_empty_host_name() -> None:
         ("scheduler: slrum", "scheduler", "did you mean 'slurm'?"),
         ("scheduler: kubernetes", "scheduler", "process, slurm, pbs, lsf, sge"),
         ("scheduler: 5", "scheduler", "must be a string"),
+        ("scheduler_poll: fast", "scheduler_poll", "such as \"30s\""),
+        ("scheduler_poll: 0.5", "scheduler_poll", "from 1 second to 1 hour"),
+        ("scheduler_poll: 2h", "scheduler_poll", "from 1 second to 1 hour"),
+        ("scheduler_poll: true", "scheduler_poll", "a number of seconds"),
         ("transport: openshh", "transport", "did you mean 'openssh'?"),
         ("transport: telnet", "transport", "'paramiko' (the default, built in) or 'openssh'"),
         ("transport: [openssh]", "transport", "a list"),
@@ -950,3 +954,10 @@ def test_the_hosts_file_is_parsed_again_only_when_its_text_changes(tmp_path: Pat
         load_config(path)  # a mistake is still reported every time, never a stale config
     with pytest.raises(ConfigError, match="did you mean 'address'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("written, seconds", [("30", 30.0), ("'30s'", 30.0), ("2m", 120.0),
+                                              ("1.5 min", 90.0), ("1h", 3600.0)])
+def test_scheduler_poll_takes_seconds_or_a_time(written: str, seconds: float) -> None:
+    assert parse(f"hosts:\n  hpc:\n    scheduler_poll: {written}\n").hosts[
+        "hpc"].scheduler_poll == seconds
