@@ -185,7 +185,7 @@ class BatchOps:
             wanted = sorted(last.still_wanted() | set(job_ids))
             answers = self._query(batch, wanted)
             asked = Answer(cache[batch.name][3], set(wanted), answers)
-            asked.wanted = asked.still_wanted()
+            asked.wanted = asked.still_wanted()  # (nothing added since: what stays queued)
             shared.save(batch.name, asked)
             return answers
 

@@ -40,9 +40,12 @@ class Answer:
         return time.time() - self.asked_at
 
     def still_wanted(self) -> set[str]:
-        """The jobs to ask about next time: all but those with a final answer."""
-        return {j for j in self.asked_for | self.wanted
-                if j not in self.jobs or self.jobs[j].state not in FINAL_STATES}
+        """The jobs to ask about next time: those added since this answer, and those it
+        says are still in the queue (or could not say); not those it says have ended, nor
+        those the scheduler no longer knows (their agents settle them)."""
+        return (self.wanted - self.asked_for) | {
+            j for j in self.asked_for
+            if j in self.jobs and self.jobs[j].state not in FINAL_STATES}
 
 
 class QueueCache:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from remote_magic.host.batchops import BatchOps
-from remote_magic.host.queuecache import QueueCache
+from remote_magic.host.queuecache import Answer, QueueCache
+from remote_magic.host.schedulers import JobState
 from remote_magic.host.schedulers.slurm import Slurm
 from remote_magic.wire.taskdir import TaskPaths
 
@@ -64,3 +65,20 @@ def test_two_kernels_agents_share_one_query_per_interval(tmp_path: Path, slurm: 
         assert {answer[j].state for j in jobs} <= {"queued", "running"}
     finally:
         subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+def test_the_jobs_asked_about_next_time() -> None:
+    """Those added since, and those still queued or not answered; not those that ended nor
+    those the scheduler no longer knows (d), or they would be asked about forever."""
+    answer = Answer(0.0, {"a", "b", "c", "d"},
+                    {"a": JobState("running"), "b": JobState("completed"), "c": JobState("")},
+                    {"a", "b", "c", "d", "e"})
+    assert answer.still_wanted() == {"a", "c", "e"}
+
+
+def test_a_damaged_shared_answer_is_an_old_one(tmp_path: Path) -> None:
+    cache = QueueCache(tmp_path)
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "slurm.json").write_text("{not json")
+    with cache.locked("slurm") as last:
+        assert last.age() > 3600 and last.jobs == {}
