@@ -203,7 +203,7 @@ class HostSession:
                 if everything:
                     batch = self.host.scheduler != "process"
                     backoff = next_poll(backoff, watches.values(), batch=batch)
-                    due = time.monotonic() + backoff
+                    due = time.monotonic() + max(backoff, self.host.status_interval or 0.0)
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
 

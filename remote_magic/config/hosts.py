@@ -75,6 +75,9 @@ class HostConfig:
     # The least seconds between two queries of the scheduler on this host, for all of the
     # user's kernels together (host/queuecache.py); None: once a second at most.
     scheduler_poll: float | None = None
+    # The least seconds between two status requests of a kernel to the host's agent (its
+    # background polls; a task's end is still pushed at once). None: as each view needs.
+    status_interval: float | None = None
     template: str | None = None
     # How much of the notebook folder's files a cell uses may be staged automatically, and
     # how much of what it writes comes back, on a host that does not share that folder.
@@ -356,6 +359,7 @@ _HOST_CHECKS: dict[str, Callable[[Any, KeyPath], Any]] = {
     "resources": checks.resources,
     "max_running": checks.whole,
     "scheduler_poll": checks.interval,
+    "status_interval": checks.interval,
     "template": checks.text,
     "auto_files": checks.amount,
     "warm": checks.switch,

@@ -115,7 +115,7 @@ def test_constants_match_the_spec() -> None:
     assert set(HOST_KEYS) == {
         "address", "port", "identity_file", "proxy_jump", "known_hosts", "scheduler", "python",
         "workdir", "setup", "paths", "resources", "max_running", "template", "auto_files",
-        "warm", "transport", "scheduler_poll",
+        "warm", "transport", "scheduler_poll", "status_interval",
     }
 
 
