@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="every task (by default: the unfinished ones and the last 20 that "
                              "finished in the last 24 hours)")
     status.add_argument("--json", action="store_true", help="a record per task, as JSON")
+    commands.add_parser("schema", help="the JSON Schema of the hosts file, for editors")
     log = commands.add_parser("log", help="what a task printed (a sweep's element: SWEEP "
                                           "INDEX)")
     log.add_argument("id")
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        from .config.schema import hosts_schema
+
+        print(_json(hosts_schema()))
+        return 0
     if args.command == "hosts":
         config = client.config()
         print(_json(hosts_list(config)) if args.json else hosts_table(config))
