@@ -11,8 +11,9 @@ one thread per executor stages and starts the tasks in the order they were submi
 loop of submits is not held up by round trips to the host. A failure to start is the Future's
 exception.
 
-A Future is pending until its task runs on the host, then running. `cancel()` works while it
-is pending, wherever the task waits: not yet sent (it never reaches the host), or queued there
+A Future is pending until its task runs on the host (on a process host: once started; on a
+batch host: once the scheduler runs its job), then running. `cancel()` works while it is
+pending, wherever the task waits: not yet sent (it never reaches the host), or queued there
 (by the batch scheduler, or for a free slot), where it is cancelled. A running call is not
 stopped by `cancel()`, which then returns False as for any Executor: `shutdown(cancel_futures=
 True)`, `Client.kill` or `remote-magic kill ID` stop it.
@@ -164,11 +165,15 @@ class RemoteExecutor(Executor):
         if record.final:
             self._complete(future, record)
             return
-        if record.state == State.RUNNING and isinstance(future, RemoteFuture):
+        # On a process host a task runs once started ("submitted"); on a batch host that
+        # means queued, and it runs when the scheduler says so.
+        runs = {State.RUNNING} | ({State.SUBMITTED} if self._host.scheduler == "process"
+                                  else set())
+        if record.state in runs and isinstance(future, RemoteFuture):
             future.mark_running()
 
         def heard(update: Any) -> None:
-            if update.state == State.RUNNING and isinstance(future, RemoteFuture):
+            if update.state in runs and isinstance(future, RemoteFuture):
                 future.mark_running()
 
         self._client.watch(record, listener=heard, on_final=lambda update: self._complete(
