@@ -187,6 +187,7 @@ class RemoteExecutor(Executor):
             self._client.kill([self._client.store.get(future.task_id)])
         except RemoteMagicError:
             pass
+        future.set_running_or_notify_cancel()  # wait() and as_completed() see it done now
         self._forget(future)
 
     def _complete(self, future: Future[Any], record: TaskRecord) -> None:

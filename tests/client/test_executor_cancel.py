@@ -5,6 +5,7 @@ job still queued by the scheduler, is in tests/e2e/test_slurm.py."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from helpers.waiting import wait_for
@@ -47,6 +48,7 @@ def test_calls_cancelled_in_a_burst(home: Path) -> None:
                 if future not in cancelled:
                     assert future.result(timeout=60) == 2 ** n
         assert cancelled and all(f.cancelled() for f in cancelled)
+        assert len(list(as_completed(futures, timeout=10))) == len(futures)  # none hangs
         for future in cancelled:
             task = future.task_id  # type: ignore[attr-defined]
             assert wait_for(lambda: client.store.get(task).final, 30)  # noqa: B023
