@@ -140,7 +140,7 @@ class AllocOps:
         if spec.get("job_id"):
             batch = scheduler_for(spec["scheduler"])
             run_command(batch.cancel_command([spec["job_id"]]))
-            self.batch.queue_cache.pop(batch.name, None)
+            self.batch.ask_again(batch.name)
         return self.describe(paths)
 
     # ------------------------------------------------------------ state

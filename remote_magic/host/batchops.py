@@ -149,7 +149,8 @@ class BatchOps:
 
     def ask(self, batch: BatchScheduler, job_ids: list[str]) -> dict[str, JobState]:
         """What the scheduler says about these jobs: ONE status command (plus one accounting
-        command for the jobs that left the queue), reused for QUERY_INTERVAL.
+        command for the jobs that left the queue), reused for `interval` (the host's
+        scheduler_poll), by the agents of all the user's kernels (queuecache.py).
 
         A job left out is one the scheduler no longer knows; a job it could not be asked
         about (the command failed, or it was submitted after the last query) is `unknown`,
@@ -168,6 +169,20 @@ class BatchOps:
             return self._ask_shared(batch, job_ids, self.shared)
         except OSError:  # the shared answer cannot be read or written: ask on our own
             return self._query(batch, job_ids)
+
+    def ask_again(self, scheduler: str) -> None:
+        """The next `ask` queries the scheduler (after a cancel, whose effect the user waits
+        to see), whatever the interval: ours and the shared answer count as old."""
+        self.queue_cache.pop(scheduler, None)
+        if self.shared is None:
+            return
+        try:
+            with self.shared.locked(scheduler) as last:
+                if last.asked_at:
+                    last.asked_at = 0.0
+                    self.shared.save(scheduler, last)
+        except OSError:
+            pass
 
     def _ask_shared(self, batch: BatchScheduler, job_ids: list[str],
                     shared: QueueCache) -> dict[str, JobState]:
@@ -261,7 +276,7 @@ class BatchOps:
             if done.returncode != 0:
                 raise RuntimeError(f"{command[0]} failed: "
                                    f"{(done.stderr or done.stdout).strip()[-500:]}")
-            self.queue_cache.pop(batch.name, None)
+            self.ask_again(batch.name)
             outcome.update((task_id, "cancelling") for task_id, _, _ in group)
         return outcome
 

@@ -63,6 +63,9 @@ def test_two_kernels_agents_share_one_query_per_interval(tmp_path: Path, slurm: 
         answer = third.ask(Slurm(), [])  # whoever asks next asks about every wanted job
         assert _calls(count) == 2
         assert {answer[j].state for j in jobs} <= {"queued", "running"}
+        first.ask_again("slurm")  # it cancelled a job: its next ask is not held back
+        first.ask(Slurm(), [jobs[0]])
+        assert _calls(count) == 3
     finally:
         subprocess.run(["scancel", *jobs], capture_output=True)
 
