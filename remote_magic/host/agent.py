@@ -15,6 +15,7 @@ Single-threaded on purpose: it forks, and forking a threaded process is unsafe.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -408,7 +409,7 @@ class Agent:
             if state not in FINAL_STATES and state != State.PREPARED and not force:
                 outcome[task_id] = f"still {state}: kill it first"
                 continue
-            shutil.rmtree(paths.root)
+            remove_tree(paths.root)
             outcome[task_id] = "removed"
         return outcome
 
@@ -507,6 +508,25 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def remove_tree(root: Path, attempts: int = 5) -> None:
+    """Remove a task directory whose process may still be finishing: a task's outcome is
+    recorded before its process has exited, and the exit code is written a moment later, so
+    a file can vanish (a temporary name renamed) or appear while the tree is walked. Those
+    are tried again; any other error, or a last failure, is raised."""
+    for _ in range(attempts - 1):
+        try:
+            shutil.rmtree(root)
+            return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+        time.sleep(0.1)
+    if root.exists():
+        shutil.rmtree(root)
 
 
 def serve_once(workdir: str) -> int:

@@ -284,3 +284,33 @@ def test_a_task_whose_first_beat_never_came_is_lost_from_its_running_time(agent:
     set_state(paths, "running", when=time.time() - STALE_HEARTBEAT - 5)
     answer = agent.request("status", tasks={TASK: None})[TASK]
     assert answer["state"] == "lost" and "no heartbeat" in answer["reason"]
+
+
+def test_a_tree_is_removed_while_files_come_and_go(tmp_path: Path) -> None:
+    """A purge meets a task's process still writing its exit code: a file renamed away or
+    created during the walk does not make the removal fail."""
+    import threading
+
+    from remote_magic.host.agent import remove_tree
+
+    root = tmp_path / "task"
+    (root / "work").mkdir(parents=True)
+    for n in range(300):
+        (root / "work" / f"f{n}").write_text("x")
+
+    def finishing() -> None:  # a process writing its exit code a few times, then gone
+        for n in range(50):
+            try:
+                tmp = root / f".exitcode.{n}"
+                tmp.write_text("0")
+                tmp.rename(root / "exitcode")
+            except OSError:  # its folder went first
+                return
+
+    worker = threading.Thread(target=finishing)
+    worker.start()
+    try:
+        remove_tree(root)
+    finally:
+        worker.join()
+    assert not root.exists()
