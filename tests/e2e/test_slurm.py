@@ -149,6 +149,21 @@ def _sleep_and_return(value: int) -> int:
     return value
 
 
+def _hog_every_cpu(slurm: Any) -> str:
+    """A job holding all of SLURM's CPUs for a minute, running when this returns, so that
+    jobs submitted next wait in the queue (scancel it at the end)."""
+    slurm_queue_drained()  # the hog must start now: nothing of an earlier test's in its way
+    hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
+                          "-o", "/dev/null", "--wrap", "sleep 60"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        wait_job_state(hog, "RUNNING", timeout=60)
+    except BaseException:
+        subprocess.run(["scancel", hog], capture_output=True)
+        raise
+    return hog
+
+
 def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slurm: Any,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """While every job of a host waits in the queue, polls slow down step by step (to
@@ -159,13 +174,9 @@ def test_queued_jobs_cost_few_polls_each_covering_all(home: Path, sshd: Any, slu
     asked = count_status_requests(monkeypatch)
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "busy", home / "busy", scheduler="slurm"))
-    slurm_queue_drained()  # the hog must start now: nothing of an earlier test's in its way
-    hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
-                          "-o", "/dev/null", "--wrap", "sleep 60"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    hog = _hog_every_cpu(slurm)
     client = Client()
     try:
-        wait_job_state(hog, "RUNNING", timeout=60)
         with RemoteExecutor("busy", client=client) as pool:
             futures = [pool.submit(_sleep_and_return, i) for i in range(6)]
             time.sleep(2)  # submitted and seen queued
@@ -196,13 +207,9 @@ def test_a_call_queued_by_slurm_is_cancelled_by_its_future(home: Path, sshd: Any
 
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "held", home / "held", scheduler="slurm"))
-    slurm_queue_drained()
-    hog = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}",
-                          "-o", "/dev/null", "--wrap", "sleep 60"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    hog = _hog_every_cpu(slurm)
     client = Client()
     try:
-        wait_job_state(hog, "RUNNING", timeout=60)
         with RemoteExecutor("held", client=client) as pool:
             queued, kept = pool.submit(_sleep_and_return, 1), pool.submit(_sleep_and_return, 2)
             task = queued.task_id  # type: ignore[attr-defined]
