@@ -232,9 +232,16 @@ class HostSession:
         if query:  # a host whose results are copied here gets them pushed with the end
             poll = {"scheduler_poll": self.host.scheduler_poll} \
                 if self.host.scheduler_poll is not None else {}
-            statuses.update(self.request("status", tasks=query, push=not self.host.is_local,
-                                         **poll))
+            answers, payload = self.agent().call(
+                "status", {"tasks": query, "push": not self.host.is_local, **poll})
             self.polls += 1
+            for task_id, status in answers.items():
+                if "files" in status:  # ended, with its small result files (see _on_event)
+                    start = status["payload_from"]
+                    size = sum(entry["size"] for entry in status["files"])
+                    self.transport.keep_results(task_id, status["files"],
+                                                payload[start:start + size])
+            statuses.update(answers)
         for task_id, status in statuses.items():
             watch = watches[task_id]
             update = self._apply(watch, status)

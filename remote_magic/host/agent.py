@@ -59,6 +59,7 @@ DEBUG_ENV = "REMOTE_MAGIC_DEBUG"  # set: the agent writes debug records to its l
 MAX_CHUNK = 256 * 1024  # bytes of one output stream returned per task per status request
 MAX_EVENTS = 2 * 1024 * 1024  # bytes of display events returned per task per status request
 PUSH_MAX = 1024 * 1024  # result files up to this size each are pushed with a task's end
+PUSH_REPLY_MAX = 8 * 1024 * 1024  # bytes of result files one status reply carries at most
 START_GRACE = 30.0  # a submitted process task with no supervisor after this long is lost
 
 try:  # the runner pickles with it: import once here, not once per task
@@ -68,7 +69,7 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
 
 
 # Operations that move file contents: they get the request's Exchange (see exchange.py).
-WITH_BYTES = frozenset({"stage", "stage_many", "put_chunk", "get", "read"})
+WITH_BYTES = frozenset({"stage", "stage_many", "put_chunk", "get", "read", "status"})
 
 
 class Agent:
@@ -93,7 +94,7 @@ class Agent:
         # Every operation a request may name, in one place: the agent's whole vocabulary.
         self.operations: dict[str, Callable[..., Any]] = {
             "hello": self.op_hello, "mkdir": self.op_mkdir, "start": self.op_start,
-            "submit": self.op_submit, "status": self.op_status, "kill": self.op_kill,
+            "submit": self.op_submit, "status": self.op_status_pushed, "kill": self.op_kill,
             "purge": self.op_purge, "list": self.op_list, "log": self.op_log,
             "stage": self.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
             "put_open": files.op_put_open, "put_chunk": files.op_put_chunk,
@@ -287,6 +288,24 @@ class Agent:
                     s: answer[f"{s}_end"] for s in ("stdout", "stderr", "events")}, push)
         return answers
 
+    def op_status_pushed(self, exchange: Exchange, tasks: dict[str, Any], push: bool = False,
+                         scheduler_poll: float | None = None) -> dict[str, Any]:
+        """`op_status`, and with `push` each task found ended carries its small result files
+        (`files`, from `payload_from` in the reply's bytes, up to PUSH_REPLY_MAX in all): a
+        poll that meets the end before the agent's own event does (which then finds nothing
+        to push) is not followed by a request for them."""
+        answers = self.op_status(tasks, push, scheduler_poll)
+        if push:
+            for task_id, answer in answers.items():
+                if answer["state"] in FINAL_STATES and answer["state"] != State.LOST:
+                    found = self._small_results(task_id)
+                    if found is not None and \
+                            len(exchange.payload_out) + len(found[1]) <= PUSH_REPLY_MAX:
+                        answer["files"], answer["payload_from"] = \
+                            found[0], len(exchange.payload_out)
+                        exchange.payload_out += found[1]
+        return answers
+
     def ended(self, task_id: str) -> tuple[dict[str, Any], bytes]:
         """The event telling the kernel that a task ended, and its payload: with its final
         status, from where the kernel last read, when the kernel has asked about it before;
@@ -302,15 +321,24 @@ class Agent:
                 return event, b""
             event["status"] = self._report(paths, record, offsets)
             event["from"] = offsets
-            if push:
-                exchange = Exchange()
-                listing = self.files.op_read(exchange, task_id, list(RESULT_FILES), PUSH_MAX)
-                if all(entry["inline"] for entry in listing):
-                    event["files"] = listing
-                    return event, exchange.payload_out
         except Exception:  # noqa: BLE001 - the kernel asks, and hears why
-            pass
-        return event, b""
+            return event, b""
+        found = self._small_results(task_id) if push else None
+        if found is None:
+            return event, b""
+        event["files"] = found[0]
+        return event, found[1]
+
+    def _small_results(self, task_id: str) -> tuple[list[dict[str, Any]], bytes] | None:
+        """An ended task's result files when each is small enough to go with its end."""
+        exchange = Exchange()
+        try:
+            listing = self.files.op_read(exchange, task_id, list(RESULT_FILES), PUSH_MAX)
+        except Exception:  # noqa: BLE001 - the kernel asks for them, and hears why
+            return None
+        if not all(entry["inline"] for entry in listing):
+            return None
+        return listing, exchange.payload_out
 
     def _report(self, paths: TaskPaths, record: dict[str, Any],
                 offsets: dict[str, int] | None) -> dict[str, Any]:

@@ -39,7 +39,6 @@ ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SKIP_DIRS = {".ipynb_checkpoints", "__pycache__"}
-LAUNCH_ATTEMPTS = 3  # a kernel that dies at launch (a port taken meanwhile) is launched anew
 # Files that record when they were written (PDF, PostScript, SVG by matplotlib) would differ
 # between L and a target that runs a second later, while L and C, running together, agree:
 # with this, tools that honour it write one fixed date in every kernel.
@@ -109,18 +108,11 @@ class Kernel:
         return self.thread.submit(fn, *args)
 
     def start(self, timeout: float = 120) -> dict[str, tuple[str, str]]:
-        for attempt in range(LAUNCH_ATTEMPTS):
-            try:
-                self._launch(timeout)
-                break
-            except RuntimeError as exc:
-                # jupyter_client picks free ports by binding and releasing them, so kernels
-                # launched at once (a notebook's five) may pick the same one: the loser dies
-                # before it answers. A new launch picks new ports.
-                if "died" not in str(exc) or attempt == LAUNCH_ATTEMPTS - 1:
-                    said = (self.root / "kernel.log").read_text(errors="replace")[-600:]
-                    raise RuntimeError(f"{exc}; the kernel said: {said or 'nothing'}") from exc
-                self._stop_launch()
+        try:
+            self._launch(timeout)
+        except RuntimeError as exc:
+            said = (self.root / "kernel.log").read_text(errors="replace")[-600:]
+            raise RuntimeError(f"{exc}; the kernel said: {said or 'nothing'}") from exc
         if self.role in TARGETS:
             loaded = self.execute("%load_ext remote_magic", timeout, store_history=False)
             if loaded.ename:
@@ -133,25 +125,15 @@ class Kernel:
                 **scan_files(self.cwd, self.file_hashes)}
 
     def _launch(self, timeout: float) -> None:
-        from jupyter_client.manager import KernelManager
+        from helpers.kernel import kernel_manager
 
-        self.manager = KernelManager(kernel_name="python3")
+        self.manager = kernel_manager()
         self.log = open(self.root / "kernel.log", "ab")  # closed at shutdown
         self.manager.start_kernel(env=self.env, cwd=str(self.cwd), stdout=self.log,
                                   stderr=subprocess.STDOUT)
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=timeout)
-
-    def _stop_launch(self) -> None:
-        """Undo a launch that failed, keeping this session's thread for the next one."""
-        if self.client is not None:
-            self.client.stop_channels()
-        if self.manager is not None and self.manager.has_kernel:
-            self.manager.shutdown_kernel(now=True)
-        if self.log is not None:
-            self.log.close()
-        self.client = self.manager = self.log = None
 
     _module = f"__import__('sys').modules[{FINGERPRINT_MODULE!r}]"
 

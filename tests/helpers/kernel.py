@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ast
+import atexit
+import itertools
 import os
 import queue
+import shutil
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +19,24 @@ from jupyter_client.manager import KernelManager
 
 # The kernel's Client, as an expression to evaluate in the kernel.
 CLIENT = "__import__('remote_magic.client.core', fromlist=['_']).get_client()"
+
+_ipc_dir: str | None = None
+_ipc_names = itertools.count()
+_ipc_lock = threading.Lock()
+
+
+def kernel_manager() -> KernelManager:
+    """A manager whose kernel talks over Unix sockets. Over TCP, jupyter_client picks ports by
+    binding and releasing them, so a port can be taken again before the kernel binds it (other
+    kernels, the sshd fixtures): the kernel then hangs or dies. Socket files cannot collide;
+    their folder is short (a socket path has ~100 bytes at most) and ends with this process."""
+    global _ipc_dir
+    with _ipc_lock:
+        if _ipc_dir is None:
+            _ipc_dir = tempfile.mkdtemp(prefix="rm-ipc-")
+            atexit.register(shutil.rmtree, _ipc_dir, True)
+        prefix = os.path.join(_ipc_dir, f"k{next(_ipc_names)}")
+    return KernelManager(kernel_name="python3", transport="ipc", ip=prefix)
 
 
 @dataclass
@@ -58,7 +81,7 @@ class Kernel:
 
     def __init__(self, env: dict[str, str], cwd: str) -> None:
         self.env, self.cwd = env, cwd
-        self.manager = KernelManager(kernel_name="python3")
+        self.manager = kernel_manager()
         self.manager.start_kernel(env=env, cwd=cwd)
         self._connect()
 

@@ -114,6 +114,23 @@ def test_the_end_of_a_task_comes_with_its_final_status(agent: Any) -> None:
     assert event["status"]["state"] == "completed" and event["status"]["stdout"] == "bye\n"
 
 
+def test_a_poll_that_finds_the_end_carries_the_small_result_files(agent: Any) -> None:
+    """Whichever reaches the kernel first, the agent's event or the kernel's poll, brings the
+    small result files along with the end: the kernel never has to ask for them."""
+    stage(agent, "out = 'x' * 100", inputs={})
+    agent.request("start", task=TASK)
+    wait_state(agent, TASK, {"completed"})  # polled without push: the event carries nothing
+    answers, payload = agent.call("status", {"tasks": {TASK: None}, "push": True})
+    answer = answers[TASK]
+    assert answer["state"] == "completed"
+    assert {entry["name"] for entry in answer["files"]} >= {
+        TaskPaths(".").state.name, TaskPaths(".").outputs.name}
+    sizes = sum(entry["size"] for entry in answer["files"])
+    assert answer["payload_from"] == 0 and len(payload) == sizes > 0
+    without, nothing = agent.call("status", {"tasks": {TASK: None}})
+    assert "files" not in without[TASK] and nothing == b""
+
+
 def test_a_run_that_replaces_an_ended_one_waits_for_its_supervisor(agent: Any) -> None:
     """The kernel hears of an end from the runner, before the supervisor's last writes: the
     same task staged again at once must not be written into by that supervisor."""
