@@ -1,8 +1,10 @@
 """MkDocs hooks: the site's pages take their text from the README (one source, not two
-copies that drift apart) and the hosts-file reference from the loader's own definitions."""
+copies that drift apart), the hosts-file reference from the loader's own definitions, and the
+magics' reference from their own argument parsers (what `%remote?` shows)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,15 @@ from typing import Any
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = re.compile(r"<!-- readme: (.+?) -->")
 REFERENCE = "<!-- hosts-reference -->"
+MAGICS = "<!-- magics-reference -->"
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
     markdown = SECTION.sub(lambda m: readme_section(m.group(1)), markdown)
     if REFERENCE in markdown:
         markdown = markdown.replace(REFERENCE, hosts_reference())
+    if MAGICS in markdown:
+        markdown = markdown.replace(MAGICS, magics_reference())
     return markdown
 
 
@@ -42,6 +47,28 @@ def hosts_reference() -> str:
     for key, part in resources.items():
         rows.append(f"| `{key}` | {_kind(part['anyOf'][0])} | {part['description']} |")
     return "\n".join(rows)
+
+
+def magics_reference() -> str:
+    """Each magic's usage and options, as its parser prints them, 88 columns wide whatever
+    the terminal that builds the site."""
+    from remote_magic.notebook.magics import RemoteMagics
+
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"
+    try:
+        parts = []
+        for kind, prefix in (("cell", "%%"), ("line", "%")):
+            for name, method in RemoteMagics.magics[kind].items():
+                usage = getattr(RemoteMagics, method).parser.format_help()
+                usage = usage.removeprefix("::\n").strip("\n")
+                parts.append(f"### `{prefix}{name}`\n\n```text\n{usage}\n```\n")
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+    return "\n".join(parts)
 
 
 def _kind(fragment: dict[str, Any]) -> str:

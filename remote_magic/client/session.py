@@ -122,7 +122,11 @@ class HostSession:
         return self._info
 
     def request(self, op: str, **args: Any) -> Any:
-        return self.agent().request(op, **args)
+        return self.call(op, **args)[0]
+
+    def call(self, op: str, **args: Any) -> tuple[Any, bytes]:
+        """A request whose answer comes with bytes (result files pushed with a status)."""
+        return self.agent().call(op, args)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if "files" in event:  # the result files, pushed because this host's are copied here
@@ -232,8 +236,8 @@ class HostSession:
         if query:  # a host whose results are copied here gets them pushed with the end
             poll = {"scheduler_poll": self.host.scheduler_poll} \
                 if self.host.scheduler_poll is not None else {}
-            answers, payload = self.agent().call(
-                "status", {"tasks": query, "push": not self.host.is_local, **poll})
+            answers, payload = self.call("status", tasks=query, push=not self.host.is_local,
+                                         **poll)
             self.polls += 1
             for task_id, status in answers.items():
                 if "files" in status:  # ended, with its small result files (see _on_event)

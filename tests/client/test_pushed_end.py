@@ -29,11 +29,11 @@ def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                           TaskStore(tmp_path / "s.sqlite"))
     session.asked = []
 
-    def request(op: str, **args: Any) -> Any:
+    def call(op: str, **args: Any) -> Any:
         session.asked.append(args["tasks"])
-        return {task: final("from a request\n") for task in args["tasks"]}
+        return {task: final("from a request\n") for task in args["tasks"]}, b""
 
-    monkeypatch.setattr(session, "request", request)
+    monkeypatch.setattr(session, "call", call)
     return session
 
 
@@ -64,3 +64,18 @@ def test_an_end_pushed_from_elsewhere_is_asked_for_again(session: Any) -> None:
     assert watch.updates.get_nowait().stdout == "from a request\n"
     session.poll({})
     assert len(session.asked) == 1  # the pushed status was not kept for later
+
+
+def test_an_end_met_by_a_poll_keeps_the_result_files_it_came_with(
+        session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent answers a poll that finds a task ended with its small result files (after
+    those of other tasks in the same reply): they are kept for loading, not asked for."""
+    kept: dict[str, Any] = {}
+    monkeypatch.setattr(session.transport, "keep_results",
+                        lambda task, listing, payload: kept.update({task: (listing, payload)}))
+    files = [{"name": "state.json", "size": 2, "inline": True},
+             {"name": "outputs.pkl", "size": 3, "inline": True}]
+    monkeypatch.setattr(session, "call", lambda op, **args: (
+        {TASK: {**final(""), "files": files, "payload_from": 4}}, b"elseabxyz"))
+    session.poll({TASK: watched(session)})
+    assert kept == {TASK: (files, b"abxyz")}
