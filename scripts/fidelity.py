@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. 'proj/*'), or a path to a .ipynb; repeatable; default all")
     parser.add_argument("--cells", type=int, default=None, metavar="N",
                         help="run only the first N code cells of each notebook")
-    parser.add_argument("--ssh", action="store_true", help="also run S: %%%%remote -q hpc over "
-                        "SSH to a private sshd on loopback")
-    parser.add_argument("--ssh-only", action="store_true", help="run S but not R")
+    parser.add_argument("--ssh", action="store_true", help="also run S and O: %%%%remote -q hpc "
+                        "over SSH to a private sshd on loopback, through paramiko (S) and "
+                        "OpenSSH (O)")
+    parser.add_argument("--ssh-only", action="store_true", help="run S and O but not R")
     parser.add_argument("--ssh-subset", action="store_true",
-                        help="R on every notebook, S too on the SSH subset (as the tests)")
+                        help="R on every notebook, S and O too on the SSH subset (as the "
+                        "tests)")
     parser.add_argument("--subset", action="store_true",
                         help=f"only the SSH subset (>= {SSH_SUBSET_CELLS} code cells)")
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
@@ -57,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("no notebooks matched", file=sys.stderr)
         return 2
-    fixed = ("S",) if args.ssh_only else ("R", "S") if args.ssh else ("R",)
+    fixed = ("S", "O") if args.ssh_only else ("R", "S", "O") if args.ssh else ("R",)
     subset = set(ssh_subset(paths)) if args.ssh_subset else set()
 
     def targets(path: Path) -> tuple[str, ...]:
-        return ("R", "S") if path in subset else fixed
+        return ("R", "S", "O") if path in subset else fixed
 
     print(f"running {len(paths)} notebook(s), targets {', '.join(fixed)}"
-          + (f", S too on {len(subset)}" if subset else ""), file=sys.stderr)
+          + (f", S and O too on {len(subset)}" if subset else ""), file=sys.stderr)
 
     def progress(report: NotebookReport) -> None:
         figures = "; ".join(f"{t}: {format_counts(report.counts(t))}"

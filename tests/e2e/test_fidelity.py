@@ -42,7 +42,7 @@ def corpus() -> tuple[list[NotebookReport], float]:
         pytest.skip(f"no notebooks in {CORPUS}")
     subset = set(ssh_subset(paths))
     started = time.monotonic()
-    reports = run_many(paths, lambda p: ("R", "S") if p in subset else ("R",),
+    reports = run_many(paths, lambda p: ("R", "S", "O") if p in subset else ("R",),
                        timeout=CELL_TIMEOUT)
     mark_accepted(reports, load_known())
     return reports, time.monotonic() - started
@@ -73,11 +73,15 @@ def test_the_corpus_runs_the_same_through_remote_on_localhost(corpus: Any) -> No
 
 
 @pytest.mark.timeout(1500)
-def test_a_corpus_subset_runs_the_same_through_remote_over_ssh(corpus: Any) -> None:
+@pytest.mark.parametrize("target, report", [("S", "fidelity-report-ssh.txt"),
+                                            ("O", "fidelity-report-openssh.txt")])
+def test_a_corpus_subset_runs_the_same_through_remote_over_ssh(corpus: Any, target: str,
+                                                               report: str) -> None:
+    """Over each transport: S through paramiko, O through the system's OpenSSH."""
     reports, _ = corpus
-    assert sum(r.counts("S")["counted"] for r in reports if "S" in r.targets) >= \
+    assert sum(r.counts(target)["counted"] for r in reports if target in r.targets) >= \
         SSH_SUBSET_CELLS
-    report_and_check(corpus, "S", "fidelity-report-ssh.txt")
+    report_and_check(corpus, target, report)
 
 
 # -- the harness itself, through real kernels -------------------------------------------------

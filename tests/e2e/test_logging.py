@@ -5,6 +5,7 @@ used) nor the user's data; `remote-magic --debug` shows them on stderr."""
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def _all_text(caplog: pytest.LogCaptureFixture) -> str:
 
 
 def test_a_key_login_and_requests_are_logged_without_the_key_or_the_data(
-        home: Path, sshd: Any, caplog: pytest.LogCaptureFixture) -> None:
+        home: Path, sshd: Any, caplog: pytest.LogCaptureFixture, ssh_transport: str) -> None:
     with open(home / "hosts.yaml", "a") as f:
         f.write(ssh_host(sshd, "hpc", home / "remote"))
     caplog.set_level(logging.DEBUG, logger="remote_magic")
@@ -39,8 +40,11 @@ def test_a_key_login_and_requests_are_logged_without_the_key_or_the_data(
     finally:
         client.close()
     text = _all_text(caplog)
-    assert f"connecting to {sshd.user}@{sshd.host}:{sshd.port}" in text
-    assert "host key accepted" in text and "logged in by publickey" in text
+    if ssh_transport == "paramiko":
+        assert f"connecting to {sshd.user}@{sshd.host}:{sshd.port}" in text
+        assert "host key accepted" in text and "logged in by publickey" in text
+    else:  # the ssh command line that opens the master (the key file's name, not the key)
+        assert f"opening an OpenSSH master: {shutil.which('ssh')} -p {sshd.port}" in text
     assert "request" in text and " stage " in text and "answer" in text
     key_body = "".join(Path(sshd.key_path).read_text().splitlines()[1:-1])
     for secret in (key_body[:40], key_body[-40:], SECRET_DATA):

@@ -1,6 +1,7 @@
 """The differential fidelity harness: run a notebook's cells side by side in a local kernel (L),
 a local control kernel (C) and kernels that send every cell through ``%%remote`` (R on
-localhost, S over SSH), and report every way the remote kernels end up unlike the local one.
+localhost, S over SSH through paramiko, O through OpenSSH), and report every way the remote
+kernels end up unlike the local one.
 
 ``run`` drives a run over notebooks of the ``corpus``, read into ``cells``; ``kernels`` drives
 each kernel and snapshots its state with ``fingerprint`` (which runs inside the kernel);

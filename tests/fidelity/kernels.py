@@ -33,8 +33,11 @@ from .text import clip
 
 FINGERPRINT = Path(__file__).resolve().parent / "fingerprint.py"
 FINGERPRINT_MODULE = "_fidelity_fingerprint"
-TARGETS = {"R": "%%remote\n", "S": "%%remote -q hpc\n"}  # role: the line before each cell
-TARGET_NAMES = {"R": "%%remote on localhost", "S": "%%remote -q hpc over SSH"}
+# role: the line before each cell
+TARGETS = {"R": "%%remote\n", "S": "%%remote -q hpc\n", "O": "%%remote -q hpc\n"}
+TARGET_NAMES = {"R": "%%remote on localhost", "S": "%%remote -q hpc over SSH (paramiko)",
+                "O": "%%remote -q hpc over SSH (OpenSSH)"}
+SSH_TARGETS = {"S": "paramiko", "O": "openssh"}  # role: the transport of its host `hpc`
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -81,8 +84,8 @@ class Kernel:
         shutil.copytree(notebook_dir, self.cwd, ignore=shutil.ignore_patterns(
             ".ipynb_checkpoints", "__pycache__"))
         hosts = f"hosts:\n  localhost:\n    workdir: {root / 'work'}\n"
-        if role == "S":
-            hosts += ssh_host_yaml(ssh, "hpc", root / "remote")
+        if role in SSH_TARGETS:
+            hosts += ssh_host_yaml(ssh, "hpc", root / "remote", SSH_TARGETS[role])
             hosts += (f"    setup: export PYTHONHASHSEED={hash_seed} "
                       f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}\n")
         (root / "hosts.yaml").write_text(hosts)
@@ -244,11 +247,11 @@ class Kernel:
             self.thread.shutdown(wait=False)
 
 
-def ssh_host_yaml(server: Any, name: str, workdir: Path) -> str:
+def ssh_host_yaml(server: Any, name: str, workdir: Path, transport: str = "paramiko") -> str:
     """A hosts-file entry reaching `server` by key, without a `paths` mapping: files travel."""
     settings = {"address": f"{server.user}@{server.host}", "port": server.port,
                 "identity_file": server.key_path, "known_hosts": server.known_hosts,
-                "python": sys.executable, "workdir": workdir}
+                "python": sys.executable, "workdir": workdir, "transport": transport}
     return f"  {name}:\n" + "".join(f"    {k}: {v}\n" for k, v in settings.items())
 
 

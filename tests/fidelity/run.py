@@ -16,7 +16,7 @@ from typing import Any
 from .cells import read_cells
 from .compare import CellReport, NotebookReport, cell_chain, compare_cell, equal_on
 from .corpus import cost, notebook_name
-from .kernels import TARGETS, Kernel
+from .kernels import SSH_TARGETS, TARGETS, Kernel
 from .locate import annotate
 from .reads import Reads
 
@@ -114,7 +114,7 @@ def run_many(paths: list[Path], targets: Iterable[str] | Callable[[Path], tuple[
     ssh, tmp = None, Path(tempfile.mkdtemp(prefix="fidelity-"))
     lock = threading.Lock()
     try:
-        if any("S" in chosen(path) for path in paths):
+        if any(SSH_TARGETS.keys() & set(chosen(path)) for path in paths):
             from remote_magic.testing.sshd import start_sshd
 
             ssh = start_sshd(tmp / "sshd")
