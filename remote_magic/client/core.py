@@ -25,7 +25,7 @@ from . import allocations
 from .files import limit_bytes, plan_return
 from .prepare import PreparedTask, commit
 from .results import TaskResult, load_result
-from .session import FOLLOW_TICK, HostSession, Update, Watch
+from .session import FOLLOW_TICK, HostSession, PollDefaults, Update, Watch
 from .store import TaskRecord, TaskStore
 from .sweeping import SweepMethods
 from .transport import SharedConnections
@@ -49,6 +49,8 @@ class Client(SweepMethods):
         self._refresh_at: dict[str, float] = {}  # per host: when its slots may be re-checked
         self._starting: set[str] = set()  # accepted, not yet started: identical ones attach
         self._connections = SharedConnections()  # a host and its allocations: one login
+        # the kernel's poll intervals, for hosts that set none (RemoteMagics' traits)
+        self.poll_defaults = PollDefaults()
 
     # ------------------------------------------------------------ configuration
 
@@ -87,8 +89,8 @@ class Client(SweepMethods):
             current.close()
             current = None
         if current is None:
-            current = self._sessions[config.name] = HostSession(config, self.store,
-                                                                self._connections)
+            current = self._sessions[config.name] = HostSession(
+                config, self.store, self._connections, self.poll_defaults)
             if config.max_running:
                 current.dispatcher = self._dispatch
         return current

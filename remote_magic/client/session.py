@@ -32,6 +32,16 @@ QUEUED_POLL = 5.0  # batch jobs that all wait in the queue: polls slow down to t
 
 
 @dataclass
+class PollDefaults:
+    """The kernel's own `status_interval` and `scheduler_poll` (seconds), for the hosts whose
+    entry sets none: `%config RemoteMagics.status_interval = 30` reaches every session at its
+    next poll, without reconnecting."""
+
+    status_interval: float | None = None
+    scheduler_poll: float | None = None
+
+
+@dataclass
 class Update:
     """What changed for one task since the previous poll."""
 
@@ -80,9 +90,11 @@ class Watch:
 
 class HostSession:
     def __init__(self, host: HostConfig, store: TaskStore,
-                 shared: SharedConnections | None = None) -> None:
+                 shared: SharedConnections | None = None,
+                 defaults: PollDefaults | None = None) -> None:
         self.host = host
         self.store = store
+        self.defaults = defaults or PollDefaults()
         self.transport = open_transport(host, self._on_event, shared)
         self._watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
@@ -138,6 +150,17 @@ class HostSession:
                 else:
                     self._asked_now.add(event["task"])
         self._wake.set()
+
+    @property
+    def status_interval(self) -> float | None:
+        """The least time between background polls: the host's, else the kernel's."""
+        own = self.host.status_interval
+        return own if own is not None else self.defaults.status_interval
+
+    @property
+    def scheduler_poll(self) -> float | None:
+        own = self.host.scheduler_poll
+        return own if own is not None else self.defaults.scheduler_poll
 
     # ------------------------------------------------------------ watching
 
@@ -207,7 +230,7 @@ class HostSession:
                 if everything:
                     batch = self.host.scheduler != "process"
                     backoff = next_poll(backoff, watches.values(), batch=batch)
-                    due = time.monotonic() + max(backoff, self.host.status_interval or 0.0)
+                    due = time.monotonic() + max(backoff, self.status_interval or 0.0)
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
 
@@ -234,8 +257,8 @@ class HostSession:
             elif not everything:  # read from elsewhere: ask about it now
                 query[task_id] = dict(watch.offsets) if watch.wants_output else None
         if query:  # a host whose results are copied here gets them pushed with the end
-            poll = {"scheduler_poll": self.host.scheduler_poll} \
-                if self.host.scheduler_poll is not None else {}
+            poll = {"scheduler_poll": self.scheduler_poll} \
+                if self.scheduler_poll is not None else {}
             answers, payload = self.call("status", tasks=query, push=not self.host.is_local,
                                          **poll)
             self.polls += 1

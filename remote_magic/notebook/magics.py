@@ -87,14 +87,33 @@ class RemoteMagics(Magics):
         RECENT_HOURS, min=0,
         help="How recently (hours) such a task must have finished.").tag(config=True)
 
+    status_interval = Float(
+        None, allow_none=True, min=1.0, max=3600.0,
+        help="The least time (seconds) between this kernel's background status requests to "
+             "a host whose hosts-file entry sets no 'status_interval' (None: as often as "
+             "useful, 0.1-5 s).").tag(config=True)
+    scheduler_poll = Float(
+        None, allow_none=True, min=1.0, max=3600.0,
+        help="The least time (seconds) between queries of a host's scheduler, shared by all "
+             "of your kernels on that host, where its hosts-file entry sets no "
+             "'scheduler_poll' (None: 1 s).").tag(config=True)
+
     @observe("display")
     def _display_changed(self, change: dict[str, Any]) -> None:
         widgets.DISPLAY = change["new"]
+
+    @observe("status_interval", "scheduler_poll")
+    def _poll_changed(self, change: dict[str, Any]) -> None:
+        client = getattr(self, "client", None)  # none yet while the config is loaded
+        if client is not None:
+            setattr(client.poll_defaults, change["name"], change["new"])
 
     def __init__(self, shell: Any, client: Client | None = None) -> None:
         super().__init__(shell)
         widgets.DISPLAY = self.display
         self.client = client or get_client()
+        self.client.poll_defaults.status_interval = self.status_interval
+        self.client.poll_defaults.scheduler_poll = self.scheduler_poll
         # --nowait tasks whose results are due here, with the objects they were sent
         self.pending: dict[str, tuple[TaskRecord, dict[str, Any]]] = {}
         self.views: dict[str, TaskView] = {}  # live views of tasks followed in the background

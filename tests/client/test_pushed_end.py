@@ -79,3 +79,18 @@ def test_an_end_met_by_a_poll_keeps_the_result_files_it_came_with(
         {TASK: {**final(""), "files": files, "payload_from": 4}}, b"elseabxyz"))
     session.poll({TASK: watched(session)})
     assert kept == {TASK: (files, b"abxyz")}
+
+
+def test_a_hosts_own_poll_intervals_win_over_the_kernels(tmp_path: Path) -> None:
+    from remote_magic.client.session import PollDefaults
+
+    defaults = PollDefaults(status_interval=30.0, scheduler_poll=60.0)
+    plain = HostSession(HostConfig(name="a", workdir=str(tmp_path / "a")),
+                        TaskStore(tmp_path / "s.sqlite"), defaults=defaults)
+    own = HostSession(HostConfig(name="b", workdir=str(tmp_path / "b"), status_interval=5.0,
+                                 scheduler_poll=10.0), TaskStore(tmp_path / "s.sqlite"),
+                      defaults=defaults)
+    assert (plain.status_interval, plain.scheduler_poll) == (30.0, 60.0)
+    assert (own.status_interval, own.scheduler_poll) == (5.0, 10.0)
+    defaults.status_interval = None  # %config RemoteMagics.status_interval = None
+    assert plain.status_interval is None
