@@ -93,6 +93,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     functions = [metafunc.function] + [d.func for ds in fixtures.values() for d in ds]
     if any("ssh_host(" in _source(f) for f in functions):
         metafunc.parametrize("ssh_transport", TRANSPORTS, indirect=True, scope="module")
+    for definitions in fixtures.values():
+        for fixture in definitions:
+            # one made once for the module would serve both transports' runs with the first's
+            if fixture.scope != "function" and "ssh_host(" in _source(fixture.func) and \
+                    "ssh_transport" not in fixture.argnames:
+                raise pytest.UsageError(
+                    f"fixture {fixture.argname} ({metafunc.module.__name__}) makes an SSH host "
+                    f"for the {fixture.scope}: give it the ssh_transport argument")
 
 
 # -- markers: what a test needs, so that a part of the suite can run alone -------------------

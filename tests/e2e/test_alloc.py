@@ -26,7 +26,8 @@ LONG = "import time\ntime.sleep(300)"
 
 
 @pytest.fixture(scope="module")
-def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any) -> Iterator[Kernel]:
+def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any,
+        ssh_transport: str) -> Iterator[Kernel]:
     """A kernel whose host `hpc` is the sshd in front of SLURM. An allocation with a one-minute
     walltime (`short`) is started first, with a cell that outlives it, so that its end comes
     while the other tests run (SLURM enforces a walltime 60-90 s late)."""

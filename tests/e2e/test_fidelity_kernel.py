@@ -184,7 +184,8 @@ def test_on_this_machine_the_cell_runs_in_the_notebooks_folder(nb: Kernel) -> No
 
 
 @pytest.fixture(scope="module")
-def far(tmp_path_factory: pytest.TempPathFactory, sshd: Any) -> Iterator[Kernel]:
+def far(tmp_path_factory: pytest.TempPathFactory, sshd: Any,
+        ssh_transport: str) -> Iterator[Kernel]:
     """A host that does not see the notebook's folder (no paths: mapping)."""
     root = tmp_path_factory.mktemp("far")
     kernel = start_kernel(root, ssh_host(sshd, "far", root / "remote", auto_files="1M"),

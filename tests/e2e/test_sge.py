@@ -28,7 +28,8 @@ def sge() -> Any:
 
 
 @pytest.fixture(scope="module")
-def gridssh(tmp_path_factory: pytest.TempPathFactory, sshd: Any, sge: Any) -> Any:
+def gridssh(tmp_path_factory: pytest.TempPathFactory, sshd: Any, sge: Any,
+            ssh_transport: str) -> Any:
     """A kernel whose host `gridssh` is the sshd in front of the Grid Engine cell."""
     root = tmp_path_factory.mktemp("sge")
     kernel = start_kernel(root, ssh_host(sshd, "gridssh", root / "remote", scheduler="sge"))

@@ -36,7 +36,8 @@ exit "$code"
 
 
 @pytest.fixture(scope="module")
-def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any) -> Any:
+def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any,
+        ssh_transport: str) -> Any:
     """A kernel whose hosts `hpc` (a default walltime) and `templated` (a job script template
     file) are the sshd in front of the SLURM cluster."""
     root = tmp_path_factory.mktemp("slurm")

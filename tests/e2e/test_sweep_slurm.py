@@ -20,7 +20,8 @@ def cell(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any) -> Any:
+def hpc(tmp_path_factory: pytest.TempPathFactory, sshd: Any, slurm: Any,
+        ssh_transport: str) -> Any:
     root = tmp_path_factory.mktemp("sweep-slurm")
     kernel = start_kernel(root, ssh_host(sshd, "hpc", root / "remote", scheduler="slurm",
                                          max_running=3, resources="{walltime: '0:10:00'}"))

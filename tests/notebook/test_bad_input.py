@@ -26,7 +26,8 @@ from remote_magic.client.store import TaskStore
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory: pytest.TempPathFactory, sshd: Any) -> Iterator[Kernel]:
+def bad(tmp_path_factory: pytest.TempPathFactory, sshd: Any,
+        ssh_transport: str) -> Iterator[Kernel]:
     """A kernel working in `root/project`, with a host over SSH that does not see that folder
     (so files travel), and two batch hosts that must refuse before anything is sent."""
     root = tmp_path_factory.mktemp("bad-input")
