@@ -52,11 +52,14 @@ class RemoteFuture(Future):  # type: ignore[type-arg]
         return True
 
     def mark_running(self) -> None:
-        """The task runs on the host: the Future is running (unless cancelled or done)."""
-        try:
-            self.set_running_or_notify_cancel()
-        except RuntimeError:  # already running, or finished
-            pass
+        """The task runs on the host: the Future is running (unless cancelled or done).
+        `set_running_or_notify_cancel` is called once, while the Future is pending or newly
+        cancelled (its waiters then hear of the cancel): called again, it logs a CRITICAL
+        record that a user would see on stderr. Checked under the Future's own (reentrant)
+        lock, against its states' names (those of concurrent.futures)."""
+        with self._condition:
+            if self._state in ("PENDING", "CANCELLED"):
+                self.set_running_or_notify_cancel()
 
 
 class RemoteExecutor(Executor):

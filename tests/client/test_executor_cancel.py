@@ -8,6 +8,7 @@ import time
 from concurrent.futures import as_completed
 from pathlib import Path
 
+import pytest
 from helpers.waiting import wait_for
 
 from remote_magic import RemoteExecutor
@@ -60,3 +61,25 @@ def test_calls_cancelled_in_a_burst(home: Path) -> None:
                 assert record.state in (State.CANCELLED, State.COMPLETED), record
     finally:
         client.close()
+
+
+def test_a_future_marked_running_again_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """The session marks a call's Future running at each poll that finds its task running or
+    ended: concurrent.futures would log a CRITICAL record (shown on the user's stderr) for
+    every mark after the first. A cancelled one is marked once, so that `wait` hears of it."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from remote_magic.client.executor import RemoteFuture
+
+    running = RemoteFuture("a", lambda future: None)
+    for _ in range(3):
+        running.mark_running()
+    assert running.running()
+    running.set_result(1)
+    running.mark_running()
+    cancelled = RemoteFuture("b", lambda future: None)
+    assert cancelled.cancel()
+    cancelled.mark_running()
+    cancelled.mark_running()
+    assert wait([cancelled], timeout=1, return_when=FIRST_COMPLETED).done == {cancelled}
+    assert not [r for r in caplog.records if r.levelname == "CRITICAL"]
