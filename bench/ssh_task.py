@@ -5,7 +5,8 @@ Starts a private sshd (remote_magic.testing.sshd) and measures:
     `exec_command('true')` on an already open connection;
   * for each transport (paramiko, the default, and `transport: openssh`, the system's ssh
     over one master connection):
-    - the median time of a trivial `%%remote -q HOST --rerun` cell through a real kernel;
+    - the median time of a trivial `%%remote -q HOST --rerun` cell through a real kernel,
+      and of a trivial call through RemoteExecutor (submit, then result) in this process;
     - 20 trivial tasks submitted at once (RemoteExecutor), total time;
     - a 1 GiB numpy array to the host and back through a task, in MB/s, next to `scp` of
       the same bytes up and down, and the transport's raw upload/download of that file.
@@ -79,6 +80,7 @@ def through_tasks(kc, name: str, n: int, mib: int) -> dict[str, float]:
     client = Client()
     with RemoteExecutor(name, rerun=True, client=client) as pool:
         pool.submit(pow, 1, 1).result()
+        call = timed(lambda: pool.submit(pow, 2, 3).result(), n)
         start = time.perf_counter()
         futures = [pool.submit(pow, 2, i) for i in range(20)]
         [f.result() for f in futures]
@@ -92,7 +94,8 @@ def through_tasks(kc, name: str, n: int, mib: int) -> dict[str, float]:
         peak = rss("VmHWM")
         assert back.shape == array.shape and back[-1] == array[-1]
     client.close()
-    return {"cell": ms(per_task), "twenty": twenty * 1000, "array": array_time,
+    return {"cell": ms(per_task), "call": ms(call), "twenty": twenty * 1000,
+            "array": array_time,
             "memory": (peak - before) / array.nbytes}
 
 
@@ -209,6 +212,8 @@ def main() -> None:
               f"down {mb / scp_down:6.1f} MB/s")
         print(f"  %%remote --rerun, trivial cell          {f['cell']:7.1f} ms  "
               f"= {f['cell'] / exec_ms:.2f}x the exec round trip (target < 0.5x)")
+        print(f"  RemoteExecutor call, trivial             {f['call']:7.1f} ms  "
+              "(issue 12's target over SSH: <= 10 ms)")
         print(f"  20 trivial tasks submitted at once       {f['twenty']:7.1f} ms total")
         print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task: "
               f"{2 * mb / f['array']:6.1f} MB/s ({f['array']:.1f} s) = "
