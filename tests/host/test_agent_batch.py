@@ -91,8 +91,8 @@ def test_a_controller_that_does_not_answer_loses_no_job(agent: Agent, slurm: Any
     job_id = agent.op_submit(task, "slurm", {})["job_id"]
     wait_states(agent, [task], {"running"})
     monkeypatch.setattr(agent_batch, "LOST_GRACE", 0.0)
-    # Stopping slurmctld can take less than QUERY_INTERVAL: the answer must be a new query.
-    monkeypatch.setattr(agent_batch, "QUERY_INTERVAL", 0.0)
+    # Stopping slurmctld can take less than the query interval: the answer must be a new query.
+    agent.batch.interval = 0.0
     with slurm_daemon_stopped("slurmctld"):
         answer = agent.op_status({task: None})[task]
         assert answer["state"] == "running", answer
