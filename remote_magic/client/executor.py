@@ -190,7 +190,9 @@ class RemoteExecutor(Executor):
             self._client.kill([self._client.store.get(future.task_id)])
         except RemoteMagicError:
             pass
-        future.set_running_or_notify_cancel()  # wait() and as_completed() see it done now
+        # wait() and as_completed() see it done now (unless the session thread, hearing
+        # of the task meanwhile, told them already: a second notice would raise)
+        future.mark_running()
         self._forget(future)
 
     def _complete(self, future: Future[Any], record: TaskRecord) -> None:

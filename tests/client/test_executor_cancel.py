@@ -63,6 +63,24 @@ def test_calls_cancelled_in_a_burst(home: Path) -> None:
         client.close()
 
 
+def test_a_cancel_the_session_thread_heard_of_first_raises_nothing(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session thread can mark a just-cancelled Future (notifying its waiters) while
+    cancel() is still killing its task: cancel() then neither notifies again nor raises."""
+    from concurrent.futures import wait
+
+    from remote_magic.client.executor import RemoteFuture
+
+    client = Client()
+    pool = RemoteExecutor(client=client)
+    future = RemoteFuture("00112233445566778899", pool._cancelled)
+    monkeypatch.setattr(client.store, "get", lambda task_id: task_id)
+    monkeypatch.setattr(client, "kill", lambda records: future.mark_running())  # meanwhile
+    assert future.cancel() and future.cancelled()
+    assert wait([future], timeout=0).done == {future}
+    client.close()
+
+
 def test_a_future_marked_running_again_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """The session marks a call's Future running at each poll that finds its task running or
     ended: concurrent.futures would log a CRITICAL record (shown on the user's stderr) for
