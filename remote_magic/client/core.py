@@ -182,6 +182,7 @@ class Client(SweepMethods):
                     self.store.update(record.id, remote_dir=record.remote_dir)
                     return self.store.get(record.id)
                 if staged.started is not None:
+                    session.started(record.id, staged.started)
                     self._submitted(record, None)
                 elif self._slots(host) > 0:
                     self._launch(session, record)
@@ -263,7 +264,8 @@ class Client(SweepMethods):
         """Start a staged task: as a process, or as a job of the host's scheduler."""
         host = session.host
         if host.scheduler == "process":
-            session.request("start", task=record.id)
+            session.started(record.id, session.request("start", task=record.id,
+                                                       push=not host.is_local))
             job_id = None
         else:
             answer = session.request(

@@ -29,6 +29,7 @@ VIEW_POLL = 0.5  # while a live view shows a task in the background
 SLOW_POLL = 2.0  # at most this long between polls otherwise
 MAX_BACKOFF = 30.0
 QUEUED_POLL = 5.0  # batch jobs that all wait in the queue: polls slow down to this
+PUSHED_MAX = 1000  # ends pushed (or starts served) for tasks not watched yet, kept at most
 
 
 @dataclass
@@ -82,6 +83,9 @@ class Watch:
     on_final: list[Callable[[Update], None]] = field(default_factory=list)
     listeners: list[Callable[[Update], None]] = field(default_factory=list)  # every poll
     reason: str | None = None  # the last one stored: a waiting task's reason changes alone
+    # Not asked about before this time (monotonic): the agent follows the task from its start
+    # and tells its end, with all a poll would bring, so the first poll can wait.
+    quiet_until: float = 0.0
 
     @property
     def wants_output(self) -> bool:
@@ -107,6 +111,7 @@ class HostSession:
         # Tasks to ask about at the next poll even if the others are not due: new watches, and
         # tasks whose end was announced without their status.
         self._asked_now: set[str] = set()
+        self._served: set[str] = set()  # started here, followed by the agent from their start
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------ requests
@@ -140,6 +145,17 @@ class HostSession:
         """A request whose answer comes with bytes (result files pushed with a status)."""
         return self.agent().call(op, args)
 
+    def started(self, task_id: str, answer: dict[str, Any]) -> None:
+        """A task this session just started: if the agent follows it from its start
+        ("served"), its watch need not ask about it at once."""
+        if answer.get("served"):
+            with self._lock:
+                if task_id in self._watches:  # it waited for a slot: already followed
+                    return
+                self._served.add(task_id)
+                while len(self._served) > PUSHED_MAX:  # started, and never watched
+                    self._served.pop()
+
     def _on_event(self, event: dict[str, Any]) -> None:
         if "files" in event:  # the result files, pushed because this host's are copied here
             self.transport.keep_results(event["task"], event["files"], event.get("payload", b""))
@@ -147,6 +163,8 @@ class HostSession:
             with self._lock:
                 if "status" in event:
                     self._pushed[event["task"]] = (event.get("from"), event["status"])
+                    for task_id in list(self._pushed)[:max(0, len(self._pushed) - PUSHED_MAX)]:
+                        del self._pushed[task_id]  # the oldest of those never watched
                 else:
                     self._asked_now.add(event["task"])
         self._wake.set()
@@ -180,7 +198,11 @@ class HostSession:
                 watch.on_final.append(on_final)
             if listener is not None:
                 watch.listeners.append(listener)
-            self._asked_now.add(task_id)
+            if task_id in self._served:  # its end will come with its status: no poll now
+                self._served.discard(task_id)
+                watch.quiet_until = time.monotonic() + FAST_POLL
+            else:
+                self._asked_now.add(task_id)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"remote-session-{self.host.name}")
@@ -238,23 +260,22 @@ class HostSession:
         """One round trip for the watched tasks (all of them, or those asked about now); none
         for a task whose end the agent pushed with its final status, read from where this
         watch had read to."""
-        with self._lock:  # what concerns these tasks, or none the session watches
-            mine = {t for t in {*self._pushed, *self._asked_now}
-                    if t in watches or t not in self._watches}
-            pushed = {t: self._pushed.pop(t) for t in mine if t in self._pushed}
-            now = mine & self._asked_now
+        with self._lock:  # what concerns these tasks; an end pushed before its task was
+            # watched (it ended as it started) waits here for the watch
+            pushed = {t: self._pushed.pop(t) for t in watches if t in self._pushed}
+            now = {t for t in self._asked_now if t in watches or t not in self._watches}
             self._asked_now -= now
+        clock = time.monotonic()
         query = {w.task_id: (dict(w.offsets) if w.wants_output else None)
-                 for w in watches.values() if everything or w.task_id in now}
+                 for w in watches.values()
+                 if (everything and w.quiet_until <= clock) or w.task_id in now}
         statuses = {}
         for task_id, (start, status) in pushed.items():
-            watch = watches.get(task_id)
-            if watch is None:
-                continue
-            if start == (dict(watch.offsets) if watch.wants_output else None):
+            watch = watches[task_id]
+            if (start == dict(watch.offsets)) if watch.wants_output else True:
                 statuses[task_id] = status
                 query.pop(task_id, None)
-            elif not everything:  # read from elsewhere: ask about it now
+            else:  # read from elsewhere: ask about it now
                 query[task_id] = dict(watch.offsets) if watch.wants_output else None
         if query:  # a host whose results are copied here gets them pushed with the end
             poll = {"scheduler_poll": self.scheduler_poll} \

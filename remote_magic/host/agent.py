@@ -158,18 +158,24 @@ class Agent:
         return str(make_task_dir(self.paths(task).root).root)
 
     def op_stage(self, exchange: Exchange, task: str, files: list[dict[str, Any]],
-                 size: int = 0, commit: bool = False, start: bool = False) -> dict[str, Any]:
+                 size: int = 0, commit: bool = False, start: bool = False,
+                 push: bool | None = None) -> dict[str, Any]:
         """Stage a task (fileops); a whole small task that is committed in the same request may
         be started in it too (`start`, answered under "started" as `op_start` answers): its
         round trip is then the only one between the kernel and a running task."""
         answer = self.files.op_stage(exchange, task, files, size, commit)
         if start and commit:
-            answer["started"] = self.op_start(task)
+            answer["started"] = self.op_start(task, push)
         return answer
 
-    def op_start(self, task: str) -> dict[str, Any]:
+    def op_start(self, task: str, push: bool | None = None) -> dict[str, Any]:
         """Start a staged task; if another kernel started the identical task first, answer
-        with its state ("attached"), and the caller follows that run."""
+        with its state ("attached"), and the caller follows that run.
+
+        `push` (not None): the kernel follows the task from its start, as a status request
+        would have it (all its output from the beginning; the result files too if True), so
+        the end reaches it with all it needs and no status request has to come first. The
+        answer says so ("served")."""
         paths = self.paths(task)
         if not paths.spec.exists():
             raise FileNotFoundError(f"task {task} is not staged (no spec in {paths.root})")
@@ -180,14 +186,19 @@ class Agent:
         if found is not None:
             return {"pid": None, "attached": found}
         try:
+            answer: dict[str, Any] = {"pid": None}
             if self.allocation is not None:
                 served.start(paths, task)
-                return {"pid": None}
-            set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
-            return {"pid": self.launch(paths, task)}
+            else:
+                set_state(paths, State.SUBMITTED, launcher="process", host=self.hostname)
+                answer["pid"] = self.launch(paths, task)
         except BaseException:
             paths.claim.unlink(missing_ok=True)  # not started: a retry may claim it again
             raise
+        if push is not None:
+            self.served[task] = (dict.fromkeys(("stdout", "stderr", "events"), 0), bool(push))
+            answer["served"] = True
+        return answer
 
     def launch(self, paths: TaskPaths, task: str) -> int | None:
         """Start a task on this machine: in the ready warm runner, or cold (its supervisor's

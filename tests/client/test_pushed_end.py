@@ -4,6 +4,8 @@ when it starts where this watch had read to (and asks when it does not)."""
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,63 @@ def test_a_hosts_own_poll_intervals_win_over_the_kernels(tmp_path: Path) -> None
     assert (own.status_interval, own.scheduler_poll) == (5.0, 10.0)
     defaults.status_interval = None  # %config RemoteMagics.status_interval = None
     assert plain.status_interval is None
+
+
+def unthreaded(session: HostSession) -> HostSession:
+    """Polls made by hand only: the session's thread counts as running already."""
+    session._thread = threading.current_thread()
+    return session
+
+
+def test_a_task_the_agent_follows_from_its_start_is_not_asked_about_at_once(
+        session: Any) -> None:
+    """Started with its end to be pushed ("served"), a new watch makes no poll; a task that
+    ends within the quiet time costs no status request at all."""
+    unthreaded(session)
+    session.started(TASK, {"pid": None, "served": True})
+    watch = session.watch(TASK, live_output=True)
+    session.poll(dict(session._watches))
+    assert session.asked == []
+    session._on_event({"event": "finished", "task": TASK, "status": final("bye\n"),
+                       "from": {"stdout": 0, "stderr": 0, "events": 0}})
+    session.poll(dict(session._watches), everything=False)
+    assert session.asked == [] and watch.updates.get_nowait().stdout == "bye\n"
+    assert TASK not in session._watches
+
+
+def test_a_quiet_task_is_asked_about_once_its_quiet_time_is_over(session: Any) -> None:
+    """The agent may not tell the end (it restarted meanwhile): the regular polls take the
+    task up after the quiet time."""
+    unthreaded(session)
+    session.started(TASK, {"pid": None, "served": True})
+    watch = session.watch(TASK, live_output=True)
+    watch.quiet_until = time.monotonic() - 1
+    session.poll(dict(session._watches))
+    assert session.asked == [{TASK: {"stdout": 0, "stderr": 0, "events": 0}}]
+
+
+def test_an_end_pushed_before_its_watch_is_kept_for_it(session: Any) -> None:
+    """A task can end before the thread that started it watches it: the pushed end waits
+    (others' polls meanwhile do not drop it), and the watch takes it without a request."""
+    unthreaded(session)
+    session.started(TASK, {"pid": None, "served": True})
+    session._on_event({"event": "finished", "task": TASK, "status": final("bye\n"),
+                       "from": {"stdout": 0, "stderr": 0, "events": 0}})
+    other = Watch("99887766554433221100", live_output=False)
+    session.poll({other.task_id: other})
+    assert session.asked == [{other.task_id: None}]
+    ended: list[Any] = []
+    session.watch(TASK, on_final=ended.append)
+    session.poll(dict(session._watches), everything=False)
+    assert len(session.asked) == 1 and ended[0].final
+
+
+def test_ends_pushed_for_tasks_never_watched_are_kept_within_a_bound(session: Any) -> None:
+    from remote_magic.client.session import PUSHED_MAX
+
+    for i in range(PUSHED_MAX + 5):
+        session._on_event({"event": "finished", "task": f"{i:020d}", "status": final(""),
+                           "from": None})
+        session.started(f"{i:020d}", {"served": True})
+    assert len(session._pushed) == PUSHED_MAX and len(session._served) == PUSHED_MAX
+    assert f"{PUSHED_MAX + 4:020d}" in session._pushed and f"{0:020d}" not in session._pushed

@@ -548,6 +548,25 @@ def test_small_results_come_with_the_end_and_large_ones_are_asked_for(
         assert len(big) == 3_000_000 and "read" in asked[ended:]
 
 
+def test_a_short_task_costs_one_round_trip(hpc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staged and started in one request, followed by the agent from its start: a short
+    task's end comes with its status and results, and the kernel asks nothing else."""
+    from remote_magic.client.agent_client import AgentClient
+
+    asked: list[str] = []
+    call = AgentClient.call
+
+    def recording(self: AgentClient, op: str, *rest: Any, **options: Any) -> Any:
+        asked.append(op)
+        return call(self, op, *rest, **options)
+
+    with RemoteExecutor("hpc", rerun=True) as pool:
+        assert pool.submit(pow, 2, 3).result(timeout=60) == 8  # connected, runtime shipped
+        monkeypatch.setattr(AgentClient, "call", recording)
+        assert [pool.submit(pow, 2, n).result(timeout=60) for n in range(3)] == [1, 2, 4]
+    assert asked == ["stage"] * 3
+
+
 def test_proxy_command_from_ssh_config(home: Path, sshd: Any, bastion: Any,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """~/.ssh/config's ProxyCommand (here OpenSSH's own `ssh -W` through the bastion

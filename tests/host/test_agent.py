@@ -131,6 +131,25 @@ def test_a_poll_that_finds_the_end_carries_the_small_result_files(agent: Any) ->
     assert "files" not in without[TASK] and nothing == b""
 
 
+def test_a_task_started_for_a_kernel_that_follows_it_ends_with_all_a_poll_would_bring(
+        agent: Any) -> None:
+    """Started with `push`, a task is followed from its start: its end comes with its whole
+    output and its small result files though no status request came before it (the kernel
+    skips the poll it would make at once)."""
+    stage(agent, "print('hi')\nout = 'x' * 100")
+    assert agent.request("start", task=TASK, push=True)["served"] is True
+    assert wait_for(lambda: agent.events, 10)
+    event = agent.events[0]
+    assert event["from"] == {"stdout": 0, "stderr": 0, "events": 0}
+    assert event["status"]["state"] == "completed" and event["status"]["stdout"] == "hi\n"
+    assert TaskPaths(".").outputs.name in {entry["name"] for entry in event["files"]}
+    assert len(event["payload"]) == sum(entry["size"] for entry in event["files"])
+    stage(agent, "out = 1", task="fedcba9876543210")  # without push: the end alone
+    assert "served" not in agent.request("start", task="fedcba9876543210")
+    assert wait_for(lambda: len(agent.events) == 2, 10)
+    assert agent.events[1] == {"event": "finished", "task": "fedcba9876543210"}
+
+
 def test_a_run_that_replaces_an_ended_one_waits_for_its_supervisor(agent: Any) -> None:
     """The kernel hears of an end from the runner, before the supervisor's last writes: the
     same task staged again at once must not be written into by that supervisor."""

@@ -104,7 +104,7 @@ class LocalTransport:
             _, files, payload = inline_payload(source, names, INLINE_MAX)
             answer = agent.call("stage", {"task": valid_task_id(task_id), "files": files,
                                           "size": len(payload), "commit": True,
-                                          "start": start}, payload)[0]
+                                          "start": start, "push": False}, payload)[0]
             return Staged(answer["root"], answer.get("started"))
         # Hard links take no room: a disk without it is found out by the copies, if any.
         answer = agent.request("stage", task=valid_task_id(task_id), files=[])

@@ -475,7 +475,7 @@ class SSHTransport:
         whole = not outside and not streams and all(name in small for _, name in inside)
         answer = self.agent().call(
             "stage", {"task": valid_task_id(task_id), "files": files, "size": size,
-                      "commit": whole, "start": start and whole}, payload)[0]
+                      "commit": whole, "start": start and whole, "push": True}, payload)[0]
         if answer.get("existing") or whole:
             return Staged(answer["root"], answer.get("started"))
         staging = answer["staging"]
