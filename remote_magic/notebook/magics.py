@@ -283,9 +283,13 @@ class RemoteMagics(Magics):
     def _follow(self, record: TaskRecord, originals: dict[str, Any] | None) -> Any:
         view = task_view(record, self._canceller(record), waiting=True)
         stream = cell_stream(self._decoder(record, originals), after_clear=view.show)
+        ended = None
         try:
             for update in self.client.follow(record):
                 stream.feed(update)
+                if update.final and stream.incomplete:
+                    ended = update  # shown after the rest of the output, not amid a line
+                    continue
                 view.update(update)
         except KeyboardInterrupt:
             view.detached()
@@ -294,17 +298,22 @@ class RemoteMagics(Magics):
                   f"Load its results later with %remote_fetch {record.id}, or cancel it with "
                   f"%remote_kill {record.id} (or the Cancel button).")
             return None
-        return self._finish(self.client.store.get(record.id), view, originals, stream)
+        return self._finish(self.client.store.get(record.id), view, originals, stream,
+                            ended=ended)
 
     def _finish(self, record: TaskRecord, view: TaskView, originals: dict[str, Any] | None,
-                stream: OutputStream | None = None, notes: list[str] | None = None) -> Any:
+                stream: OutputStream | None = None, notes: list[str] | None = None,
+                ended: Update | None = None) -> Any:
         """Load results into the namespace and finish showing the task's output in this cell
-        (all of it, when nothing was streamed); raise if the task failed."""
+        (all of it, when nothing was streamed); raise if the task failed. `ended`: the
+        task's last update, held back while its output was still coming."""
         if stream is None or stream.incomplete:
             stream = stream or cell_stream(self._decoder(record, originals),
                                            after_clear=view.show)
             for update in self.client.output(record, stream.offsets):
                 stream.feed(update)
+        if ended is not None:
+            view.update(ended)
         result = self._load(record, originals, stream)
         view.loaded(result.changed, [*(notes or []), *_notes(result)])
         if stream.held:  # figures left open: after the cell's value, as inline shows them

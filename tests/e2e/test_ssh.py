@@ -349,6 +349,16 @@ def test_streams_displays_and_reuse_over_ssh(ssh_kernel: Kernel) -> None:
     assert ssh_kernel.value("stamp") != pid
 
 
+def test_a_short_cell_with_more_output_than_one_reply_carries(ssh_kernel: Kernel) -> None:
+    """A task that ends before any poll brings its output with its end, one reply's worth
+    (256 KiB a stream): the rest is read after it, all of it, in order."""
+    out = ssh_kernel.run("%%remote -q hpc --rerun\nfor i in range(40000):\n"
+                         "    print(f'line {i:06d}', 'x' * 30)")
+    assert out.ok
+    lines = [line for line in out.stdout.splitlines() if not line.startswith("task ")]
+    assert lines == [f"line {i:06d} {'x' * 30}" for i in range(40000)]
+
+
 @pytest.mark.parametrize("transport", ["paramiko", "openssh"])
 def test_keyboard_interactive_is_answered_through_the_input_prompt(tmp_path: Path,
                                                                    transport: str) -> None:
