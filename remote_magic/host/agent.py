@@ -161,8 +161,9 @@ class Agent:
                  size: int = 0, commit: bool = False, start: bool = False,
                  push: bool | None = None) -> dict[str, Any]:
         """Stage a task (fileops); a whole small task that is committed in the same request may
-        be started in it too (`start`, answered under "started" as `op_start` answers): its
-        round trip is then the only one between the kernel and a running task."""
+        be started in it too (`start`, answered under "started" as `op_start` answers, and
+        followed for the kernel with `push` as there): its round trip is then the only one
+        between the kernel and a running task, and for a short task the only one at all."""
         answer = self.files.op_stage(exchange, task, files, size, commit)
         if start and commit:
             answer["started"] = self.op_start(task, push)
