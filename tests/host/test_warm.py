@@ -170,10 +170,13 @@ def test_warm_process_and_ready_runner_end_with_the_agent_and_tasks_go_on(home: 
                             {}, client.host(), TaskOptions(nowait=True))
     record = client.submit(prepared).record
     agent = int(client.hello("localhost")["pid"])
-    assert wait_for(lambda: ready_pair(agent) is not None, 10)
-    warm, keeper, waiting = ready_pair(agent)  # type: ignore[misc]
     paths = TaskPaths(record.remote_dir)
     assert wait_for(lambda: read_state(paths)["state"] == "running", 10)
+    # the runner waiting once the task was taken (the one seen before may be the one that
+    # took it, renamed by then): the pair that is looked at is the pair that was found
+    found: list[tuple[int, int, int] | None] = []
+    assert wait_for(lambda: found.append(ready_pair(agent)) or found[-1] is not None, 10)
+    warm, keeper, waiting = found[-1]  # type: ignore[misc]
     client.close()
     assert wait_for(lambda: not any(comm(p) for p in (agent, warm, waiting)), 10)
     assert wait_for(lambda: read_state(paths)["state"] == "completed", 20)
