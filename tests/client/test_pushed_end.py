@@ -111,6 +111,8 @@ def test_a_task_the_agent_follows_from_its_start_is_not_asked_about_at_once(
     unthreaded(session)
     session.started(TASK, {"pid": None, "served": True})
     watch = session.watch(TASK, live_output=True)
+    assert TASK not in session._asked_now and watch.quiet_until > 0
+    watch.quiet_until = time.monotonic() + 60  # not ended here by a pause of a busy machine
     session.poll(dict(session._watches))
     assert session.asked == []
     session._on_event({"event": "finished", "task": TASK, "status": final("bye\n"),
