@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
+
+from ssh_task import settings  # the same host entry as bench/ssh_task.py
 
 from remote_magic import RemoteExecutor
 from remote_magic.client import core, executor, session
@@ -69,10 +70,7 @@ def main() -> None:
         root = Path(tmp)
         server = start_sshd(root / "sshd")
         try:
-            entry = {"address": f"{server.user}@{server.host}", "port": server.port,
-                     "identity_file": str(server.key_path),
-                     "known_hosts": str(server.known_hosts), "python": sys.executable,
-                     "workdir": str(root / "remote"), "transport": args.transport}
+            entry = settings(server, root, args.transport)
             (root / "hosts.yaml").write_text(
                 "hosts:\n  bench:\n" + "".join(f"    {k}: {v}\n" for k, v in entry.items()))
             os.environ.update(REMOTE_MAGIC_CONFIG=str(root / "hosts.yaml"),
