@@ -41,7 +41,7 @@ from typing import IO, Any
 
 from ...config.hosts import HostConfig
 from ...errors import AuthenticationError, HostKeyError, TransportError
-from ...wire.protocol import widen_pipe
+from ...wire.protocol import PIPE_SIZE, widen_pipe
 from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from .askpass import Askpass, Prompt, Unanswered
 from .connection import CONNECT_TIMEOUT, KEEPALIVE, Target
@@ -457,8 +457,8 @@ class ProcessChannel:
             ready, _, _ = select.select([self._out], [], [], self._timeout)
             if not ready:
                 raise socket.timeout("nothing received")
-        try:
-            return os.read(self._out, size)
+        try:  # a pipe holds at most PIPE_SIZE: a larger read would only allocate more
+            return os.read(self._out, min(size, PIPE_SIZE))
         except OSError:
             return b""
 
