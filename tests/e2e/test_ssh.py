@@ -119,6 +119,32 @@ def test_proxy_jump_through_one_and_two_bastions(home: Path, sshd: Any, bastion:
                 sshd.accepted_logins() - before[1]) == (through_bastion, through_target), name
 
 
+def test_a_large_file_crosses_a_jump_host_both_ways_intact(tmp_path: Path, sshd: Any,
+                                                           bastion: Any,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The hop's channel is read through HopSocket, which serves paramiko's small reads from
+    one big one: 64 MiB up and back (many windows' worth) must come back byte for byte."""
+    client_home = tmp_path / "client"
+    (client_home / ".ssh").mkdir(parents=True)
+    (client_home / ".ssh" / "config").write_text(bastion.ssh_config.read_text())
+    monkeypatch.setenv("HOME", str(client_home))
+    source = tmp_path / "big"
+    data = os.urandom(64 << 20)
+    source.write_bytes(data)
+    host = HostConfig(name="t", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
+                      identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
+                      python=sys.executable, workdir=str(tmp_path / "remote"),
+                      proxy_jump=bastion.alias)
+    transport = SSHTransport(host, lambda event: None)
+    try:
+        assert transport.upload(source, "big") == len(data)
+        transport.download("big", tmp_path / "back")
+    finally:
+        transport.close()
+    assert (tmp_path / "back").read_bytes() == data
+
+
 def test_each_hop_key_is_checked(home: Path, sshd: Any, bastion: Any,
                                  monkeypatch: pytest.MonkeyPatch, ssh_transport: str) -> None:
     """A hop with no ~/.ssh/config entry is checked against the host's known_hosts (paramiko;

@@ -305,10 +305,10 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
             hop = replace(hop, proxy_jump=",".join(before))
         jump = _connect(hop, prompt, [*chain, last])
         try:
-            sock: Any = jump.transport.open_channel(
+            sock: Any = HopSocket(jump.transport.open_channel(
                 "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
                 timeout=CONNECT_TIMEOUT, window_size=BULK_WINDOW,
-                max_packet_size=BULK_PACKET)
+                max_packet_size=BULK_PACKET))
         except (paramiko.SSHException, OSError) as exc:
             jump.close()
             raise TransportError(f"{target}: the jump host {jump.target} cannot reach it: "
@@ -358,6 +358,40 @@ def _connect(target: Target, prompt: Prompt, chain: list[str]) -> Connection:
             raise TransportError(f"{target}: SSH failed: {exc}{said}") from exc
         raise
     return Connection(target, transport, jump, methods, vouched, records.skipped)
+
+
+class HopSocket:
+    """A jump host's channel as the socket of the connection it carries.
+
+    paramiko reads its socket a packet header at a time, and a channel's `recv(n)` shifts
+    everything it still holds after each read: with the bulk window's 32 MiB waiting, a
+    download through the hop moved at a quarter of its speed. Here the channel is emptied
+    in one read, and the small reads are served from that."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self._held = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._held):
+            self._held, self._at = self.channel.recv(BULK_WINDOW), 0
+        piece = self._held[self._at:self._at + size]
+        self._at += len(piece)
+        return piece
+
+    def send(self, data: bytes) -> int:
+        return self.channel.send(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.channel.settimeout(timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    @property
+    def _closed(self) -> bool:  # paramiko's Transport looks at its socket's `_closed`
+        return self.channel.closed
 
 
 def _proxy_said(sock: Any) -> str:
