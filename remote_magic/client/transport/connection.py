@@ -32,6 +32,7 @@ import paramiko
 from ...config.hosts import HostConfig
 from ...errors import AuthenticationError, HostKeyError, TransportError
 from ...wire.tempnames import part_tag, temp_beside, temp_prefix
+from . import chunk_pipe
 from .known_hosts import Skipped, changed, key_algorithms, records_for, verify
 
 CONNECT_TIMEOUT = 15.0
@@ -177,6 +178,8 @@ class Connection:
             channel = self.transport.open_session(
                 timeout=CONNECT_TIMEOUT, window_size=BULK_WINDOW if bulk else None,
                 max_packet_size=BULK_PACKET if bulk else None)
+            if bulk:
+                chunk_pipe.install(channel)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.target}: cannot run a command: {exc}") from exc

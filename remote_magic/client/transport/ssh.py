@@ -34,7 +34,7 @@ from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, w
 from ...wire.tempnames import temp_prefix
 from ..agent_client import AgentClient
 from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
-from .connection import BULK_WINDOW, Connection, ask_in_main_thread, connect, target_for
+from .connection import Connection, ask_in_main_thread, connect, target_for
 from .oneshot import OneShotAgent
 from .openssh import (
     OpenSSHConnection,
@@ -702,7 +702,7 @@ class _SSHChannel:
             data, self._leftover = self._leftover, b""
             return data
         try:
-            return self._channel.recv(BULK_WINDOW)
+            return self._channel.recv(1 << 20)
         except (OSError, EOFError, paramiko.SSHException):
             return b""
 
