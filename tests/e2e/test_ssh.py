@@ -584,6 +584,32 @@ def test_small_results_come_with_the_end_and_large_ones_are_asked_for(
         assert len(big) == 3_000_000 and "read" in asked[ended:]
 
 
+def test_a_task_on_the_fast_path_is_recorded_as_one_off_it(hpc: Path) -> None:
+    """Inputs inside the staging request and results pushed with the end (a small call),
+    or inputs streamed and results asked for (a 9 MB one): how a task travels differs,
+    not what is kept. The store's records and the host's task directories say the same."""
+    client = Client()
+    try:
+        with RemoteExecutor("hpc", rerun=True, client=client) as pool:
+            small = pool.submit(str.upper, "x")
+            large = pool.submit(str.upper, "x" * 9_000_000)  # > STREAM_MIN and PUSH_MAX
+            assert small.result(timeout=60) == "X"
+            assert large.result(timeout=60) == "X" * 9_000_000
+            records = [client.store.get(f.task_id) for f in (small, large)]  # type: ignore
+    finally:
+        client.close()
+
+    def kept(record: Any) -> dict[str, Any]:
+        return {k: v is not None for k, v in vars(record).items()}
+
+    assert [r.state for r in records] == ["completed", "completed"]
+    assert kept(records[0]) == kept(records[1])
+    folders = [hpc / "tasks" / r.id for r in records]
+    names = [sorted(str(p.relative_to(f)) for p in f.rglob("*")) for f in folders]
+    assert names[0] == names[1]
+    assert [read_state(TaskPaths(f))["state"] for f in folders] == ["completed", "completed"]
+
+
 def test_a_short_task_costs_one_round_trip(hpc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Staged and started in one request, followed by the agent from its start: a short
     task's end comes with its status and results, and the kernel asks nothing else."""
