@@ -49,17 +49,23 @@ class FrameReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        """The messages `data` completes. Each payload is copied out of the buffer once (a
+        slice of a bytearray copies, and bytes() of it again), and the messages read are
+        dropped from the buffer in one step."""
         self._buf += data
         frames = []
-        while len(self._buf) >= _HEADER.size:
-            json_len, payload_len = _HEADER.unpack_from(self._buf)
-            if json_len > MAX_JSON:
-                raise ValueError("protocol error: oversized message header")
-            end = _HEADER.size + json_len + payload_len
-            if len(self._buf) < end:
-                break
-            body = bytes(self._buf[_HEADER.size:_HEADER.size + json_len])
-            payload = bytes(self._buf[_HEADER.size + json_len:end])
-            del self._buf[:end]
-            frames.append((json.loads(body), payload))
+        at = 0
+        with memoryview(self._buf) as view:
+            while len(view) - at >= _HEADER.size:
+                json_len, payload_len = _HEADER.unpack_from(view, at)
+                if json_len > MAX_JSON:
+                    raise ValueError("protocol error: oversized message header")
+                start = at + _HEADER.size
+                end = start + json_len + payload_len
+                if len(view) < end:
+                    break
+                frames.append((json.loads(bytes(view[start:start + json_len])),
+                               bytes(view[start + json_len:end])))
+                at = end
+        del self._buf[:at]
         return frames
