@@ -3,9 +3,9 @@
 paramiko keeps what a channel received in one flat array: a `recv(n)` that leaves data
 behind moves all of that data to the array's front, and one that takes everything copies it
 twice. With a 32 MiB window, reading a download a mebibyte at a time moved tens of
-gigabytes per gigabyte received (downloads ran at half speed, CPU-bound), and reading it all
-at once held three or four copies of the window (a fifth of a gigabyte on top of a 1 GiB
-download). ChunkPipe keeps the packets as they came, in a queue: a read joins the first
+gigabytes per gigabyte received (downloads were CPU-bound, at half the speed or less), and
+reading it all at once held three or four copies of the window (a fifth of a gigabyte on top
+of a 1 GiB download). ChunkPipe keeps the packets as they came, in a queue: a read joins the first
 packets up to `n` bytes and slices at most one, so each byte is copied once and at most the
 window plus one read is held.
 """
