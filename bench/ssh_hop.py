@@ -29,15 +29,12 @@ from remote_magic.testing.sshd import start_sshd
 CIPHERS = {"paramiko": "aes128-gcm@openssh.com", "openssh": "chacha20-poly1305@openssh.com"}
 
 
-def timed(fn, *args) -> float:
-    """Seconds `fn(*args)` took, started right after the memory is warmed."""
-    warm_memory(2 * BYTES)
+def timed(size: int, fn, *args) -> float:
+    """Seconds `fn(*args)` took, started right after twice `size` of memory is warmed."""
+    warm_memory(2 * size)
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
-
-
-BYTES = 0  # the size of the file copied
 
 
 def run(argv: list[str]) -> None:
@@ -73,9 +70,8 @@ def main() -> None:
             with open(blob, "wb") as f:
                 for _ in range(args.mib):
                     f.write(os.urandom(1 << 20))
-            global BYTES
-            BYTES = blob.stat().st_size
-            mb = BYTES / 1e6
+            size = blob.stat().st_size
+            mb = size / 1e6
             print(f"through a jump host on loopback, {os.cpu_count()} cores, Python "
                   f"{sys.version.split()[0]}, {args.mib} MiB; MB/s")
             for name in chosen:
@@ -83,13 +79,13 @@ def main() -> None:
                                   workdir=str(root / f"work-{name}"), transport=name)
                 transport = SSHTransport(host, lambda event: None)
                 transport.upload(blob, "warm-up")  # connect, start the agents
-                up = timed(transport.upload, blob, "copy")
-                down = timed(transport.download, "copy", root / "back")
+                up = timed(size, transport.upload, blob, "copy")
+                down = timed(size, transport.download, "copy", root / "back")
                 (root / "back").unlink()
                 transport.close()
                 scp = ["scp", "-F", str(config), "-c", CIPHERS[name]]
-                scp_up = timed(run, [*scp, str(blob), f"behind:{root}/scp-copy"])
-                scp_down = timed(run,
+                scp_up = timed(size, run, [*scp, str(blob), f"behind:{root}/scp-copy"])
+                scp_down = timed(size, run,
                                  [*scp, f"behind:{root}/scp-copy", str(root / "scp-back")])
                 for leftover in ("scp-copy", "scp-back"):
                     (root / leftover).unlink()

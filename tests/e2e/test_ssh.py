@@ -132,11 +132,7 @@ def test_a_large_file_crosses_a_jump_host_both_ways_intact(tmp_path: Path, sshd:
     source = tmp_path / "big"
     data = os.urandom(64 << 20)
     source.write_bytes(data)
-    host = HostConfig(name="t", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
-                      identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
-                      python=sys.executable, workdir=str(tmp_path / "remote"),
-                      proxy_jump=bastion.alias)
-    transport = SSHTransport(host, lambda event: None)
+    transport = _transport(sshd, tmp_path / "remote", proxy_jump=bastion.alias)
     try:
         assert transport.upload(source, "big") == len(data)
         transport.download("big", tmp_path / "back")
@@ -494,10 +490,10 @@ def test_magics_manage_tasks_over_ssh(ssh_kernel: Kernel) -> None:
     assert not (root / "remote" / "tasks" / napper).exists()
 
 
-def _transport(sshd: Any, workdir: Path) -> SSHTransport:
+def _transport(sshd: Any, workdir: Path, **settings: Any) -> SSHTransport:
     host = HostConfig(name="t", address=f"{sshd.user}@{sshd.host}", port=sshd.port,
                       identity_file=str(sshd.key_path), known_hosts=str(sshd.known_hosts),
-                      python=sys.executable, workdir=str(workdir))
+                      python=sys.executable, workdir=str(workdir), **settings)
     return SSHTransport(host, lambda event: None)
 
 
