@@ -30,6 +30,7 @@ from ..wire.serialization import AMBIENT, Pickled, pickle_namespace
 from ..wire.taskdir import PREPARED_FILES, TaskPaths, write_json
 from .capture import analyse_cell, identifiers
 from .files import limit_bytes, plan_stage, shared_folder
+from .fingerprint import fingerprint
 from .paths import PREPARE_PREFIX, data_dir, sweep_prepares
 
 SPEC_VERSION = 1
@@ -304,19 +305,19 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         pickled = pickle_namespace(
             values, namespace=namespace if isinstance(namespace, dict) else None,
             aliases=aliases)
+        pickled.digest = inputs_digest = fingerprint(pickled.chunks())
         if stream and pickled.size >= STREAM_MIN:
             streams[TaskPaths(staging).inputs.name] = pickled
-            inputs_sha = pickled.sha256
         else:
             try:
-                inputs_sha = pickled.write(TaskPaths(staging).inputs).sha256
+                pickled.write(TaskPaths(staging).inputs, digest=False)
             finally:
                 pickled.release()
         if aliases:
             values = {**values, **{n: aliases[n] for n in pickled.aliased}}
         python = "{}.{}".format(*sys.version_info[:2])
         staged = [(str(p), d, p.stat().st_size, p.stat().st_mtime_ns) for p, d in extra]
-        content = {"code": code, "imports": imports, "inputs": inputs_sha,
+        content = {"code": code, "imports": imports, "inputs": inputs_digest,
                    "outputs": outputs, "deletes": deletes, "resources": options.resources,
                    "host": host.name, "python": python, "version": SPEC_VERSION,
                    "files": staged, "collect": collect, "used": used,

@@ -252,8 +252,8 @@ def _dump_aliases(pickler: Any, writer: _FrameWriter, entries: list[dict[str, An
 class Pickled:
     """A namespace pickled in memory: the file's layout and the means to produce its bytes.
 
-    `chunks()` yields exactly the bytes `write` puts in a file (so `sha256` is the digest of
-    that file), which lets a transport send a task's inputs without a local copy of them.
+    `chunks()` yields exactly the bytes `write` puts in a file, which lets a transport send a
+    task's inputs without a local copy of them.
     """
 
     def __init__(self, entries: list[dict[str, Any]], writer: _FrameWriter,
@@ -275,7 +275,7 @@ class Pickled:
         self._head = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, self._data_start - _PREAMBLE.size) \
             + header + b" " * (self._data_start - _PREAMBLE.size - len(header))
         self.size = self._data_start + end
-        self._sha256: str | None = None
+        self.digest = ""  # the bytes' digest, for whoever computed one (the client's id)
         self.released = False
 
     def chunks(self) -> Iterator[bytes | memoryview]:
@@ -296,16 +296,6 @@ class Pickled:
                 yield flat[start:start + _WRITE_SLICE]
             position = self._data_start + offset + view.nbytes
 
-    @property
-    def sha256(self) -> str:
-        """The digest of the file's bytes (computed once, from memory, when first asked)."""
-        if self._sha256 is None:
-            digest = hashlib.sha256()
-            for chunk in self.chunks():
-                digest.update(chunk)
-            self._sha256 = digest.hexdigest()
-        return self._sha256
-
     def write(self, path: str | os.PathLike[str], digest: bool = True) -> DumpResult:
         """Write the file atomically (temporary name, then rename), hashing as it goes unless
         told not to (the result's sha256 is then "")."""
@@ -324,9 +314,7 @@ class Pickled:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        if hashed is not None:
-            self._sha256 = hashed.hexdigest()
-        return DumpResult(sha256=self._sha256 or "", size=self.size,
+        return DumpResult(sha256=hashed.hexdigest() if hashed is not None else "", size=self.size,
                           skipped=dict(self.skipped), aliased=self.aliased)
 
     def release(self) -> None:

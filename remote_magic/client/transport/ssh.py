@@ -33,6 +33,7 @@ from ...wire.serialization import Pickled
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
 from ...wire.tempnames import temp_prefix
 from ..agent_client import AgentClient
+from ..fingerprint import named, new_digest
 from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
 from .connection import Connection, ask_in_main_thread, connect, target_for
 from .oneshot import OneShotAgent
@@ -516,10 +517,10 @@ class SSHTransport:
         the upload fails rather than a task run on other inputs than its id says."""
         if self.fallback is not None:
             with tempfile.TemporaryDirectory() as folder:
-                stream.write(Path(folder) / "stream")
+                stream.write(Path(folder) / "stream", digest=False)
                 return self.connection().put_file(Path(folder) / "stream",
                                                   self.remote_path(remote))
-        digest = hashlib.sha256()
+        digest = new_digest()
 
         def pieces() -> Iterator[bytes | memoryview]:
             for chunk in stream.chunks():
@@ -527,9 +528,9 @@ class SSHTransport:
                 for start in range(0, view.nbytes, CHUNK):
                     yield view[start:start + CHUNK]
 
-        sent = self._send(pieces(), stream.size, remote, digest,
-                          verify=stream.size <= HASH_MAX)
-        if digest.hexdigest() != stream.sha256:
+        # The host checks the size; what was sent is checked here, against the inputs' name.
+        sent = self._send(pieces(), stream.size, remote, digest, verify=False)
+        if named(digest) != stream.digest:
             raise TransportError(
                 f"the inputs of a task changed while they were sent to {self.host.name} (an "
                 "argument modified after submit() returned, before it was sent): nothing "
