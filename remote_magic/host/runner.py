@@ -405,8 +405,9 @@ def _exception_state(exc: BaseException) -> tuple[type, tuple[Any, ...], dict[st
 
 def _describe_error(exc: BaseException) -> dict[str, Any]:
     tb = exc.__traceback__
-    # Drop this module's own frames: the user wants the cell's lines, not ours.
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    # Drop this module's own frames: the user wants the cell's lines, not ours. (Its code's
+    # file name is not its __file__ when it came compiled in the runtime zip.)
+    while tb is not None and tb.tb_frame.f_globals is globals():
         tb = tb.tb_next
     lines = traceback.format_exception(type(exc), exc, tb)
     kind = type(exc)

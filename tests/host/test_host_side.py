@@ -59,3 +59,36 @@ def test_every_module_of_the_runtime_imports_from_it_alone_without_heavy_package
                           text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def _import_from(archive: Path, tmp_path: Path) -> str:
+    """Where the agent's code says it was compiled from, imported from `archive` alone."""
+    script = (f"import sys; sys.path.insert(0, {str(archive)!r})\n"
+              "import remote_magic.host.agent as agent\n"
+              "print(agent.main.__code__.co_filename)\n")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_runtime_brings_bytecode_and_a_host_with_another_python_ignores_it(
+        tmp_path: Path) -> None:
+    """Each module comes with its .pyc (a zip's modules are otherwise compiled at every start);
+    bytecode of another version of Python (a wrong magic number) is passed over for the source."""
+    name, data = runtime_zip()
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    names = zipfile.ZipFile(archive).namelist()
+    sources = [n for n in names if n.endswith(".py")]
+    assert sorted(n for n in names if n.endswith(".pyc")) == sorted(n + "c" for n in sources)
+    assert _import_from(archive, tmp_path) == "remote_magic/host/agent.py"  # the bytecode's
+
+    other = tmp_path / "other-python.zip"
+    with zipfile.ZipFile(archive) as old, zipfile.ZipFile(other, "w") as new:
+        for entry in old.infolist():
+            content = old.read(entry)
+            if entry.filename.endswith(".pyc"):
+                content = b"\x00\x00" + content[2:]  # no Python's magic number
+            new.writestr(entry, content)
+    assert _import_from(other, tmp_path) == str(other / "remote_magic/host/agent.py")

@@ -9,6 +9,13 @@ A file under a predictable name in a directory is only as trustworthy as whoever
 there, so the runtime is never run on its name alone: `check_command` first checks, with none
 of our code on the path, that the work directory and the runtime are the user's alone and that
 the runtime's content hash is the one this kernel built.
+
+Python cannot cache the bytecode of modules it imports from a zip, so it compiles them at every
+start: an agent took 150 ms to import from sources here, against 70 ms with bytecode. So each
+module travels with its bytecode for this kernel's Python, made without a timestamp (zip
+entries carry a fixed date) and unchecked (the zip's hash is checked already); a host with
+another version of Python finds the bytecode's magic number wrong, ignores it, and compiles the
+source as before.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import ast
 import hashlib
 import inspect
 import io
+import os
+import py_compile
 import shlex
+import tempfile
 import textwrap
 import zipfile
 from functools import lru_cache
@@ -45,15 +55,29 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries get a fixed date: same code, 
 def runtime_zip() -> tuple[str, bytes]:
     """(file name, bytes) of the runtime for this version of the code."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, \
+            tempfile.TemporaryDirectory() as scratch:
         for path, name in _shipped_files():
-                info = zipfile.ZipInfo(name, _FIXED_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, path.read_bytes())
+            _add(archive, name, path.read_bytes())
+            _add(archive, name + "c", _bytecode(path, name, os.path.join(scratch, "pyc")))
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()[:12]
     return f"remote_magic-{remote_magic.__version__}-{digest}.zip", data
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, _FIXED_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
+
+
+def _bytecode(path: Path, name: str, scratch: str) -> bytes:
+    """The module's .pyc as zipimport reads it next to `name`: its code objects name the file
+    `name` (the host's path is not known here)."""
+    py_compile.compile(str(path), scratch, dfile=name, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    return Path(scratch).read_bytes()
 
 
 def _shipped_files() -> list[tuple[Path, str]]:
