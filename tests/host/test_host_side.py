@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from remote_magic.client.core import Client
+from remote_magic.client.prepare import TaskOptions, prepare_cell
 from remote_magic.client.transport.runtime import runtime_zip
+from remote_magic.wire.taskdir import TaskPaths
 
 HEAVY = ["IPython", "ipywidgets", "ipykernel", "paramiko", "yaml", "platformdirs", "zmq",
          "numpy", "matplotlib", "pandas", "jupyter_client", "nbformat"]
@@ -92,3 +96,29 @@ def test_the_runtime_brings_bytecode_and_a_host_with_another_python_ignores_it(
                 content = b"\x00\x00" + content[2:]  # no Python's magic number
             new.writestr(entry, content)
     assert _import_from(other, tmp_path) == str(other / "remote_magic/host/agent.py")
+
+
+def test_a_task_run_from_the_runtime_reports_the_cells_lines_not_the_runners(
+        home: Path, tmp_path: Path) -> None:
+    """The runner drops its own frames from a cell's traceback, also when it runs from the
+    zip's bytecode (whose code names its file relative to the zip)."""
+    client = Client()
+    prepared = prepare_cell("def f(x):\n    return 1 / x\nf(0)\n", {}, client.host("localhost"),
+                            TaskOptions())
+    task = tmp_path / "task"
+    shutil.copytree(prepared.local_dir, task)
+    (task / "work").mkdir()  # as the agent makes it when it puts a task in place
+    name, data = runtime_zip()
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    script = (f"import sys; sys.path.insert(0, {str(archive)!r})\n"
+              "from remote_magic.host import runner\n"
+              "assert runner.__file__.startswith(sys.path[0])\n"
+              f"sys.exit(runner.main([{str(task)!r}]))\n")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # the supervisor's: the task's own is recorded
+    error = json.loads(TaskPaths(task).error.read_text())
+    frames = [line for line in error["traceback"].splitlines() if line.startswith("  File ")]
+    assert len(frames) == 2 and all("<remote-cell" in line for line in frames), frames
+    client.close()
