@@ -262,7 +262,7 @@ def main() -> None:
     for t in chosen:
         f = figures[t]
         scp_up, scp_down = (statistics.median(times) for times in zip(*f["scp"]))
-        ratios = sorted((up + down) / ours for (up, down), ours in zip(f["scp"], f["array"]))
+        ratios = [(up + down) / ours for (up, down), ours in zip(f["scp"], f["array"])]
         array_time = statistics.median(f["array"])
         print(f"transport: {t} (cipher {f['cipher']})")
         print(f"  floor: scp with that cipher: up {mb / scp_up:6.1f} MB/s, "
@@ -274,8 +274,8 @@ def main() -> None:
         print(f"  20 trivial tasks submitted at once       {f['twenty']:7.1f} ms total")
         print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task: "
               f"{2 * mb / array_time:6.1f} MB/s ({array_time:.1f} s) = "
-              f"{statistics.median(ratios):.2f}x scp up+down, round by round "
-              f"(each round: {', '.join(f'{r:.2f}x' for r in ratios)})")
+              f"{statistics.median(ratios):.2f}x scp up+down (round by round: "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)})")
         print(f"  raw channel: up {mb / f['up']:6.1f} MB/s, down {mb / f['down']:6.1f} MB/s")
         print(f"  sender's peak memory in the round trip: {max(f['memory']):.2f}x the payload "
               "(target <= 1.1x)")
