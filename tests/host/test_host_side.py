@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -111,7 +112,11 @@ def test_a_task_run_from_the_runtime_reports_the_cells_lines_not_the_runners(
     name, data = runtime_zip()
     archive = tmp_path / name
     archive.write_bytes(data)
+    # The zip first; then this Python's packages, which the inputs' ambient settings may need
+    # (NumPy's print options, once a test imported it), but without the editable install's
+    # import hook (-S: no .pth file runs), which would serve our code from the source tree.
     script = (f"import sys; sys.path.insert(0, {str(archive)!r})\n"
+              f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
               "from remote_magic.host import runner\n"
               "assert runner.__file__.startswith(sys.path[0])\n"
               f"sys.exit(runner.main([{str(task)!r}]))\n")
