@@ -137,7 +137,7 @@ def analyse(code: str, namespace: Mapping[str, Any], options: TaskOptions,
     others = {n: v for n, v in namespace.items()
               if n not in values and n not in hidden and not n.startswith("_")
               and not isinstance(v, types.ModuleType)}
-    values[AMBIENT] = ambient.capture()
+    values[AMBIENT] = ambient.seal(ambient.capture())
     return CellReads(values, list(outputs), sorted(names.deletes), names.last_expression,
                      others, sorted(names.binds))
 

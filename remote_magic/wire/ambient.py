@@ -226,6 +226,15 @@ def capture() -> dict[str, Any]:
     return states
 
 
+def seal(states: Mapping[str, Any]) -> dict[str, bytes]:
+    """Each state pickled on its own, for a task: the host opens one only once the task has
+    imported its module. Opened with the task's other inputs, NumPy's generator state (an
+    array) made every task from a notebook that had used `np.random` fail on a host without
+    NumPy, even a task that never imports it."""
+    return {key: data for key, state in states.items()
+            if (data := _pickled(state)) is not None}
+
+
 def apply_changes(changes: Mapping[str, Any]) -> list[str]:
     """Apply what a task changed (see `Tracker.changed`) in this process, for the modules
     it has imported (the kernel, after a task); returns the keys that could not be."""
@@ -243,10 +252,10 @@ def apply_changes(changes: Mapping[str, Any]) -> list[str]:
 
 
 class Tracker:
-    """The runner's side: the kernel's settings go in place as their modules are imported;
-    afterwards, what the task changed is reported."""
+    """The runner's side: the kernel's settings (`seal`ed) go in place as their modules are
+    imported; afterwards, what the task changed is reported."""
 
-    def __init__(self, states: Mapping[str, Any],
+    def __init__(self, states: Mapping[str, bytes],
                  when_imported: Callable[[str, Callable[[types.ModuleType], None]], None]) -> None:
         self.sent = dict(states)
         self.baseline: dict[str, Any] = {}
@@ -257,7 +266,7 @@ class Tracker:
         setting = SETTINGS[key]
         try:
             if key in self.sent:
-                setting.restore(module, self.sent[key])
+                setting.restore(module, pickle.loads(self.sent[key]))
             self.baseline[key] = setting.capture(module)
         except Exception as exc:  # noqa: BLE001 - run on under this module's defaults
             print(f"remote_magic: the notebook's {setting.module} settings could not be "

@@ -37,7 +37,7 @@ def test_the_kernels_settings_reach_a_task_and_the_tasks_changes_come_back() -> 
         # a "task": everything back to defaults, then the tracker puts the settings in place
         np.random.seed(99); random.seed(99); np.set_printoptions(precision=8)
         pd.reset_option("display.max_rows"); matplotlib.rcdefaults()
-        tracker = ambient.Tracker(sent, when_imported)
+        tracker = ambient.Tracker(ambient.seal(sent), when_imported)
         print((np.random.rand(), random.random()) == expected)
         print(np.get_printoptions()["precision"], pd.get_option("display.max_rows"),
               matplotlib.rcParams["axes.facecolor"])
@@ -56,7 +56,7 @@ def test_options_a_task_put_back_to_their_defaults_come_back_as_defaults() -> No
         from remote_magic.wire import ambient
         from remote_magic.host.importhooks import when_imported
         np.set_printoptions(precision=2); matplotlib.rcParams["lines.linewidth"] = 9
-        tracker = ambient.Tracker(ambient.capture(), when_imported)
+        tracker = ambient.Tracker(ambient.seal(ambient.capture()), when_imported)
         np.set_printoptions(precision=8); matplotlib.rcdefaults()  # what the cell does
         changed = tracker.changed()
         np.set_printoptions(precision=2); matplotlib.rcParams["lines.linewidth"] = 9
@@ -91,7 +91,7 @@ def test_pandas_prints_as_in_the_notebook_whatever_its_process_defaults() -> Non
         key = next(k for k in notebook if k.startswith("pandas"))
         notebook[key]["display.max_columns"] = 20  # a notebook's kernel
         pd.set_option("display.max_columns", 0)  # a task: pandas thinks it has a terminal
-        ambient.Tracker(notebook, when_imported)
+        ambient.Tracker(ambient.seal(notebook), when_imported)
         print(pd.get_option("display.max_columns"))
         """)
     assert out == "20"
