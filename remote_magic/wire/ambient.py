@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
+import cloudpickle
+
 __all__ = ["Tracker", "apply_changes", "capture"]
 
 
@@ -230,9 +232,15 @@ def seal(states: Mapping[str, Any]) -> dict[str, bytes]:
     """Each state pickled on its own, for a task: the host opens one only once the task has
     imported its module. Opened with the task's other inputs, NumPy's generator state (an
     array) made every task from a notebook that had used `np.random` fail on a host without
-    NumPy, even a task that never imports it."""
-    return {key: data for key, state in states.items()
-            if (data := _pickled(state)) is not None}
+    NumPy, even a task that never imports it. cloudpickle, as for the inputs: a pandas
+    `float_format` may be a function the notebook defined."""
+    sealed = {}
+    for key, state in states.items():
+        try:
+            sealed[key] = cloudpickle.dumps(state, protocol=4)
+        except Exception:  # noqa: BLE001 - an unpicklable setting is never sent
+            continue
+    return sealed
 
 
 def apply_changes(changes: Mapping[str, Any]) -> list[str]:

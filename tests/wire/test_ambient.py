@@ -100,3 +100,17 @@ def test_pandas_prints_as_in_the_notebook_whatever_its_process_defaults() -> Non
 def test_a_setting_this_version_refuses_is_reported_not_raised() -> None:
     key = next(k for k in ambient.SETTINGS if k.startswith("random"))
     assert ambient.apply_changes({key: "not a state"}) == [key]
+
+
+def test_a_setting_that_holds_a_notebook_function_reaches_the_task() -> None:
+    out = in_fresh_python("""
+        import pandas as pd
+        from remote_magic.wire import ambient
+        from remote_magic.host.importhooks import when_imported
+        pd.set_option("display.float_format", lambda x: f"<{x:.1f}>")
+        sealed = ambient.seal(ambient.capture())
+        pd.reset_option("display.float_format")  # a task, until the tracker sets it
+        ambient.Tracker(sealed, when_imported)
+        print(pd.get_option("display.float_format")(2.5))
+        """)
+    assert out == "<2.5>"
