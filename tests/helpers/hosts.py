@@ -66,9 +66,10 @@ def ssh_host(server: Any, name: str, workdir: Path, **extra: str) -> str:
 
 
 def settled(remote_dir: str, timeout: float = 10) -> None:
-    """Wait until the task's supervisor has exited: the kernel hears of a task's end from its
-    runner, while the supervisor still writes the exit code and checks the state; a test
-    that damages those files must wait for it."""
+    """Wait until the task's supervisor is done with it: the kernel hears of a task's end from
+    its runner, while the supervisor still writes the exit code and checks the state; a test
+    that damages those files must wait for it. A keeper outlives its tasks (until the warm
+    process renews its imports): for its tasks, the exit code is its last write."""
     import os
 
     from helpers.waiting import wait_for
@@ -77,6 +78,8 @@ def settled(remote_dir: str, timeout: float = 10) -> None:
     pids = read_json(TaskPaths(remote_dir).pids)
 
     def gone() -> bool:
+        if pids.get("keeper"):
+            return TaskPaths(remote_dir).exitcode.exists()
         try:
             os.kill(pids["supervisor"], 0)
         except ProcessLookupError:
