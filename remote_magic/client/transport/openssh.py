@@ -48,6 +48,7 @@ from .connection import CONNECT_TIMEOUT, KEEPALIVE, Target
 
 log = logging.getLogger(__name__)
 MASTER_LINGER = 60  # seconds our master stays after its last session closed
+MASTER_EXIT_WAIT = 3.0  # seconds a closing client waits for its master to go
 KEEPALIVE_COUNT = 3  # unanswered keepalives before the master gives the connection up
 _PID = re.compile(rb"pid=(\d+)")
 
@@ -423,13 +424,33 @@ class OpenSSHConnection:
                            stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             pass
-        if self.alive:
+        # `-O exit` returns before the master has gone: wait for it, so that a closed client
+        # leaves no ssh process behind, and end it ourselves if it does not go.
+        deadline = time.monotonic() + MASTER_EXIT_WAIT
+        while _running(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _running(self.pid):
             try:
                 os.kill(self.pid, signal.SIGTERM)
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder = None
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, which no one may reap in a container
+    without an init, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class ProcessChannel:
