@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from ..errors import TransportError
+from ..wire.diskwrite import write_all
 from ..wire.protocol import FrameReader, encode_header
 from ..wire.taskdir import Refusal
 
@@ -25,6 +26,7 @@ class Channel(Protocol):
 
     def send(self, data: bytes) -> None: ...
     def recv(self) -> bytes: ...  # blocks; b"" at end of stream
+    # and, if it can move what comes next into a file itself (SSH), splice_to(fd, count) -> int
     def close(self) -> None: ...
     def describe_failure(self) -> str: ...  # why the stream ended, for the error message
 
@@ -54,10 +56,12 @@ class AgentClient:
 
     def call(self, op: str, args: dict[str, Any], payload: bytes = b"",
              timeout: float | None = 60.0,
-             sink: Callable[[bytes], None] | None = None) -> tuple[Any, bytes]:
+             sink: Callable[[bytes], None] | int | None = None) -> tuple[Any, bytes]:
         """A request with a payload; returns the result and the reply's payload.
 
-        `sink` receives the chunks of a streamed answer as they arrive, in order.
+        `sink` receives the chunks of a streamed answer as they arrive, in order: a function
+        called with each, or a file descriptor they are written to (moved there from the
+        channel without passing through Python, where the channel allows).
         """
         waiter = _Pending(sink)
         with self._lock:
@@ -115,6 +119,8 @@ class AgentClient:
                     break
                 for message, payload in frames.feed(data):
                     self._dispatch(message, payload)
+                if not self._splice_rest(frames):
+                    break
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection
             reason = f"{type(exc).__name__}: {exc}"
         detail = reason or self._channel.describe_failure()
@@ -124,6 +130,26 @@ class AgentClient:
         for waiter in pending.values():
             waiter.done.set()
         self._on_event({"event": "closed"})
+
+    def _splice_rest(self, frames: FrameReader) -> bool:
+        """A streamed chunk bound for a file, of which only the start has come: the rest
+        goes from the channel into the file itself. False if the channel ended meanwhile."""
+        splice_to = getattr(self._channel, "splice_to", None)
+        message = frames.pending() if splice_to is not None else None
+        if message is None or "stream" not in message:
+            return True
+        with self._lock:
+            waiter = self._pending.get(message["stream"])
+        if waiter is None or not isinstance(waiter.sink, int):
+            return True
+        came, rest = frames.take()
+        write_all(waiter.sink, came)
+        while rest:
+            moved = splice_to(waiter.sink, rest)
+            if not moved:
+                return False
+            rest -= moved
+        return True
 
     def _dispatch(self, message: dict[str, Any], payload: bytes) -> None:
         if "event" in message:
@@ -138,7 +164,9 @@ class AgentClient:
         if waiter is None:
             return
         if streamed:
-            if waiter.sink is not None:
+            if isinstance(waiter.sink, int):
+                write_all(waiter.sink, payload)
+            elif waiter.sink is not None:
                 waiter.sink(payload)
             return
         waiter.reply, waiter.payload = message, payload
@@ -157,7 +185,7 @@ def failure(reply: dict[str, Any], op: str, label: str, host: str) -> TransportE
 class _Pending:
     __slots__ = ("done", "payload", "reply", "sink")
 
-    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, sink: Callable[[bytes], None] | int | None = None) -> None:
         self.done = threading.Event()
         self.reply: dict[str, Any] | None = None
         self.payload = b""

@@ -47,7 +47,7 @@ from ..wire.taskdir import (
 from . import runner
 from .allocops import AllocOps, Served
 from .batchops import QUERY_INTERVAL, BatchOps, silence
-from .exchange import Exchange
+from .exchange import Exchange, FileRange, read_range, send_range
 from .fileops import FileOps, pid_alive
 from .proctitle import set_name
 from .queuecache import QueueCache
@@ -122,7 +122,7 @@ class Agent:
         return TaskPaths(root)
 
     def handle(self, message: dict[str, Any], payload: bytes,
-               send: Callable[[dict[str, Any], bytes], None]) -> None:
+               send: Callable[[dict[str, Any], bytes | FileRange], None]) -> None:
         """Run one request; answer it unless it is one-way (no id). A refusal is answered as
         such: its message is for the user as it stands."""
         request_id, op = message.get("id"), message.get("op")
@@ -579,7 +579,9 @@ def serve_once(workdir: str) -> int:
     out = sys.stdout.buffer
     out.write(MARKER)
 
-    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+    def send(message: dict[str, Any], payload: bytes | FileRange = b"") -> None:
+        if isinstance(payload, FileRange):
+            payload = read_range(payload)
         out.write(encode_header(message, len(payload)))
         out.write(payload)
 
@@ -617,13 +619,19 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
         agent.warm.start()
         selector.register(agent.warm.events_r, selectors.EVENT_READ)
 
-    def send(message: dict[str, Any], payload: bytes = b"") -> None:
+    def send(message: dict[str, Any], payload: bytes | FileRange = b"") -> None:
+        if isinstance(payload, FileRange):  # from the page cache to the pipe, not via Python
+            out.write(encode_header(message, payload.size))
+            out.flush()
+            send_range(out.fileno(), payload)
+            return
         out.write(encode_header(message, len(payload)))
         if payload:
             out.write(payload)
         out.flush()
 
     links: dict[Served, socket.socket | None] = {}
+    into: list[Any] = []  # [upload, bytes of its chunk still to come] while one is spliced
 
     def watch_links() -> float | None:
         """Listen to the links to allocation workers as they open and close; how soon to try
@@ -653,6 +661,14 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
                         send(*agent.ended(task_id))
             elif key.fileobj == 0:
                 try:
+                    if into:  # the rest of an upload's chunk: from the pipe into its file
+                        moved = into[0].receive(0, into[1])
+                        if not moved:
+                            return 0
+                        into[1] -= moved
+                        if not into[1]:
+                            into.clear()
+                        continue
                     data = os.read(0, 1 << 20)
                 except BlockingIOError:
                     continue
@@ -660,6 +676,11 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
                     return 0
                 for message, payload in reader.feed(data):
                     agent.handle(message, payload, send)
+                upload = agent.files.receiving(reader.pending() or {})
+                if upload is not None:
+                    came, rest = reader.take()
+                    upload.write(came)
+                    into[:] = [upload, rest]
             elif agent.warm is not None and key.fileobj == agent.warm.events_r:
                 for task_id in agent.warm.events():
                     send(*agent.ended(task_id))

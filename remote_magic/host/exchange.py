@@ -7,11 +7,25 @@ sharing the agent's attributes, so what a request carries never outlives it.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
+
+from ..wire.diskwrite import write_all
 
 
-def _nowhere(chunk: bytes) -> None:
+class FileRange(NamedTuple):
+    """Bytes of an open file to stream as a chunk's payload: the agent hands them from the
+    page cache to its output pipe without copying them through Python (sendfile)."""
+
+    fd: int
+    offset: int
+    size: int
+
+
+def _nowhere(chunk: bytes | FileRange) -> None:
     raise RuntimeError("this request cannot stream an answer")
 
 
@@ -19,4 +33,44 @@ def _nowhere(chunk: bytes) -> None:
 class Exchange:
     payload: bytes = b""  # the bytes the request came with
     payload_out: bytes = b""  # the bytes the answer carries
-    stream: Callable[[bytes], None] = field(default=_nowhere)  # one chunk, ahead of the answer
+    stream: Callable[[bytes | FileRange], None] = field(default=_nowhere)  # one chunk, ahead
+
+
+def read_range(part: FileRange) -> bytes:
+    """The bytes of `part`, for an output that is not a pipe the agent writes to itself."""
+    data = os.pread(part.fd, part.size, part.offset)
+    if len(data) < part.size:
+        raise _shrank()
+    return data
+
+
+def send_range(out_fd: int, part: FileRange) -> None:
+    """Write the bytes of `part` to `out_fd` (sendfile, else pread and write). Were the file
+    cut short meanwhile, zeros fill the promised size, so that the framing holds, and the
+    request fails."""
+    offset, left = part.offset, part.size
+    use_sendfile = True
+    while left:
+        if use_sendfile:
+            try:
+                sent = os.sendfile(out_fd, part.fd, offset, min(left, 1 << 20))
+            except BlockingIOError:  # an output shared with the non-blocking input
+                select.select([], [out_fd], [])
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK,
+                                     errno.EOPNOTSUPP):
+                    raise
+                use_sendfile = False  # not to this output (an older or another system)
+                continue
+        else:
+            sent = write_all(out_fd, os.pread(part.fd, min(left, 1 << 20), offset))
+        if not sent:
+            write_all(out_fd, bytes(left))
+            raise _shrank()
+        offset += sent
+        left -= sent
+
+
+def _shrank() -> OSError:
+    return OSError("the file was cut short while it was being sent: fetch it again")

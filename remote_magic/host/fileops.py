@@ -18,6 +18,7 @@ import fcntl
 import fnmatch
 import glob
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from ..wire.diskwrite import splice_into, write_all
 from ..wire.states import FINAL_STATES, State
 from ..wire.taskdir import (
     Refusal,
@@ -40,7 +42,7 @@ from ..wire.taskdir import (
     valid_task_id,
 )
 from ..wire.tempnames import part_tag, temp_beside
-from .exchange import Exchange
+from .exchange import Exchange, FileRange
 
 CHUNK = 4 * 1024 * 1024  # bytes per streamed frame
 STAGE_PREFIX = ".stage-"  # tasks/.stage-ID-TOKEN: a task being staged
@@ -250,6 +252,15 @@ class FileOps:
         self._open_uploads[handle] = upload
         return handle
 
+    def receiving(self, message: dict[str, Any]) -> _Upload | None:
+        """The upload that the rest of `message`'s payload may be spliced into, if it is a
+        chunk of one that can take it."""
+        if message.get("op") != "put_chunk" or "id" in message:
+            return None
+        handle = message.get("args", {}).get("handle")
+        upload = self._open_uploads.get(handle) if isinstance(handle, int) else None
+        return upload if upload is not None and upload.splices else None
+
     def op_put_chunk(self, exchange: Exchange, handle: int) -> None:
         upload = self._open_uploads.get(handle)
         if upload is not None:
@@ -269,16 +280,11 @@ class FileOps:
 
     def op_get(self, exchange: Exchange, path: str, offset: int = 0) -> dict[str, Any]:
         """Stream a file back in chunks; the reply, after the last chunk, gives its size."""
-        sent = 0
         with open(self.resolve(path), "rb") as f:
-            f.seek(offset)
-            while True:
-                chunk = f.read(CHUNK)
-                if not chunk:
-                    break
-                exchange.stream(chunk)
-                sent += len(chunk)
-        return {"size": sent}
+            end = os.fstat(f.fileno()).st_size
+            for start in range(offset, end, CHUNK):
+                exchange.stream(FileRange(f.fileno(), start, min(CHUNK, end - start)))
+        return {"size": max(end - offset, 0)}
 
     def op_read(self, exchange: Exchange, task: str, names: list[str],
                 inline_max: int) -> list[dict[str, Any]]:
@@ -395,14 +401,13 @@ class _Upload:
         self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.written = 0
         self.error: OSError | None = None
+        self.can_splice = True
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
             return
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self.fd, view):]  # type: ignore[arg-type]
+            write_all(self.fd, data)  # type: ignore[arg-type]
         except OSError as exc:
             self.error = exc
             self.abandon()
@@ -410,6 +415,34 @@ class _Upload:
         if self.digest is not None:
             self.digest.update(data)
         self.written += len(data)
+
+    @property
+    def splices(self) -> bool:
+        """Whether the rest of a chunk may go from the pipe into the file unseen (nothing to
+        hash, no failed write to drop it for)."""
+        return self.digest is None and self.error is None and self.can_splice
+
+    def receive(self, pipe_fd: int, count: int) -> int:
+        """Move up to `count` bytes of a chunk from `pipe_fd` into the file: spliced, or
+        read and written where splice cannot serve; after a failed write, read and dropped,
+        so that the frames after them are still found. 0 once the pipe has ended;
+        BlockingIOError when nothing has come yet."""
+        if self.splices:
+            try:
+                moved = splice_into(pipe_fd, self.fd, count)  # type: ignore[arg-type]
+            except io.UnsupportedOperation:
+                self.can_splice = False
+            except BlockingIOError:
+                raise
+            except OSError as exc:  # a write that failed: a full disk
+                self.error = exc
+                self.abandon()
+            else:
+                self.written += moved
+                return moved
+        data = os.read(pipe_fd, min(count, 1 << 20))
+        self.write(data)
+        return len(data)
 
     def finish(self, sha256: str | None) -> int:
         try:
@@ -608,8 +641,8 @@ def _inside(root: Path, name: str) -> Path:
 def _write_new(target: Path, data: memoryview) -> None:
     tmp = temp_beside(target, part_tag())
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb", buffering=0) as f:
+            write_all(f.fileno(), data)
         os.chmod(tmp, 0o600)
         os.replace(tmp, target)
     except BaseException:

@@ -69,3 +69,24 @@ class FrameReader:
                 at = end
         del self._buf[:at]
         return frames
+
+    def pending(self) -> dict[str, Any] | None:
+        """The message of a frame whose header has come whole but whose payload has not: a
+        reader that knows where that payload goes can move the rest itself (see `take`)."""
+        if len(self._buf) < _HEADER.size:
+            return None
+        json_len, payload_len = _HEADER.unpack_from(self._buf)
+        start = _HEADER.size
+        if json_len > MAX_JSON or not start + json_len <= len(self._buf) < \
+                start + json_len + payload_len:
+            return None
+        return json.loads(bytes(self._buf[start:start + json_len]))
+
+    def take(self) -> tuple[bytes, int]:
+        """Give up the pending frame: the part of its payload that came, and how many bytes
+        of it are still to come, which the caller reads from the stream itself."""
+        json_len, payload_len = _HEADER.unpack_from(self._buf)
+        start = _HEADER.size + json_len
+        came = bytes(self._buf[start:])
+        self._buf.clear()
+        return came, payload_len - len(came)

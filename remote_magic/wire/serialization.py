@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import SerializationError
+from .diskwrite import write_all
 from .pickling import Unpickler, make_pickler, receiving_into
 from .tempnames import temp_prefix
 
@@ -304,11 +305,11 @@ class Pickled:
                                     dir=directory)
         hashed = hashlib.sha256() if digest else None
         try:
-            with open(fd, "wb") as file:
+            with open(fd, "wb", buffering=0):  # closes fd
                 for chunk in self.chunks():
                     if hashed is not None:
                         hashed.update(chunk)
-                    file.write(chunk)
+                    write_all(fd, chunk)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .diskwrite import write_all
 from .states import FINAL_STATES, STATES, State
 from .tempnames import temp_prefix
 
@@ -105,8 +106,8 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         data = data.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb", buffering=0):
+            write_all(fd, data)
         if mode != 0o600:  # mkstemp's own mode
             os.chmod(tmp, mode)
         os.replace(tmp, path)

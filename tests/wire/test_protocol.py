@@ -30,3 +30,30 @@ def test_frames_cut_anywhere_come_back_whole_and_in_order(piece: int) -> None:
 def test_a_header_announcing_an_oversized_message_is_refused() -> None:
     with pytest.raises(ValueError, match="oversized"):
         FrameReader().feed(_HEADER.pack(MAX_JSON + 1, 0))
+
+
+@pytest.mark.parametrize("cut", [0, 1, 17, 299_999])
+def test_a_frame_taken_halfway_gives_what_came_and_what_is_still_to_come(cut: int) -> None:
+    """A reader that moves a payload's rest itself (into a file) takes the frame from the
+    reader once its header is whole; the frames after it are read as before."""
+    payload = os.urandom(300_000)
+    first = encode({"stream": 2}, payload)
+    start = len(first) - len(payload)
+    reader = FrameReader()
+    assert reader.feed(first[:start - 1]) == []
+    assert reader.pending() is None  # the header is not whole yet
+    assert reader.feed(first[start - 1:start + cut]) == []
+    assert reader.pending() == {"stream": 2}
+    came, rest = reader.take()
+    assert came == payload[:cut] and rest == len(payload) - cut
+    assert reader.pending() is None
+    after = encode({"id": 3}, b"xyz")
+    assert reader.feed(after) == [({"id": 3}, b"xyz")]
+
+
+def test_a_whole_frame_is_not_pending() -> None:
+    reader = FrameReader()
+    assert reader.feed(encode({"id": 1}, b"ab")) == [({"id": 1}, b"ab")]
+    assert reader.pending() is None
+    reader.feed(encode({"id": 2}, b""))
+    assert reader.pending() is None

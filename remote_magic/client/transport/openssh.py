@@ -21,6 +21,7 @@ a command, a command run to its end, whole files put and got), so `ssh.py` drive
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import pwd
@@ -41,6 +42,7 @@ from typing import IO, Any
 
 from ...config.hosts import HostConfig
 from ...errors import AuthenticationError, HostKeyError, TransportError
+from ...wire.diskwrite import splice_into, write_all
 from ...wire.protocol import PIPE_SIZE, widen_pipe
 from ...wire.tempnames import part_tag, temp_beside, temp_prefix
 from .askpass import Askpass, Prompt, Unanswered
@@ -482,6 +484,14 @@ class ProcessChannel:
             return os.read(self._out, min(size, PIPE_SIZE))
         except OSError:
             return b""
+
+    def splice_to(self, fd: int, count: int) -> int:
+        """Up to `count` bytes of the session's output, moved into the file `fd` by the
+        system, not through Python; 0 once the session ended."""
+        try:
+            return splice_into(self._out, fd, count)
+        except io.UnsupportedOperation:
+            return write_all(fd, self.recv(count))
 
     def sendall(self, data: bytes | memoryview) -> None:
         view = memoryview(data)

@@ -28,6 +28,7 @@ import paramiko
 
 from ...config.hosts import HostConfig
 from ...errors import AgentStartError, AuthenticationError, HostKeyError, TransportError
+from ...wire.diskwrite import write_all
 from ...wire.protocol import MARKER
 from ...wire.serialization import Pickled
 from ...wire.taskdir import RESULT_FILES, TaskPaths, task_path, valid_task_id, workdir_message
@@ -40,6 +41,7 @@ from .oneshot import OneShotAgent
 from .openssh import (
     OpenSSHConnection,
     OpenSSHTarget,
+    ProcessChannel,
     connect_openssh,
     notable_settings,
     resolve_openssh,
@@ -559,9 +561,9 @@ class SSHTransport:
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb", buffering=0) as f:
                 result, _ = self.data_agent().call("get", {"path": remote}, timeout=None,
-                                                   sink=f.write)
+                                                   sink=fd)
                 written = f.tell()
             if written != result["size"]:
                 raise TransportError(f"{remote}: received {written} of {result['size']} bytes")
@@ -647,8 +649,8 @@ def shell_path(path: str) -> str:
 def _write_file(target: Path, data: memoryview) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target))
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    with os.fdopen(fd, "wb", buffering=0):
+        write_all(fd, data)
     os.replace(tmp, target)
 
 
@@ -706,6 +708,17 @@ class _SSHChannel:
             return self._channel.recv(1 << 20)
         except (OSError, EOFError, paramiko.SSHException):
             return b""
+
+    def splice_to(self, fd: int, count: int) -> int:
+        if self._leftover:
+            data, self._leftover = self._leftover[:count], self._leftover[count:]
+            return write_all(fd, data)
+        if isinstance(self._channel, ProcessChannel):
+            return self._channel.splice_to(fd, count)
+        try:  # a paramiko channel: its bytes are Python's already
+            return write_all(fd, self._channel.recv(min(count, 1 << 20)))
+        except (OSError, EOFError, paramiko.SSHException):
+            return 0
 
     def close(self) -> None:
         self._channel.close()
