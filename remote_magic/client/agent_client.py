@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -61,9 +62,12 @@ class AgentClient:
 
         `sink` receives the chunks of a streamed answer as they arrive, in order: a function
         called with each, or a file descriptor they are written to (moved there from the
-        channel without passing through Python, where the channel allows).
+        channel without passing through Python, where the channel allows). The reader writes
+        to a duplicate of that descriptor, which it alone closes once the answer is whole:
+        were the caller to give up first (a timeout, Ctrl-C) and close its own, the rest of
+        the answer could not land in a file opened since under the same number.
         """
-        waiter = _Pending(sink)
+        waiter = _Pending(os.dup(sink) if isinstance(sink, int) else sink)
         with self._lock:
             request_id = next(self._ids)
             self._pending[request_id] = waiter
@@ -76,10 +80,12 @@ class AgentClient:
         except TransportError:
             with self._lock:
                 self._pending.pop(request_id, None)
+            waiter.close()
             raise
         if not waiter.done.wait(timeout):
             with self._lock:
-                self._pending.pop(request_id, None)
+                if not isinstance(waiter.sink, int):  # else the reader lets it go at the end
+                    self._pending.pop(request_id, None)
             raise TransportError(f"{self._label} did not answer '{op}' within {timeout:.0f} s")
         reply = waiter.reply
         if reply is None:
@@ -128,6 +134,7 @@ class AgentClient:
             self._closed = f"the agent on {self._label} stopped" + (f": {detail}" if detail else "")
             pending, self._pending = self._pending, {}
         for waiter in pending.values():
+            waiter.close()
             waiter.done.set()
         self._on_event({"event": "closed"})
 
@@ -169,6 +176,7 @@ class AgentClient:
             elif waiter.sink is not None:
                 waiter.sink(payload)
             return
+        waiter.close()
         waiter.reply, waiter.payload = message, payload
         waiter.done.set()
 
@@ -190,3 +198,9 @@ class _Pending:
         self.reply: dict[str, Any] | None = None
         self.payload = b""
         self.sink = sink
+
+    def close(self) -> None:
+        """Let go of a file descriptor sink (the reader's own duplicate)."""
+        if isinstance(self.sink, int):
+            os.close(self.sink)
+            self.sink = None

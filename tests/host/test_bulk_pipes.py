@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.waiting import wait_for
 
 from remote_magic.client.agent_client import AgentClient
 from remote_magic.client.transport.openssh import ProcessChannel
 from remote_magic.client.transport.ssh import _await_marker, _SSHChannel
+from remote_magic.errors import TransportError
 from remote_magic.host.exchange import FileRange, send_range
+from remote_magic.wire.diskwrite import splice_into
 from remote_magic.wire.protocol import MARKER, FrameReader, encode
 
 SMALL_DISK = 1024 * 1024
@@ -168,3 +171,62 @@ def test_a_file_cut_short_while_it_is_sent_keeps_the_framing_and_fails(tmp_path:
         drain.join()
         os.close(r)
     assert b"".join(got) == b"x" * 500 + b"\0" * 200
+
+
+class PipeChannel:
+    """The kernel's side of a channel whose far end the test writes by hand."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def recv(self) -> bytes:
+        return os.read(self.r, 1 << 20)
+
+    def splice_to(self, fd: int, count: int) -> int:
+        return splice_into(self.r, fd, count)
+
+    def close(self) -> None:
+        os.close(self.w)
+
+    def describe_failure(self) -> str:
+        return "closed"
+
+
+def test_a_download_given_up_on_never_writes_into_a_file_opened_since(tmp_path: Path) -> None:
+    """The caller stops waiting halfway and closes its file; the number is reused at once by
+    the next file opened. The rest of the answer still comes, and must not land there."""
+    channel = PipeChannel()
+    client = AgentClient(channel, lambda event: None, "pipes")
+    payload = os.urandom(300_000)
+    frame = encode({"stream": 1}, payload)  # the answer to the first request
+    head = len(frame) - len(payload) + 1000
+    fd = os.open(tmp_path / "given-up", os.O_WRONLY | os.O_CREAT, 0o600)
+    threading.Timer(0.1, os.write, (channel.w, frame[:head])).start()
+    with pytest.raises(TransportError, match="did not answer 'get' within"):
+        client.call("get", {"path": "x"}, timeout=0.5, sink=fd)
+    os.close(fd)
+    other = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert other == fd  # the lowest free number: the one just closed
+        os.write(channel.w, frame[head:])
+        os.write(channel.w, encode({"id": 1, "ok": True, "result": {"size": len(payload)}}))
+        assert wait_for(lambda: not _open_files("given-up"), 5)  # the reader let go of it
+    finally:
+        os.close(other)
+        client.close()
+    assert (tmp_path / "other").read_bytes() == b""
+    assert (tmp_path / "given-up").read_bytes() == payload
+
+
+def _open_files(name: str) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return [path for path in found if path.endswith("/" + name)]
