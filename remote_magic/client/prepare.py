@@ -305,7 +305,7 @@ def _write_task(code: str, values: dict[str, Any], outputs: list[str], deletes: 
         pickled = pickle_namespace(
             values, namespace=namespace if isinstance(namespace, dict) else None,
             aliases=aliases)
-        pickled.digest = inputs_digest = fingerprint(pickled.chunks())
+        pickled.digest = inputs_digest = fingerprint(pickled.chunks(), pickled.size)
         if stream and pickled.size >= STREAM_MIN:
             streams[TaskPaths(staging).inputs.name] = pickled
         else:

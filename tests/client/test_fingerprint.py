@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import blake3
 import numpy as np
 
-from remote_magic.client.fingerprint import PREFIX, fingerprint, named, new_digest
+from remote_magic.client.fingerprint import PARALLEL_MIN, PREFIX, fingerprint, named, new_digest
 from remote_magic.wire.serialization import pickle_namespace
 
 
@@ -32,3 +36,29 @@ def test_pickled_inputs_are_named_by_their_file_bytes() -> None:
         == fingerprint([b"".join(bytes(c) for c in first.chunks())])
     values["a"][5] = -1.0  # the pickled buffers are views of the array: read them again
     assert fingerprint(first.chunks()) == fingerprint(pickle_namespace(values).chunks()) != name
+
+
+def test_large_inputs_are_named_alike_on_several_threads_also_in_a_forked_child() -> None:
+    """A kernel forked after naming a large input (multiprocessing's default on Linux) names
+    the next one in the child: the threads are the digest's own, not a global pool the child
+    would wait for forever."""
+    data = np.random.default_rng(0).bytes(PARALLEL_MIN + 12345)
+    assert new_digest(len(data)).update(data).hexdigest() == blake3.blake3(data).hexdigest()
+    threaded = fingerprint([data[:PARALLEL_MIN], data[PARALLEL_MIN:]], len(data))
+    assert threaded == fingerprint([data])
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's report is what is checked
+        os.close(r)
+        os.write(w, fingerprint([data], len(data)).encode())
+        os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 30
+    while os.waitpid(child, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise AssertionError("the forked child never finished naming its input")
+        time.sleep(0.01)
+    with os.fdopen(r, "rb") as said:
+        assert said.read().decode() == threaded
