@@ -149,8 +149,10 @@ def rss(field: str = "VmRSS") -> int:
 
 
 def raw_channel(host: HostConfig, blob: Path, back: Path) -> tuple[float, float, str]:
-    """The transport's own upload and download of `blob` (seconds each), and its cipher."""
+    """The transport's own upload and download of `blob` (seconds each), on a connection
+    and a transfer agent already open, and its cipher."""
     transport = SSHTransport(host, lambda event: None)
+    transport.data_agent()  # the login and the agent's start are not the channel's speed
     size = blob.stat().st_size
     warm_memory(2 * size)
     start = time.perf_counter()
