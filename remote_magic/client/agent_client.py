@@ -63,9 +63,11 @@ class AgentClient:
         `sink` receives the chunks of a streamed answer as they arrive, in order: a function
         called with each, or a file descriptor they are written to (moved there from the
         channel without passing through Python, where the channel allows). The reader writes
-        to a duplicate of that descriptor, which it alone closes once the answer is whole:
-        were the caller to give up first (a timeout, Ctrl-C) and close its own, the rest of
-        the answer could not land in a file opened since under the same number.
+        to a duplicate of that descriptor, which it alone closes: were the caller to give up
+        first (a timeout, Ctrl-C) and close its own, the rest of the answer could not land in
+        a file opened since under the same number. Giving up on such an answer closes the
+        channel, which ends the stream on the far side at once (the next request needs a
+        new channel), rather than receiving the rest for nobody.
         """
         waiter = _Pending(os.dup(sink) if isinstance(sink, int) else sink)
         with self._lock:
@@ -82,10 +84,13 @@ class AgentClient:
                 self._pending.pop(request_id, None)
             waiter.close()
             raise
-        if not waiter.done.wait(timeout):
-            with self._lock:
-                if not isinstance(waiter.sink, int):  # else the reader lets it go at the end
-                    self._pending.pop(request_id, None)
+        try:
+            answered = waiter.done.wait(timeout)
+        except BaseException:  # Ctrl-C
+            self._give_up(request_id, waiter)
+            raise
+        if not answered:
+            self._give_up(request_id, waiter)
             raise TransportError(f"{self._label} did not answer '{op}' within {timeout:.0f} s")
         reply = waiter.reply
         if reply is None:
@@ -96,6 +101,13 @@ class AgentClient:
         if not reply.get("ok"):
             raise failure(reply, op, self._label, self._host)
         return reply.get("result"), waiter.payload
+
+    def _give_up(self, request_id: int, waiter: _Pending) -> None:
+        if isinstance(waiter.sink, int):  # the reader lets go of its descriptor as it ends
+            self._channel.close()
+            return
+        with self._lock:
+            self._pending.pop(request_id, None)
 
     def send_oneway(self, op: str, args: dict[str, Any], payload: bytes = b"") -> None:
         """A message the agent does not answer (a chunk of an upload)."""

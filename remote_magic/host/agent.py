@@ -631,7 +631,7 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
         out.flush()
 
     links: dict[Served, socket.socket | None] = {}
-    into: list[Any] = []  # [upload, bytes of its chunk still to come] while one is spliced
+    spliced: tuple[Any, int] | None = None  # an upload, and the bytes of its chunk to come
 
     def watch_links() -> float | None:
         """Listen to the links to allocation workers as they open and close; how soon to try
@@ -661,13 +661,12 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
                         send(*agent.ended(task_id))
             elif key.fileobj == 0:
                 try:
-                    if into:  # the rest of an upload's chunk: from the pipe into its file
-                        moved = into[0].receive(0, into[1])
+                    if spliced is not None:  # an upload chunk's rest: from the pipe to its file
+                        upload, left = spliced
+                        moved = upload.receive(0, left)
                         if not moved:
                             return 0
-                        into[1] -= moved
-                        if not into[1]:
-                            into.clear()
+                        spliced = (upload, left - moved) if left > moved else None
                         continue
                     data = os.read(0, 1 << 20)
                 except BlockingIOError:
@@ -680,7 +679,7 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
                 if upload is not None:
                     came, rest = reader.take()
                     upload.write(came)
-                    into[:] = [upload, rest]
+                    spliced = (upload, rest)
             elif agent.warm is not None and key.fileobj == agent.warm.events_r:
                 for task_id in agent.warm.events():
                     send(*agent.ended(task_id))

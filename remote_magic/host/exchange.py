@@ -33,7 +33,8 @@ def _nowhere(chunk: bytes | FileRange) -> None:
 class Exchange:
     payload: bytes = b""  # the bytes the request came with
     payload_out: bytes = b""  # the bytes the answer carries
-    stream: Callable[[bytes | FileRange], None] = field(default=_nowhere)  # one chunk, ahead
+    # sends one chunk of a streamed answer, ahead of the answer itself
+    stream: Callable[[bytes | FileRange], None] = field(default=_nowhere)
 
 
 def read_range(part: FileRange) -> bytes:

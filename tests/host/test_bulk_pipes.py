@@ -190,15 +190,17 @@ class PipeChannel:
         return splice_into(self.r, fd, count)
 
     def close(self) -> None:
-        os.close(self.w)
+        """Closed as an ssh process ends: what was on its way still comes for a moment."""
+        threading.Timer(0.5, os.close, (self.w,)).start()
 
     def describe_failure(self) -> str:
         return "closed"
 
 
 def test_a_download_given_up_on_never_writes_into_a_file_opened_since(tmp_path: Path) -> None:
-    """The caller stops waiting halfway and closes its file; the number is reused at once by
-    the next file opened. The rest of the answer still comes, and must not land there."""
+    """The caller stops waiting halfway and closes its file, whose number the next file opened
+    takes at once. The channel is closed, which ends the answer; what was already on its way
+    lands in the reader's own copy of the descriptor, never in the new file."""
     channel = PipeChannel()
     client = AgentClient(channel, lambda event: None, "pipes")
     payload = os.urandom(300_000)
@@ -208,16 +210,16 @@ def test_a_download_given_up_on_never_writes_into_a_file_opened_since(tmp_path: 
     threading.Timer(0.1, os.write, (channel.w, frame[:head])).start()
     with pytest.raises(TransportError, match="did not answer 'get' within"):
         client.call("get", {"path": "x"}, timeout=0.5, sink=fd)
-    os.close(fd)
     other = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.dup2(other, fd)  # the caller's number now names another file, as a reuse would
     try:
-        assert other == fd  # the lowest free number: the one just closed
-        os.write(channel.w, frame[head:])
-        os.write(channel.w, encode({"id": 1, "ok": True, "result": {"size": len(payload)}}))
-        assert wait_for(lambda: not _open_files("given-up"), 5)  # the reader let go of it
+        os.write(channel.w, frame[head:])  # on its way as the channel closes
+        assert wait_for(lambda: not client.alive, 5)  # given up: the channel is closed
+        assert wait_for(lambda: not _open_files("given-up"), 5)
     finally:
         os.close(other)
-        client.close()
+        os.close(fd)
+        os.close(channel.r)
     assert (tmp_path / "other").read_bytes() == b""
     assert (tmp_path / "given-up").read_bytes() == payload
 
