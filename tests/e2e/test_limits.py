@@ -4,8 +4,6 @@ loops followed, a cap on matches and on time)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.disks import small_disk as mounted_small_disk
 from helpers.hosts import ssh_host
 
 from remote_magic import RemoteExecutor
@@ -28,16 +27,8 @@ SMALL_DISK = 1024 * 1024  # bytes: a tmpfs this size holds the work directory
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real file system with 1 MiB of room (a tmpfs, mounted as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    mount = tmp_path / "small"
-    mount.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0700", "tmpfs",
-                    str(mount)], check=True, capture_output=True)
-    try:
+    with mounted_small_disk(tmp_path / "small", SMALL_DISK) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def leftovers(workdir: Path) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.disks import small_disk
 from helpers.waiting import wait_for
 
 from remote_magic.client.agent_client import AgentClient
@@ -99,13 +100,7 @@ def test_an_upload_cut_anywhere_and_sent_slowly_arrives_whole(raw_agent: RawAgen
 @pytest.mark.parametrize("first", [0, 10], ids=["fails-in-splice", "fails-in-write"])
 def test_a_disk_filled_during_an_upload_fails_it_whole_and_the_agent_reads_on(
         first: int, raw_agent: RawAgent, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    disk = tmp_path / "small"
-    disk.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0700", "tmpfs",
-                    str(disk)], check=True, capture_output=True)
-    try:
+    with small_disk(tmp_path / "small", SMALL_DISK) as disk:
         payload = os.urandom(SMALL_DISK // 2)
         handle = raw_agent.call(1, "put_open", path=str(disk / "file"),
                                 size=len(payload))["result"]
@@ -123,8 +118,6 @@ def test_a_disk_filled_during_an_upload_fails_it_whole_and_the_agent_reads_on(
         assert failed["error"].startswith("There is no room on {host} for file: it needs 524.3")
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # nothing half-written
         assert raw_agent.call(3, "hello")["ok"]  # the chunk's rest was not read as frames
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_download_is_spliced_from_the_channel_into_the_file_whole(tmp_path: Path) -> None:

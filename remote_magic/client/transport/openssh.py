@@ -441,18 +441,20 @@ class OpenSSHConnection:
 
 
 def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, which no one may reap in a container
-    without an init, counts as gone)."""
+    """Whether `pid` is a live process. Where /proc tells, a zombie (which nobody may reap in
+    a container without an init) counts as gone; elsewhere, whether a signal would reach it."""
+    if os.path.exists("/proc/self/stat"):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        pass
+    return True
 
 
 class ProcessChannel:
