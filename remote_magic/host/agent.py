@@ -675,7 +675,9 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
                     return 0
                 for message, payload in reader.feed(data):
                     agent.handle(message, payload, send)
-                upload = agent.files.receiving(reader.pending() or {})
+                # a partial frame's header is read only while an upload is open
+                upload = agent.files.receiving(reader.pending() or {}) \
+                    if agent.files.uploading else None
                 if upload is not None:
                     came, rest = reader.take()
                     upload.write(came)

@@ -252,6 +252,10 @@ class FileOps:
         self._open_uploads[handle] = upload
         return handle
 
+    @property
+    def uploading(self) -> bool:
+        return bool(self._open_uploads)
+
     def receiving(self, message: dict[str, Any]) -> _Upload | None:
         """The upload that the rest of `message`'s payload may be spliced into, if it is a
         chunk of one that can take it."""
