@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -49,6 +50,7 @@ from .allocops import AllocOps, Served
 from .batchops import QUERY_INTERVAL, BatchOps, silence
 from .exchange import Exchange, FileRange, read_range, send_range
 from .fileops import FileOps, pid_alive
+from .follow import follow_outputs
 from .proctitle import set_name
 from .queuecache import QueueCache
 from .sweepops import SweepOps
@@ -69,7 +71,8 @@ except ImportError:  # pragma: no cover - reported by `remote-magic test`
 
 
 # Operations that move file contents: they get the request's Exchange (see exchange.py).
-WITH_BYTES = frozenset({"stage", "stage_many", "put_chunk", "get", "read", "status"})
+WITH_BYTES = frozenset({"stage", "stage_many", "put_chunk", "get", "read", "status",
+                        "follow"})
 
 
 class Agent:
@@ -90,6 +93,8 @@ class Agent:
         self.sweeps = SweepOps(self.workdir, self.files, self.batch, self.paths, self.op_start)
         self.allocation = allocation  # where its tasks start, when it serves an allocation
         self.warm: WarmPool | None = None  # a resident agent's warm runners (warm.py)
+        # waits up to so many seconds, True if the kernel spoke meanwhile (see Exchange.wait)
+        self.kernel_spoke: Callable[[float], bool] = lambda seconds: time.sleep(seconds) or False
         files = self.files
         # Every operation a request may name, in one place: the agent's whole vocabulary.
         self.operations: dict[str, Callable[..., Any]] = {
@@ -99,6 +104,7 @@ class Agent:
             "stage": self.op_stage, "commit": files.op_commit, "unstage": files.op_unstage,
             "put_open": files.op_put_open, "put_chunk": files.op_put_chunk,
             "put_close": files.op_put_close, "get": files.op_get, "read": files.op_read,
+            "follow": self.op_follow,
             "glob": files.op_glob, "alloc_start": self.allocs.op_alloc_start,
             "alloc_list": self.allocs.op_alloc_list, "alloc_stop": self.allocs.op_alloc_stop,
             "shared_has": self.sweeps.op_shared_has, "stage_many": self.sweeps.op_stage_many,
@@ -126,7 +132,8 @@ class Agent:
         """Run one request; answer it unless it is one-way (no id). A refusal is answered as
         such: its message is for the user as it stands."""
         request_id, op = message.get("id"), message.get("op")
-        exchange = Exchange(payload, stream=lambda chunk: send({"stream": request_id}, chunk))
+        exchange = Exchange(payload, stream=lambda chunk: send({"stream": request_id}, chunk),
+                            wait=self.kernel_spoke)
         method = self.operations.get(op) if isinstance(op, str) else None
         if self.refusal is not None:
             reply = {"ok": False, "error": str(self.refusal), "refused": True}
@@ -153,6 +160,11 @@ class Agent:
                 "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                 else os.cpu_count(),
                 "home": os.path.expanduser("~")}
+
+    def op_follow(self, exchange: Exchange, task: str, min_size: int) -> dict[str, Any]:
+        """Stream a task's outputs file as its runner writes it (follow.py). It holds this
+        agent until the file is whole or the task ends: the kernel asks an agent of its own."""
+        return follow_outputs(self.paths(task), exchange, min_size)
 
     def op_mkdir(self, task: str) -> str:
         return str(make_task_dir(self.paths(task).root).root)
@@ -608,6 +620,7 @@ def serve(workdir: str, warm: bool = True, allocation: str | None = None) -> int
     selector.register(wake_r, selectors.EVENT_READ)
     reader = FrameReader()
     out = sys.stdout.buffer
+    agent.kernel_spoke = lambda seconds: bool(select.select([0], [], [], seconds)[0])
     set_name("rm-agent")  # `pkill rm-agent` stops the agent, not the tasks (see proctitle)
     out.write(MARKER)  # whatever a login shell printed before us ends here
     out.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -29,12 +30,20 @@ def _nowhere(chunk: bytes | FileRange) -> None:
     raise RuntimeError("this request cannot stream an answer")
 
 
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 @dataclass
 class Exchange:
     payload: bytes = b""  # the bytes the request came with
     payload_out: bytes = b""  # the bytes the answer carries
     # sends one chunk of a streamed answer, ahead of the answer itself
     stream: Callable[[bytes | FileRange], None] = field(default=_nowhere)
+    # waits up to that many seconds; True if the kernel spoke meanwhile (or hung up), which
+    # ends a request that waits on the host (a follow) without a message of its own
+    wait: Callable[[float], bool] = field(default=_sleep)
 
 
 def read_range(part: FileRange) -> bytes:

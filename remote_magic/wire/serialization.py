@@ -68,7 +68,7 @@ from .pickling import Unpickler, make_pickler, receiving_into
 from .tempnames import temp_prefix
 
 __all__ = ["DumpResult", "Pickled", "dump_namespace", "load_namespace", "pickle_namespace",
-           "read_names"]
+           "read_names", "written_size"]
 
 MAGIC = b"\x93RMNS\r\n\x1a"
 # Entry names that are not identifiers say what an entry is for. IN_PLACE + name: the new
@@ -385,6 +385,28 @@ def _read_header(file: BinaryIO, path: str) -> tuple[dict[str, Any], int]:
     if actual > data_start + size:
         raise _not_ours(path, f"{actual - data_start - size} unexpected bytes at the end")
     return header, data_start
+
+
+def written_size(fd: int) -> int | None:
+    """The size a namespace file being written will have once whole, read from its preamble
+    and header (written first), or None while they are not all there yet: a reader can then
+    follow the file as it grows. A file that is not ours raises ValueError."""
+    preamble = os.pread(fd, _PREAMBLE.size, 0)
+    if len(preamble) < _PREAMBLE.size:
+        return None
+    magic, version, header_length = _PREAMBLE.unpack(preamble)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise ValueError("not a remote_magic namespace file of this version")
+    raw = os.pread(fd, header_length, _PREAMBLE.size)
+    if len(raw) < header_length:
+        return None
+    try:
+        size = json.loads(raw.decode("utf-8"))["size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable header: {exc}") from exc
+    if not isinstance(size, int) or size < 0:
+        raise ValueError("inconsistent header")
+    return _PREAMBLE.size + header_length + size
 
 
 def read_names(path: str | os.PathLike[str]) -> list[str]:

@@ -37,6 +37,7 @@ from ..agent_client import AgentClient
 from ..fingerprint import named, new_digest
 from . import Collected, SharedConnections, Staged, collect_found, inline_payload, stage_plan
 from .connection import Connection, ask_in_main_thread, connect, target_for
+from .follow import Follow
 from .oneshot import OneShotAgent
 from .openssh import (
     OpenSSHConnection,
@@ -53,6 +54,7 @@ INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
 HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
 CHUNK = 4 * 1024 * 1024
 KEPT_MAX = 64  # tasks whose pushed result files are kept, waiting to be loaded
+FOLLOW_INPUTS = 64 * 1024 * 1024  # a task sent this many bytes has its outputs followed
 NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or not executable
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RECONNECT_FIRST = 0.5  # seconds to wait after the first failed attempt to connect
@@ -119,6 +121,9 @@ class SSHTransport:
         self.fallback: str | None = None  # why the resident agent could not be used
         self._where: dict[str, str] = {}  # the agent's absolute workdir and home
         self._data: AgentClient | None = None
+        self._spare: AgentClient | None = None  # follows outputs as they are written
+        self._follows: dict[str, Follow] = {}  # by task, until its results are read
+        self._following = False  # the spare agent is busy with one of them
         self._lock = threading.RLock()
         # result files the agent pushed with a task's end (its events come from the reader)
         self._kept: dict[str, tuple[list[dict[str, Any]], bytes]] = {}
@@ -229,14 +234,22 @@ class SSHTransport:
                 self._data = self._start_agent(lambda event: None, " (transfers)", bulk=True)
             return self._data
 
+    def spare_agent(self) -> AgentClient:
+        """A third agent, for requests that wait on the host for long (follow.py)."""
+        with self._lock:
+            if self._spare is None or not self._spare.alive:
+                self._spare = self._start_agent(lambda event: None, " (follows)", bulk=True)
+            return self._spare
+
     def _start_agent(self, on_event: Callable[[dict[str, Any]], None],
                      role: str, bulk: bool = False) -> AgentClient:
         conn = self.connection()
-        channel = conn.open_exec(self._agent_command(), bulk)
+        command = self._agent_command(cold=bulk)  # a bulk agent starts no task
+        channel = conn.open_exec(command, bulk)
         status, text, leftover = _await_marker(channel)
         if status in (MISSING, DAMAGED):  # a fresh host (or a damaged copy): ship, try again
             self.setup()
-            channel = conn.open_exec(self._agent_command(), bulk)
+            channel = conn.open_exec(command, bulk)
             status, text, leftover = _await_marker(channel)
         if status is None:
             return AgentClient(_SSHChannel(channel, leftover), on_event, self.host.name + role,
@@ -258,10 +271,11 @@ class SSHTransport:
         `module load` and conda activation work as they do for the user."""
         return f"bash -l -c {shlex.quote(self.host.setup + chr(10) + script)}"
 
-    def _agent_command(self, once: bool = False) -> str:
+    def _agent_command(self, once: bool = False, cold: bool = False) -> str:
         """Check the work directory and the runtime (`check_command`), then run the agent
         from the runtime. Nothing is written into the work directory before the check (not
-        even the agent's log): a link planted there could point anywhere."""
+        even the agent's log): a link planted there could point anywhere. A `cold` agent
+        keeps no warm runner (one that only moves files would keep it for nothing)."""
         name, _ = runtime_zip()
         script = "\n".join([
             f"W={shell_path(self.host.workdir)}",
@@ -274,7 +288,7 @@ class SSHTransport:
             *(["export REMOTE_MAGIC_DEBUG=1"]
               if logging.getLogger("remote_magic").isEnabledFor(logging.DEBUG) else []),
             f'exec {shlex.quote(self.python)} -m remote_magic.host.agent --workdir "$W" '
-            + ("--once " if once else "") + ("" if self.host.warm else "--cold ")
+            + ("--once " if once else "") + ("" if self.host.warm and not cold else "--cold ")
             + (f"--allocation {shlex.quote(self.host.allocation)} " if self.host.allocation
                else "")
             + '2>>"$W/agent.log"',
@@ -482,6 +496,7 @@ class SSHTransport:
         if answer.get("existing") or whole:
             return Staged(answer["root"], answer.get("started"))
         staging = answer["staging"]
+        follow = self._follow(task_id, source) if size >= FOLLOW_INPUTS else None
         try:
             for local, name in inside:
                 if name not in small:
@@ -490,8 +505,13 @@ class SSHTransport:
                 self.send_stream(stream, f"{staging}/{name}")
             for local, destination in outside:
                 self.upload(local, destination)
-            return Staged(self.agent().request("commit", task=task_id, staging=staging)["root"])
+            staged = Staged(self.agent().request("commit", task=task_id, staging=staging)["root"])
+            if follow is not None:
+                follow.go()
+            return staged
         except BaseException:
+            if follow is not None:
+                self._drop_follow(task_id)
             try:  # the agent also removes it when it exits, or the next one when stale
                 self.agent().request("unstage", task=task_id, staging=staging, timeout=10)
             except Exception:  # noqa: BLE001 - the first error is the one to report
@@ -573,8 +593,43 @@ class SSHTransport:
             raise
         return written
 
+    def _follow(self, task_id: str, local: Path) -> Follow | None:
+        """Follow the outputs of a task that was sent a lot (see follow.py), if it runs as
+        a process beside the agents and the spare agent is free."""
+        if self.host.scheduler != "process" or self.host.allocation or self.fallback:
+            return None
+        with self._kept_lock:
+            if self._following:
+                return None
+            self._following = True
+            follow = self._follows[task_id] = Follow(task_id, local, self.spare_agent,
+                                                     INLINE_MAX + 1, self._followed)
+            stale = list(self._follows)[:max(0, len(self._follows) - KEPT_MAX)]
+        for old in stale:  # the oldest, whose results nobody read
+            self._drop_follow(old)
+        return follow
+
+    def _followed(self) -> None:
+        with self._kept_lock:
+            self._following = False
+
+    def _drop_follow(self, task_id: str) -> None:
+        with self._kept_lock:
+            follow = self._follows.pop(task_id, None)
+        if follow is not None:
+            follow.discard()
+
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Copy a finished task's result files into `local` (once) and read them there."""
+        with self._kept_lock:
+            follow = self._follows.pop(task_id, None)
+        try:
+            return self._results(task_id, local, follow)
+        finally:
+            if follow is not None:
+                follow.discard()  # not taken: nothing to drop but its thread and copy
+
+    def _results(self, task_id: str, local: Path, follow: Follow | None) -> TaskPaths:
         paths = TaskPaths(local)
         complete = paths.fetched  # written last: a copy cut short is fetched again
         if complete.exists():
@@ -597,7 +652,8 @@ class SSHTransport:
             if entry["inline"]:
                 _write_file(target, view[:entry["size"]])
                 view = view[entry["size"]:]
-            else:
+            elif follow is None or target != paths.outputs or \
+                    not follow.take(target, entry["size"]):
                 self.download(f"{task_path(task_id)}/{entry['name']}", target)
         complete.touch()
         return paths
@@ -627,11 +683,15 @@ class SSHTransport:
         os.chmod(target, 0o666 & ~mask)
 
     def close(self) -> None:
+        with self._kept_lock:
+            follows, self._follows = list(self._follows.values()), {}
+        for follow in follows:
+            follow.discard()
         with self._lock:
-            for agent in (self._agent, self._data):
+            for agent in (self._agent, self._data, self._spare):
                 if agent is not None:
                     agent.close()
-            self._agent = self._data = None
+            self._agent = self._data = self._spare = None
             if self._conn is not None:
                 self._shared.release(self.target, self, self._conn)
                 self._conn = None
