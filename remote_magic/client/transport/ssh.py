@@ -617,7 +617,7 @@ class SSHTransport:
         with self._kept_lock:
             follow = self._follows.pop(task_id, None)
         if follow is not None:
-            follow.discard()
+            follow.cancel()
 
     def results(self, task_id: str, local: Path) -> TaskPaths:
         """Copy a finished task's result files into `local` (once) and read them there."""
@@ -627,7 +627,7 @@ class SSHTransport:
             return self._results(task_id, local, follow)
         finally:
             if follow is not None:
-                follow.discard()  # not taken: nothing to drop but its thread and copy
+                follow.cancel()  # not needed, or done
 
     def _results(self, task_id: str, local: Path, follow: Follow | None) -> TaskPaths:
         paths = TaskPaths(local)
@@ -686,7 +686,7 @@ class SSHTransport:
         with self._kept_lock:
             follows, self._follows = list(self._follows.values()), {}
         for follow in follows:
-            follow.discard()
+            follow.cancel()
         with self._lock:
             for agent in (self._agent, self._data, self._spare):
                 if agent is not None:
