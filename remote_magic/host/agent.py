@@ -48,7 +48,7 @@ from ..wire.taskdir import (
 from . import runner
 from .allocops import AllocOps, Served
 from .batchops import QUERY_INTERVAL, BatchOps, silence
-from .exchange import Exchange, FileRange, read_range, send_range
+from .exchange import Exchange, FileRange, deaf_wait, read_range, send_range
 from .fileops import FileOps, pid_alive
 from .follow import follow_outputs
 from .proctitle import set_name
@@ -94,7 +94,7 @@ class Agent:
         self.allocation = allocation  # where its tasks start, when it serves an allocation
         self.warm: WarmPool | None = None  # a resident agent's warm runners (warm.py)
         # waits up to so many seconds, True if the kernel spoke meanwhile (see Exchange.wait)
-        self.kernel_spoke: Callable[[float], bool] = lambda seconds: time.sleep(seconds) or False
+        self.kernel_spoke: Callable[[float], bool] = deaf_wait
         files = self.files
         # Every operation a request may name, in one place: the agent's whole vocabulary.
         self.operations: dict[str, Callable[..., Any]] = {

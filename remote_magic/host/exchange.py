@@ -30,7 +30,9 @@ def _nowhere(chunk: bytes | FileRange) -> None:
     raise RuntimeError("this request cannot stream an answer")
 
 
-def _sleep(seconds: float) -> bool:
+def deaf_wait(seconds: float) -> bool:
+    """`Exchange.wait` where the kernel's input cannot be watched (a one-shot agent, whose
+    input is read whole at its start): a plain pause."""
     time.sleep(seconds)
     return False
 
@@ -43,7 +45,7 @@ class Exchange:
     stream: Callable[[bytes | FileRange], None] = field(default=_nowhere)
     # waits up to that many seconds; True if the kernel spoke meanwhile (or hung up), which
     # ends a request that waits on the host (a follow) without a message of its own
-    wait: Callable[[float], bool] = field(default=_sleep)
+    wait: Callable[[float], bool] = field(default=deaf_wait)
 
 
 def read_range(part: FileRange) -> bytes:
