@@ -40,9 +40,13 @@ class _Text:
             self.start = at
         self.data += data
 
-    def take(self, limit: int | None) -> str:
+    def take(self, limit: int | None, whole_lines: bool = False) -> str:
+        """The text up to `limit` (an offset in the task's file; None: all of it), or with
+        `whole_lines` all of it up to its last line break."""
         count = len(self.data) if limit is None else max(0, min(len(self.data),
                                                                 limit - self.start))
+        if whole_lines:
+            count = self.data.rfind(b"\n", 0, count) + 1
         piece, self.data = self.data[:count], self.data[count:]
         self.start += count
         return piece.decode("utf-8", errors="replace")
@@ -62,6 +66,9 @@ class OutputStream:
         self.last = {"out": 0, "err": 0}  # offsets of the last display received
         self.offsets = {"stdout": 0, "stderr": 0, "events": 0}  # what has been received
         self.incomplete = True  # until an update says the host has sent all there was
+        # the last update was cut short (one reply's worth), the rest is on its way: a line
+        # cut in two waits for its end, so that no status line lands in its middle
+        self.cut = False
 
     def feed(self, update: Update) -> None:
         self.add(update.stdout, update.stdout_at, update.stderr, update.stderr_at,
@@ -69,6 +76,7 @@ class OutputStream:
         self.offsets = {"stdout": self.streams["out"].end, "stderr": self.streams["err"].end,
                         "events": update.events_end or self.offsets["events"]}
         self.incomplete = update.final is False or update.events_more or update.output_more
+        self.cut = bool(update.output_more)
         self.drain(more=update.events_more)
 
     def add(self, stdout: str, stdout_at: int, stderr: str, stderr_at: int,
@@ -102,7 +110,7 @@ class OutputStream:
         elif more and entries is None:
             self._text_until(self.last)
         else:
-            self._text_until(None)
+            self._text_until(None, whole_lines=self.cut and entries is None)
 
     def finish(self, entries: list[dict[str, Any]]) -> None:
         """The task has ended: `entries` are all its displays, with their payloads."""
@@ -118,9 +126,9 @@ class OutputStream:
         for event in held:
             self.show(self._decoded(event))
 
-    def _text_until(self, event: dict[str, Any] | None) -> None:
+    def _text_until(self, event: dict[str, Any] | None, whole_lines: bool = False) -> None:
         for key, name in (("out", "stdout"), ("err", "stderr")):
-            piece = self.streams[key].take(None if event is None else event[key])
+            piece = self.streams[key].take(None if event is None else event[key], whole_lines)
             if piece and self.text:
                 self.write(name, piece)
 

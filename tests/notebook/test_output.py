@@ -97,3 +97,25 @@ def test_output_delivered_twice_is_written_once() -> None:
     cell.stream.add("abcdef", 0, "", 0, [])
     cell.stream.drain()
     assert cell.joined() == [("stdout", "abcdef")]
+
+
+def test_a_line_cut_by_a_full_reply_waits_for_its_end() -> None:
+    """A reply carries at most so much output (output_more: the rest is on its way): the line
+    it cut in two is written whole with the next one, so that nothing printed meanwhile (a
+    status line) lands in its middle. Text that simply has no line break yet (a progress of
+    dots) is written at once."""
+    cell = Cell()
+    cell.stream.feed(update("line 1\nline 2 fir", 0, output_more=True))
+    assert cell.seen == [("stdout", "line 1\n")]
+    cell.write("stdout", "task t on hpc: running\n")  # the view's status line
+    cell.stream.feed(update("st half\nline 3\n...", 17))
+    assert cell.joined() == [("stdout", "line 1\ntask t on hpc: running\n"
+                                        "line 2 first half\nline 3\n...")]
+
+
+def test_a_cut_reply_without_a_line_break_holds_it_all_until_the_end() -> None:
+    cell = Cell()
+    cell.stream.feed(update("no line break", 0, output_more=True))
+    assert cell.seen == []
+    cell.stream.finish([])
+    assert cell.joined() == [("stdout", "no line break")]
