@@ -71,9 +71,10 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 TRANSPORTS = ("paramiko", "openssh")
 BOTH_TRANSPORTS = {"test_ssh", "test_ssh_more", "test_sweep_ssh", "test_concurrent_submit",
-                   "test_limits", "test_streamed_inputs", "test_followed_outputs", "test_alloc",
-                   "test_fidelity_kernel", "test_logging", "test_sge", "test_slurm",
-                   "test_sweep_slurm", "test_modes", "test_bad_input", "test_scheduler_poll"}
+                   "test_limits", "test_streamed_inputs", "test_followed_outputs",
+                   "test_parallel_streams", "test_alloc", "test_fidelity_kernel", "test_logging",
+                   "test_sge", "test_slurm", "test_sweep_slurm", "test_modes", "test_bad_input",
+                   "test_scheduler_poll"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -41,7 +41,7 @@ from ..wire.taskdir import (
     read_state,
     valid_task_id,
 )
-from ..wire.tempnames import part_tag, temp_beside
+from ..wire.tempnames import part_tag, temp_beside, temp_prefix
 from .exchange import Exchange, FileRange
 
 CHUNK = 4 * 1024 * 1024  # bytes per streamed frame
@@ -243,14 +243,23 @@ class FileOps:
         full = Path(os.path.expanduser(path))
         return full if full.is_absolute() else self.workdir / full
 
-    def op_put_open(self, path: str, size: int, verify: bool = False) -> int:
+    def op_put_open(self, path: str, size: int, verify: bool = False,
+                    part: list[int] | None = None, temp: str | None = None) -> Any:
+        """Open an upload of `size` bytes to `path`; the answer is its handle.
+
+        An upload sent in parallel streams (one per agent) gives each stream its `part`,
+        [offset, length] of the file: the first opens the file (and answers with its handle
+        and temporary name as {"handle", "temp"}), the others join that file by its `temp`
+        name, and each closes its part before the first closes the whole."""
         target = self.resolve(path)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._check_room(target.parent, size, target.name)
-        upload = _Upload(target, size, verify)
+        if temp is None:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._check_room(target.parent, size, target.name)
+        upload = _Upload(target, size, verify, part, temp)
         handle = id(upload)
         self._open_uploads[handle] = upload
-        return handle
+        return {"handle": handle, "temp": str(upload.tmp)} if part is not None and temp is None \
+            else handle
 
     @property
     def uploading(self) -> bool:
@@ -270,10 +279,15 @@ class FileOps:
         if upload is not None:
             upload.write(exchange.payload)
 
-    def op_put_close(self, handle: int, sha256: str | None = None) -> int:
+    def op_put_close(self, handle: int, sha256: str | None = None,
+                     abandon: bool = False) -> int:
+        """Finish an upload (or its part); with `abandon`, drop it (another part failed)."""
         upload = self._open_uploads.pop(handle, None)
         if upload is None:
             raise RuntimeError("upload was not opened (see the previous error)")
+        if abandon:
+            upload.abandon()
+            return 0
         try:
             return upload.finish(sha256)
         except OSError as exc:
@@ -282,10 +296,14 @@ class FileOps:
                                     exc) from None
             raise
 
-    def op_get(self, exchange: Exchange, path: str, offset: int = 0) -> dict[str, Any]:
-        """Stream a file back in chunks; the reply, after the last chunk, gives its size."""
+    def op_get(self, exchange: Exchange, path: str, offset: int = 0,
+               length: int | None = None) -> dict[str, Any]:
+        """Stream a file (or `length` bytes of it from `offset`: one of parallel streams)
+        back in chunks; the reply, after the last chunk, gives the size sent."""
         with open(self.resolve(path), "rb") as f:
             end = os.fstat(f.fileno()).st_size
+            if length is not None:
+                end = min(end, offset + length)
             for start in range(offset, end, CHUNK):
                 exchange.stream(FileRange(f.fileno(), start, min(CHUNK, end - start)))
         return {"size": max(end - offset, 0)}
@@ -395,14 +413,32 @@ def kept_state(paths: TaskPaths) -> str | None:
 class _Upload:
     """One streamed file: written to a temporary name (unique: the same file may be sent by
     two tasks at once), renamed when whole. A write that fails deletes it at once, so a full
-    disk is freed for the next task, and the error is given at `finish`."""
+    disk is freed for the next task, and the error is given at `finish`.
 
-    def __init__(self, target: Path, size: int, verify: bool) -> None:
+    In parallel streams, each stream's upload is one `part` of the file ([offset, length]):
+    the first creates the temporary file, the others (`joined`, given its name) write their
+    part into it, and only the first renames it, once every part is closed."""
+
+    def __init__(self, target: Path, size: int, verify: bool, part: list[int] | None = None,
+                 joined: str | None = None) -> None:
         self.target = target
         self.size = size
-        self.digest = hashlib.sha256() if verify else None
-        self.tmp = temp_beside(target, part_tag())
-        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        offset, self.expected = part if part is not None else (0, size)
+        if not (0 <= offset and 0 <= self.expected and offset + self.expected <= size):
+            raise ValueError(f"{target}: part {part} is not within its {size} bytes")
+        self.digest = hashlib.sha256() if verify else None  # of its part, if one
+        self.joined = joined is not None
+        if joined is not None:
+            self.tmp = Path(joined)
+            if self.tmp.parent != target.parent or not self.tmp.name.endswith(".part") or \
+                    not self.tmp.name.startswith(temp_prefix(target)):
+                raise ValueError(f"{joined} is not an upload's temporary file for {target}")
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_NOFOLLOW)
+        else:
+            self.tmp = temp_beside(target, part_tag())
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if offset:
+            os.lseek(self.fd, offset, os.SEEK_SET)
         self.written = 0
         self.error: OSError | None = None
         self.can_splice = True
@@ -454,21 +490,29 @@ class _Upload:
                 raise self.error
             os.close(self.fd)  # type: ignore[arg-type]
             self.fd = None
-            if self.written != self.size:
-                raise ValueError(f"{self.target}: received {self.written} of {self.size} bytes")
+            if self.written != self.expected:
+                raise ValueError(f"{self.target}: received {self.written} of "
+                                 f"{self.expected} bytes")
             if self.digest is not None and self.digest.hexdigest() != sha256:
                 raise ValueError(f"{self.target}: content hash differs from the sender's")
-            os.replace(self.tmp, self.target)
+            if not self.joined:
+                if os.stat(self.tmp).st_size != self.size:  # a part was never sent
+                    raise ValueError(f"{self.target}: {os.stat(self.tmp).st_size} bytes in "
+                                     f"all, not {self.size}")
+                os.replace(self.tmp, self.target)
         except BaseException:
             self.abandon()
             raise
         return self.written
 
     def abandon(self) -> None:
+        """Let the file go; the first part's upload also removes it (a joined one leaves it
+        to the first, whose close is told to abandon it too)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        self.tmp.unlink(missing_ok=True)
+        if not self.joined:
+            self.tmp.unlink(missing_ok=True)
 
 
 class _Finder:

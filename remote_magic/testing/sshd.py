@@ -216,7 +216,7 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
                alias: str | None = None, port: int | None = None,
                host_ca: Path | str | None = None, host_principals: str = HOST,
                host_cert_validity: str | None = None,
-               user_ca: Path | str | None = None) -> SSHServer:
+               user_ca: Path | str | None = None, max_sessions: int = 100) -> SSHServer:
     """Start a private sshd on a free 127.0.0.1 port; its files go into ``directory``.
 
     Returns once the server accepts connections. Stop it with :meth:`SSHServer.stop` (or use
@@ -239,6 +239,9 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
 
     ``user_ca`` (a public key file) is trusted to certify user keys (``TrustedUserCAKeys``):
     a key signed by it for the login user's name logs in without being in authorized_keys.
+
+    ``max_sessions`` is sshd's MaxSessions: the sessions one connection may carry at once
+    (sshd's own default is 10; the fixture allows many).
     """
     root = os.geteuid() == 0
     if keyboard_interactive and not root:
@@ -276,7 +279,8 @@ def start_sshd(directory: Path | str, *, keyboard_interactive: bool = False,
         elif attempt:
             time.sleep(0.5)
         config.write_text(_server_config(d, port, user, keyboard_interactive,
-                                         list(certificates.values()), user_ca))
+                                         list(certificates.values()), user_ca,
+                                         max_sessions))
         if attempt == 0:  # a config error would make every attempt fail: report it at once
             check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True,
                                    text=True, stdin=subprocess.DEVNULL)
@@ -355,7 +359,7 @@ def _certify_host_keys(keygen: str, d: Path, ca: Path, principals: str,
 
 def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool,
                    certificates: list[Path] | None = None,
-                   user_ca: Path | str | None = None) -> str:
+                   user_ca: Path | str | None = None, max_sessions: int = 100) -> str:
     common = [
         f"Port {port}",
         f"ListenAddress {HOST}",
@@ -366,7 +370,7 @@ def _server_config(d: Path, port: int, user: str, keyboard_interactive: bool,
         "LogLevel VERBOSE",
         "StrictModes no",
         "AllowTcpForwarding yes",
-        "MaxSessions 100",
+        f"MaxSessions {max_sessions}",
         "MaxStartups 200",
         "Subsystem sftp internal-sftp",
     ]

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +50,7 @@ from .openssh import (
     version,
 )
 from .runtime import DAMAGED, MISSING, UNSAFE, check_command, runtime_zip, unsafe_problem
+from .streams import file_pieces, open_at, ranges, run_parallel, slice_pieces, streams_for
 
 INLINE_MAX = 8 * 1024 * 1024  # files up to this size travel inside one request
 HASH_MAX = 64 * 1024 * 1024  # uploads up to this size are checked by hash, larger by size
@@ -59,6 +61,8 @@ NO_COMMAND = (126, 127)  # the shell's exit status when a program is missing or 
 START_TIMEOUT = 60.0  # a login shell on a busy login node can be slow
 RECONNECT_FIRST = 0.5  # seconds to wait after the first failed attempt to connect
 RECONNECT_MAX = 30.0  # the wait doubles after each further failure, up to this
+
+log = logging.getLogger(__name__)
 
 
 class Reconnect:
@@ -120,7 +124,10 @@ class SSHTransport:
         self._agent: AgentClient | OneShotAgent | None = None
         self.fallback: str | None = None  # why the resident agent could not be used
         self._where: dict[str, str] = {}  # the agent's absolute workdir and home
-        self._data: AgentClient | None = None
+        self._data: dict[int, AgentClient] = {}  # transfer agents: one per parallel stream
+        self._data_locks: dict[int, threading.Lock] = {}  # each starts on its own
+        self._streams = 1  # parallel streams that fill the link (see streams.py)
+        self._rtt = 0.0  # seconds: a request's round trip, measured as the first starts
         self._spare: AgentClient | None = None  # follows outputs as they are written
         self._follows: dict[str, Follow] = {}  # by task, until its results are read
         self._following = False  # the spare agent is busy with one of them
@@ -228,11 +235,26 @@ class SSHTransport:
             return f"{self._where['home']}/{path[2:]}"
         return f"{self._where['workdir']}/{path}"
 
-    def data_agent(self) -> AgentClient:
+    def data_agent(self, index: int = 0) -> AgentClient:
+        """The transfer agent of parallel stream `index` (0: of every transfer), started on
+        first use; the first one also measures the link (how many streams fill it)."""
         with self._lock:
-            if self._data is None or not self._data.alive:
-                self._data = self._start_agent(lambda event: None, " (transfers)", bulk=True)
-            return self._data
+            lock = self._data_locks.setdefault(index, threading.Lock())
+        with lock:
+            agent = self._data.get(index)
+            if agent is None or not agent.alive:
+                agent = self._start_agent(lambda event: None, " (transfers" + (
+                    f" {index + 1})" if index else ")"), bulk=True)
+                if index == 0:
+                    self._rtt = _round_trip(agent)
+                    self._streams = streams_for(self._rtt)
+                self._data[index] = agent
+            return agent
+
+    def streams(self) -> int:
+        """How many parallel streams a large transfer to this host takes (streams.py)."""
+        self.data_agent()
+        return self._streams
 
     def spare_agent(self) -> AgentClient:
         """A third agent, for requests that wait on the host for long (follow.py)."""
@@ -462,9 +484,12 @@ class SSHTransport:
             return
         yield "runtime importable", True, f"{runtime}"
         if self.fallback is None:
-            yield "agent mode", True, (f"resident agent (pid {info['pid']}): every request is "
-                                       "a message on an open channel, files stream over a "
-                                       "second one")
+            streams = self.streams()
+            yield "agent mode", True, (
+                f"resident agent (pid {info['pid']}): every request is a message on an open "
+                f"channel (a round trip: {self._rtt * 1000:.1f} ms), files stream over a "
+                "second one" + (f", large ones over {streams} at once (a distant host)"
+                                if streams > 1 else ""))
         else:
             yield "agent mode", None, (
                 "fallback: one remote command per request (a login shell start each, for "
@@ -529,8 +554,8 @@ class SSHTransport:
             return self.connection().put_file(local, self.remote_path(remote))
         size = local.stat().st_size
         digest = hashlib.sha256() if size <= HASH_MAX else None
-        with open(local, "rb") as f:
-            return self._send(iter(lambda: f.read(CHUNK), b""), size, remote, digest)
+        return self._send(lambda offset, length: file_pieces(local, offset, length, CHUNK),
+                          size, remote, digest)
 
     def send_stream(self, stream: Pickled, remote: str) -> int:
         """Send a file made in memory (a task's pickled inputs) as `remote`, whole and
@@ -543,15 +568,10 @@ class SSHTransport:
                 return self.connection().put_file(Path(folder) / "stream",
                                                   self.remote_path(remote))
         digest = new_digest()
-
-        def pieces() -> Iterator[bytes | memoryview]:
-            for chunk in stream.chunks():
-                view = memoryview(chunk)
-                for start in range(0, view.nbytes, CHUNK):
-                    yield view[start:start + CHUNK]
-
         # The host checks the size; what was sent is checked here, against the inputs' name.
-        sent = self._send(pieces(), stream.size, remote, digest, verify=False)
+        sent = self._send(lambda offset, length: slice_pieces(stream.chunks(), offset, length,
+                                                              CHUNK),
+                          stream.size, remote, digest, verify=False)
         if named(digest) != stream.digest:
             raise TransportError(
                 f"the inputs of a task changed while they were sent to {self.host.name} (an "
@@ -560,43 +580,146 @@ class SSHTransport:
                 "running, or pass a copy.")
         return sent
 
-    def _send(self, pieces: Iterator[bytes | memoryview], size: int, remote: str,
-              digest: Any, verify: bool | None = None) -> int:
-        """Stream `pieces` (size bytes) to the transfer agent as the file `remote`, hashing
-        them into `digest` if given; the agent checks the hash when `verify` (default: when
-        there is a digest), else the size."""
+    def _send(self, read: Callable[[int, int], Iterator[bytes | memoryview]], size: int,
+              remote: str, digest: Any, verify: bool | None = None) -> int:
+        """Stream `size` bytes (`read(offset, length)` gives a range of them) to the transfer
+        agent as the file `remote`, hashing them into `digest` if given; the agent checks the
+        hash when `verify` (default: when there is a digest), else the size. A large file
+        for a distant host goes in parallel streams (each range checked as the whole is)."""
         verify = digest is not None if verify is None else verify
+        parts = self._ranges(size)
+        if len(parts) > 1:
+            sent = self._send_parts(read, size, remote, parts, verify)
+            if digest is not None:  # what was sent, read again: it is still in memory
+                for piece in read(0, size):
+                    digest.update(piece)
+            return sent
         data = self.data_agent()
         handle = data.request("put_open", path=remote, size=size, verify=verify)
-        for piece in pieces:
+        for piece in read(0, size):
             if digest is not None:
                 digest.update(piece)
             data.send_oneway("put_chunk", {"handle": handle}, piece)  # type: ignore[arg-type]
         return data.request("put_close", timeout=None, handle=handle,
                             sha256=digest.hexdigest() if verify else None)
 
-    def download(self, remote: str, local: Path) -> int:
+    def _send_parts(self, read: Callable[[int, int], Iterator[bytes | memoryview]], size: int,
+                    remote: str, parts: list[tuple[int, int]], verify: bool) -> int:
+        """Send each range of the file over a transfer agent of its own, into one temporary
+        file on the host, which the first agent puts in place once every range is in (with
+        `verify`, each range's sha256 is checked there)."""
+        first = self.data_agent()
+        opened = first.request("put_open", path=remote, size=size, verify=verify,
+                               part=list(parts[0]))
+        hashes: dict[int, str | None] = {}
+
+        def send(index: int, offset: int, length: int) -> int:
+            data = self.data_agent(index)
+            handle = opened["handle"] if index == 0 else data.request(
+                "put_open", path=remote, size=size, verify=verify, part=[offset, length],
+                temp=opened["temp"])
+            digest = hashlib.sha256() if verify else None
+            for piece in read(offset, length):
+                if digest is not None:
+                    digest.update(piece)
+                data.send_oneway("put_chunk", {"handle": handle},
+                                 piece)  # type: ignore[arg-type]
+            hashes[index] = digest.hexdigest() if digest is not None else None
+            return 0 if index == 0 else data.request("put_close", timeout=None, handle=handle,
+                                                     sha256=hashes[index])
+
+        try:
+            run_parallel(send, parts, lambda: self._close_streams(len(parts)))
+        except BaseException:
+            try:  # the other ranges' agents dropped their parts; the first drops the file
+                first.request("put_close", timeout=10, handle=opened["handle"], abandon=True)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        first.request("put_close", timeout=None, handle=opened["handle"], sha256=hashes[0])
+        return size
+
+    def _ranges(self, size: int) -> list[tuple[int, int]]:
+        """The ranges of a transfer of `size` bytes, one per parallel stream whose transfer
+        agent is up (they start together). Should the host refuse some (its sshd's
+        MaxSessions), the streams it took are all that later transfers ask for."""
+        parts = ranges(size, self.streams(), CHUNK)
+        if len(parts) == 1:
+            return parts
+
+        def start(index: int) -> bool:
+            try:
+                self.data_agent(index)
+            except (TransportError, OSError) as exc:
+                log.debug("%s: stream %d has no transfer agent: %s", self.host.name,
+                          index + 1, exc)
+                return False
+            return True
+
+        with ThreadPoolExecutor(len(parts) - 1) as pool:
+            up = [True, *pool.map(start, range(1, len(parts)))]
+        usable = up.index(False) if False in up else len(up)
+        if usable < len(parts):
+            self._streams = usable
+            parts = ranges(size, usable, CHUNK)
+        return parts
+
+    def _close_streams(self, count: int) -> None:
+        """End the transfers of parallel streams 1..count-1 at once (their agents go)."""
+        for index in range(1, count):
+            agent = self._data.get(index)
+            if agent is not None:
+                agent.close()
+
+    def download(self, remote: str, local: Path, size: int | None = None) -> int:
+        """Copy a file from the host, whole or not at all; a large one whose `size` is known
+        comes in parallel streams from a distant host."""
         if self.fallback is not None:
             return self.connection().get_file(self.remote_path(remote), local)
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
+        parts = self._ranges(size) if size is not None else [(0, 0)]
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                result, _ = self.data_agent().call("get", {"path": remote}, timeout=None,
-                                                   sink=fd)
-                written = f.tell()
-            if written != result["size"]:
-                raise TransportError(f"{remote}: received {written} of {result['size']} bytes")
+            if len(parts) > 1:
+                os.close(fd)
+                written = sum(run_parallel(
+                    lambda index, offset, length: self._fetch_range(index, remote, tmp, offset,
+                                                                    length),
+                    parts, lambda: self._close_streams(len(parts))))
+            else:
+                with os.fdopen(fd, "wb", buffering=0) as f:
+                    result, _ = self.data_agent().call("get", {"path": remote}, timeout=None,
+                                                       sink=fd)
+                    written = f.tell()
+                if written != result["size"]:
+                    raise TransportError(f"{remote}: received {written} of {result['size']} "
+                                         "bytes")
             os.replace(tmp, local)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return written
 
+    def _fetch_range(self, index: int, remote: str, tmp: str, offset: int, length: int) -> int:
+        """One stream of a parallel download: its range, into its place in `tmp`."""
+        fd = open_at(tmp, offset)
+        try:
+            result, _ = self.data_agent(index).call(
+                "get", {"path": remote, "offset": offset, "length": length}, timeout=None,
+                sink=fd)
+            written = os.lseek(fd, 0, os.SEEK_CUR) - offset
+        finally:
+            os.close(fd)
+        if written != result["size"] or written != length:
+            raise TransportError(f"{remote}: received {written} of the {length} bytes from "
+                                 f"byte {offset} (the file has changed on the host)")
+        return written
+
     def _follow(self, task_id: str, local: Path) -> Follow | None:
         """Follow the outputs of a task that was sent a lot (see follow.py), if it runs as
         a process beside the agents and the spare agent is free."""
-        if self.host.scheduler != "process" or self.host.allocation or self.fallback:
+        if self.host.scheduler != "process" or self.host.allocation or self.fallback or \
+                self.streams() > 1:  # far away, the outputs come faster in parallel streams
             return None
         with self._kept_lock:
             if self._following:
@@ -654,7 +777,7 @@ class SSHTransport:
                 view = view[entry["size"]:]
             elif follow is None or target != paths.outputs or \
                     not follow.take(target, entry["size"]):
-                self.download(f"{task_path(task_id)}/{entry['name']}", target)
+                self.download(f"{task_path(task_id)}/{entry['name']}", target, entry["size"])
         complete.touch()
         return paths
 
@@ -688,13 +811,24 @@ class SSHTransport:
         for follow in follows:
             follow.cancel()
         with self._lock:
-            for agent in (self._agent, self._data, self._spare):
+            for agent in (self._agent, *self._data.values(), self._spare):
                 if agent is not None:
                     agent.close()
-            self._agent = self._data = self._spare = None
+            self._agent = self._spare = None
+            self._data = {}
             if self._conn is not None:
                 self._shared.release(self.target, self, self._conn)
                 self._conn = None
+
+
+def _round_trip(agent: AgentClient, tries: int = 3) -> float:
+    """The shortest of a few request round trips on an open agent: the link's, nearly."""
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        agent.request("hello")
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def shell_path(path: str) -> str:
