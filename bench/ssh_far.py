@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ssh_task import TRANSPORTS, identity, settings, warm_memory  # noqa: E402
+from ssh_task import TRANSPORTS, identity, raw_channel, settings, warm_memory  # noqa: E402
 
 from remote_magic import RemoteExecutor  # noqa: E402
 from remote_magic.client.core import Client  # noqa: E402
+from remote_magic.config.hosts import HostConfig  # noqa: E402
 from remote_magic.testing.latency import start_relay  # noqa: E402
 from remote_magic.testing.sshd import start_sshd  # noqa: E402
 from remote_magic.wire.serialization import dump_namespace  # noqa: E402
@@ -56,20 +57,12 @@ def scp(server, port: int, known: Path, blob: Path, root: Path, cipher: str) -> 
     return up, down
 
 
-def ours(name: str, blob: Path, root: Path, mib: int) -> dict[str, float]:
+def ours(host: HostConfig, blob: Path, root: Path, mib: int) -> dict[str, float]:
+    up, down, _ = raw_channel(host, blob, root / "raw-back")
+    name = host.name
     client = Client()
     transport = client.session(name).transport
-    size = blob.stat().st_size
-    transport.upload(blob, "raw-first")  # starts the transfer agents
-    warm_memory(2 * size)
-    start = time.perf_counter()
-    transport.upload(blob, "raw-copy")
-    up = time.perf_counter() - start
-    warm_memory(2 * size)
-    start = time.perf_counter()
-    transport.download("raw-copy", root / "raw-back", size)
-    down = time.perf_counter() - start
-    (root / "raw-back").unlink()
+    transport.upload(blob, "raw-first")  # starts this client's transfer agents
     array = np.random.default_rng(0).random(mib * 2**20 // 8)
     with RemoteExecutor(name, rerun=True, client=client) as pool:
         pool.submit(pow, 1, 1).result()
@@ -97,12 +90,12 @@ def main() -> None:
         try:
             known = root / "known_hosts_far"
             known.write_text(relay.known_hosts_line(server.known_hosts_line("ssh-ed25519")))
+            entries = {t: {**settings(server, root, t), "port": relay.port,
+                           "known_hosts": str(known)} for t in chosen}
             config = root / "hosts.yaml"
             config.write_text("hosts:\n" + "".join(
-                f"  {t}:\n" + "".join(f"    {k}: {v}\n" for k, v in {
-                    **settings(server, root, t), "port": relay.port,
-                    "known_hosts": known}.items())
-                for t in chosen))
+                f"  {t}:\n" + "".join(f"    {k}: {v}\n" for k, v in entry.items())
+                for t, entry in entries.items()))
             os.environ.update(REMOTE_MAGIC_CONFIG=str(config),
                               REMOTE_MAGIC_HOME=str(root / "data"))
             blob = root / "blob.rmns"
@@ -112,7 +105,7 @@ def main() -> None:
                   f"{2 * args.delay:g} ms), {os.cpu_count()} cores; {mb:.0f} MB")
             for t in chosen:
                 scp_up, scp_down = scp(server, relay.port, known, blob, root, CIPHERS[t])
-                f = ours(t, blob, root, args.mib)
+                f = ours(HostConfig(name=t, **entries[t]), blob, root, args.mib)
                 print(f"transport: {t} ({f['streams']} streams)")
                 print(f"  scp:         up {mb / scp_up:6.1f} MB/s, down {mb / scp_down:6.1f} MB/s")
                 print(f"  raw channel: up {mb / f['up']:6.1f} MB/s = {scp_up / f['up']:.2f}x scp, "

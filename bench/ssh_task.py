@@ -150,17 +150,20 @@ def rss(field: str = "VmRSS") -> int:
 
 def raw_channel(host: HostConfig, blob: Path, back: Path) -> tuple[float, float, str]:
     """The transport's own upload and download of `blob` (seconds each), on a connection
-    and a transfer agent already open, and its cipher."""
+    and transfer agents already open, and its cipher."""
     transport = SSHTransport(host, lambda event: None)
-    transport.data_agent()  # the login and the agent's start are not the channel's speed
     size = blob.stat().st_size
+    # the login and the agents' start are not the channel's speed: a first upload starts
+    # them all (one per parallel stream, to a distant host)
+    if transport.streams() > 1:
+        transport.upload(blob, "raw-copy")
     warm_memory(2 * size)
     start = time.perf_counter()
     transport.upload(blob, "raw-copy")
     up = time.perf_counter() - start
     warm_memory(2 * size)
     start = time.perf_counter()
-    transport.download("raw-copy", back)
+    transport.download("raw-copy", back, size)
     down = time.perf_counter() - start
     back.unlink()
     conn = transport.connection()

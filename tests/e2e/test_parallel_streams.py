@@ -17,19 +17,25 @@ from remote_magic.client.core import Client
 from remote_magic.client.prepare import TaskOptions, prepare_call
 from remote_magic.client.transport.streams import PARALLEL_MIN
 from remote_magic.errors import TransportError
-from remote_magic.testing.latency import start_relay
+from remote_magic.testing.latency import Relay, start_relay
 from remote_magic.wire.states import State
+
+
+def _far_host(home: Path, server: Any, name: str) -> Relay:
+    """Host `name`: `server` behind a relay, 10 ms away each way."""
+    relay = start_relay((server.host, server.port), 0.01)
+    known = home / f"known_hosts_{name}"
+    known.write_text(relay.known_hosts_line(server.known_hosts_line("ssh-ed25519")))
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(server, name, home / "remote", port=str(relay.port),
+                         known_hosts=str(known)))
+    return relay
 
 
 @pytest.fixture
 def far(home: Path, sshd: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Host "far": the sshd fixture, 10 ms away each way."""
-    relay = start_relay((sshd.host, sshd.port), 0.01)
-    known = home / "known_hosts_far"
-    known.write_text(relay.known_hosts_line(sshd.known_hosts_line("ssh-ed25519")))
-    with open(home / "hosts.yaml", "a") as f:
-        f.write(ssh_host(sshd, "far", home / "remote", port=str(relay.port),
-                         known_hosts=str(known)))
+    relay = _far_host(home, sshd, "far")
     folder = home / "notebook"
     folder.mkdir()
     monkeypatch.chdir(folder)
@@ -105,7 +111,7 @@ def test_a_file_changed_on_the_host_is_not_taken_half(far: Path, home: Path) -> 
 
 
 def test_a_host_that_allows_few_sessions_gets_fewer_streams(
-        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        home: Path, tmp_path: Path) -> None:
     """sshd's MaxSessions caps the channels of one connection: the streams the host refused
     are left out, and the transfer goes over those it took. (OpenSSH's ssh, refused a session
     on the master, opens a connection of its own: with a key, and no prompt (BatchMode), it
@@ -113,12 +119,7 @@ def test_a_host_that_allows_few_sessions_gets_fewer_streams(
     from remote_magic.testing.sshd import start_sshd
 
     server = start_sshd(tmp_path / "sshd", max_sessions=3)
-    relay = start_relay((server.host, server.port), 0.01)
-    known = home / "known_hosts_few"
-    known.write_text(relay.known_hosts_line(server.known_hosts_line("ssh-ed25519")))
-    with open(home / "hosts.yaml", "a") as f:
-        f.write(ssh_host(server, "few", home / "remote", port=str(relay.port),
-                         known_hosts=str(known)))
+    relay = _far_host(home, server, "few")
     client = Client()
     try:
         transport = client.session("few").transport

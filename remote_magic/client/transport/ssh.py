@@ -676,9 +676,9 @@ class SSHTransport:
         comes in parallel streams from a distant host."""
         if self.fallback is not None:
             return self.connection().get_file(self.remote_path(remote), local)
+        parts = self._ranges(size) if size is not None else [(0, 0)]
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=temp_prefix(local))
-        parts = self._ranges(size) if size is not None else [(0, 0)]
         try:
             if len(parts) > 1:
                 os.close(fd)
