@@ -21,21 +21,20 @@ from remote_magic.testing.latency import Relay, start_relay
 from remote_magic.wire.states import State
 
 
-def _far_host(home: Path, server: Any, name: str) -> Relay:
-    """Host `name`: `server` behind a relay, 10 ms away each way."""
+def _relay(home: Path, server: Any, name: str) -> tuple[Relay, dict[str, str]]:
+    """`server` behind a relay, 10 ms away each way, and what a host entry then says."""
     relay = start_relay((server.host, server.port), 0.01)
     known = home / f"known_hosts_{name}"
     known.write_text(relay.known_hosts_line(server.known_hosts_line("ssh-ed25519")))
-    with open(home / "hosts.yaml", "a") as f:
-        f.write(ssh_host(server, name, home / "remote", port=str(relay.port),
-                         known_hosts=str(known)))
-    return relay
+    return relay, {"port": str(relay.port), "known_hosts": str(known)}
 
 
 @pytest.fixture
 def far(home: Path, sshd: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Host "far": the sshd fixture, 10 ms away each way."""
-    relay = _far_host(home, sshd, "far")
+    relay, reach = _relay(home, sshd, "far")
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(sshd, "far", home / "remote", **reach))
     folder = home / "notebook"
     folder.mkdir()
     monkeypatch.chdir(folder)
@@ -119,7 +118,9 @@ def test_a_host_that_allows_few_sessions_gets_fewer_streams(
     from remote_magic.testing.sshd import start_sshd
 
     server = start_sshd(tmp_path / "sshd", max_sessions=3)
-    relay = _far_host(home, server, "few")
+    relay, reach = _relay(home, server, "few")
+    with open(home / "hosts.yaml", "a") as f:
+        f.write(ssh_host(server, "few", home / "remote", **reach))
     client = Client()
     try:
         transport = client.session("few").transport
