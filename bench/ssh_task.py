@@ -136,6 +136,7 @@ def bulk_rounds(name: str, server, root: Path, mib: int, cipher: str,
             assert back.shape == array.shape and back[-1] == array[-1]
             del back
         blob.unlink()
+    out["streams"] = [client.session(name).transport.streams()]
     client.close()
     return out
 
@@ -277,7 +278,8 @@ def main() -> None:
         print(f"  RemoteExecutor call, trivial             {f['call']:7.1f} ms  "
               "(issue 12's target over SSH: <= 10 ms)")
         print(f"  20 trivial tasks submitted at once       {f['twenty']:7.1f} ms total")
-        print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task: "
+        print(f"  {nbytes / 2**30:.2f} GiB array up and back through a task "
+              f"({f['streams'][0]} stream{'s' if f['streams'][0] > 1 else ''}): "
               f"{2 * mb / array_time:6.1f} MB/s ({array_time:.1f} s) = "
               f"{statistics.median(ratios):.2f}x scp up+down (round by round: "
               f"{', '.join(f'{r:.2f}x' for r in ratios)})")
